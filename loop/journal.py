@@ -1,0 +1,298 @@
+"""The append-only journal of a run, and results.tsv as a view of it.
+
+The journal (`.autoresearch/runs/TAG/journal.jsonl`) is the source of truth: one JSON object per
+line, one line per state change, fsync'd before the daemon moves on, so that a kill -9 anywhere
+leaves a prefix of the truth on disk. A torn last line (killed mid-write) is ignored on read.
+
+Event names, in the order one experiment goes through them (every event but the run-level ones
+carries `n`, the experiment number; the baseline is experiment 0):
+
+  run_started   tag, branch, base_commit, protected {path: sha256}, agent, config, hardware
+  run_resumed   (same fields as run_started may be refreshed)
+  proposing     n, parent                         the agent was asked
+  agent_waiting n, error, retry_in                the agent is unavailable; backing off
+  proposal_failed n, error, usage                 the agent produced nothing usable (no experiment)
+  proposed      n, description, hypothesis, usage, agent_seconds, fix_attempt
+  committed     n, commit, parent, ref
+  running       n, commit
+  evaluating    n, train_seconds, summary
+  evaluated     n, val_bpb (None on crash), reason, summary, peak_vram_mb, train_seconds, eval_seconds
+  decided       n, status (keep|discard|crash), reason, best_before, best_after, tip
+  recorded      n                                 results.tsv row written
+  interrupted   n, phase                          `stop --now` or a kill: not a crash, no row
+  run_stopped   reason
+
+results.tsv is rebuilt from the folded records whenever there is doubt (resume), and appended to
+one fsync'd row at a time otherwise, so `tail -f results.tsv` shows each row as it lands.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from loop.agents.base import Usage
+
+JOURNAL_NAME = "journal.jsonl"
+RESULTS_HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription\n"
+STATUSES = ("keep", "discard", "crash")
+
+
+def state_dir(repo: Path) -> Path:
+    return repo / ".autoresearch"
+
+
+def run_dir(repo: Path, tag: str) -> Path:
+    return state_dir(repo) / "runs" / tag
+
+
+def experiment_dir(repo: Path, tag: str, n: int) -> Path:
+    return run_dir(repo, tag) / f"{n:04d}"
+
+
+def fsync_append(path: Path, text: str) -> None:
+    """Append `text` and make it durable before returning."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Replace `path` with `text` so that readers see the old or the new file, never a torn one."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class Journal:
+    """Appends events to one run's journal file, durably."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._repair_torn_tail()
+
+    def append(self, event: str, **fields: Any) -> dict[str, Any]:
+        entry = {"event": event, "ts": round(time.time(), 3), **fields}
+        fsync_append(self.path, json.dumps(entry, default=_jsonable) + "\n")
+        return entry
+
+    def events(self) -> list[dict[str, Any]]:
+        return read_events(self.path)
+
+    def _repair_torn_tail(self) -> None:
+        # A kill mid-write can leave a last line without its newline; appending after it would
+        # glue two events together. Cut it off: its state change never completed.
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return
+        data = self.path.read_bytes()
+        if data.endswith(b"\n"):
+            return
+        keep = data[: data.rfind(b"\n") + 1]
+        with open(self.path, "r+b") as f:
+            f.truncate(len(keep))
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, Usage):
+        return value.to_dict()
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def read_events(path: Path) -> list[dict[str, Any]]:
+    """All complete events of a journal; a torn or garbled line (a kill mid-write) is skipped."""
+    if not path.exists():
+        return []
+    events = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if not line.endswith("\n"):
+                break
+            try:
+                events.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return events
+
+
+@dataclass
+class ExperimentRecord:
+    """One experiment folded from its events. Fields stay None until the event that sets them."""
+
+    n: int
+    phase: str = ""  # name of the last event seen for it
+    parent: str | None = None
+    commit: str | None = None
+    description: str = ""
+    hypothesis: str = ""
+    status: str | None = None  # keep | discard | crash | interrupted
+    reason: str = ""
+    val_bpb: float | None = None
+    peak_vram_mb: float = 0.0
+    summary: dict[str, Any] = field(default_factory=dict)
+    usage: Usage = field(default_factory=Usage)
+    fix_attempts: int = 0
+    failed_proposals: int = 0
+    best_before: float | None = None
+    best_after: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    agent_seconds: float = 0.0
+    train_seconds: float | None = None
+    eval_seconds: float | None = None
+    recorded: bool = False
+
+    @property
+    def is_experiment(self) -> bool:
+        """Whether it got as far as a commit (failed proposals alone are not experiments)."""
+        return self.commit is not None
+
+    @property
+    def memory_gb(self) -> float:
+        return self.peak_vram_mb / 1024 if self.status != "crash" else 0.0
+
+    @property
+    def wall_seconds(self) -> float | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return self.finished_at - self.started_at
+
+
+@dataclass
+class RunRecord:
+    """A whole run folded from its journal."""
+
+    tag: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)  # the latest run_started/run_resumed fields
+    started_at: float | None = None
+    stopped_at: float | None = None
+    stop_reason: str = ""
+    experiments: list[ExperimentRecord] = field(default_factory=list)  # by n, pending ones too
+
+    @property
+    def finished(self) -> list[ExperimentRecord]:
+        return [e for e in self.experiments if e.status in STATUSES]
+
+    @property
+    def total_usage(self) -> Usage:
+        total = Usage()
+        for e in self.experiments:
+            total = total + e.usage
+        return total
+
+    @property
+    def best(self) -> ExperimentRecord | None:
+        kept = [e for e in self.experiments if e.status == "keep" and e.val_bpb is not None]
+        return min(kept, key=lambda e: e.val_bpb) if kept else None  # type: ignore[arg-type,return-value]
+
+
+def fold(events: list[dict[str, Any]]) -> RunRecord:
+    """Fold a journal's events into one record per experiment number."""
+    run = RunRecord()
+    by_n: dict[int, ExperimentRecord] = {}
+    for ev in events:
+        name = ev.get("event", "")
+        ts = ev.get("ts")
+        if name in ("run_started", "run_resumed"):
+            run.meta.update({k: v for k, v in ev.items() if k not in ("event", "ts")})
+            run.tag = ev.get("tag", run.tag)
+            if run.started_at is None:
+                run.started_at = ts
+            continue
+        if name == "run_stopped":
+            run.stopped_at, run.stop_reason = ts, ev.get("reason", "")
+            continue
+        if "n" not in ev:
+            continue
+        rec = by_n.setdefault(ev["n"], ExperimentRecord(n=ev["n"]))
+        _apply(rec, name, ev)
+    run.experiments = [by_n[n] for n in sorted(by_n)]
+    return run
+
+
+def _apply(rec: ExperimentRecord, name: str, ev: dict[str, Any]) -> None:
+    rec.phase = name
+    ts = ev.get("ts")
+    if rec.started_at is None:
+        rec.started_at = ts
+    if "usage" in ev:
+        rec.usage = rec.usage + Usage.from_dict(ev["usage"])
+    if name == "proposal_failed":
+        rec.failed_proposals += 1
+    elif name == "proposed":
+        rec.description = ev.get("description", rec.description)
+        rec.hypothesis = ev.get("hypothesis", rec.hypothesis)
+        rec.agent_seconds += float(ev.get("agent_seconds", 0.0))
+        rec.fix_attempts = max(rec.fix_attempts, int(ev.get("fix_attempt", 0)))
+    elif name == "committed":
+        rec.commit, rec.parent = ev.get("commit"), ev.get("parent", rec.parent)
+    elif name == "proposing":
+        rec.parent = ev.get("parent", rec.parent)
+    elif name == "evaluating":
+        rec.summary = ev.get("summary") or rec.summary
+        rec.train_seconds = ev.get("train_seconds", rec.train_seconds)
+    elif name == "evaluated":
+        rec.val_bpb = ev.get("val_bpb")
+        rec.reason = ev.get("reason", "") or rec.reason
+        rec.summary = ev.get("summary") or rec.summary
+        rec.peak_vram_mb = float(ev.get("peak_vram_mb") or 0.0)
+        rec.train_seconds = ev.get("train_seconds", rec.train_seconds)
+        rec.eval_seconds = ev.get("eval_seconds", rec.eval_seconds)
+    elif name == "decided":
+        rec.status = ev.get("status")
+        rec.reason = ev.get("reason", "") or rec.reason
+        rec.best_before, rec.best_after = ev.get("best_before"), ev.get("best_after")
+        if rec.status == "crash":
+            rec.val_bpb = None
+    elif name == "recorded":
+        rec.recorded, rec.finished_at = True, ts
+    elif name == "interrupted":
+        rec.status, rec.finished_at = "interrupted", ts
+
+
+def load_run(repo: Path, tag: str) -> RunRecord:
+    run = fold(read_events(run_dir(repo, tag) / JOURNAL_NAME))
+    run.tag = run.tag or tag
+    return run
+
+
+def one_line(text: str) -> str:
+    """A description fit for one TSV cell: no tabs, no newlines, no leading/trailing space."""
+    return " ".join(text.replace("\t", " ").split())
+
+
+def results_row(rec: ExperimentRecord) -> str:
+    """The results.tsv line for a decided experiment."""
+    crashed = rec.status == "crash" or rec.val_bpb is None
+    commit = (rec.commit or "0000000")[:7]
+    val = 0.0 if crashed else float(rec.val_bpb)  # type: ignore[arg-type]
+    mem = 0.0 if crashed else rec.peak_vram_mb / 1024
+    return f"{commit}\t{val:.6f}\t{mem:.1f}\t{rec.status}\t{one_line(rec.description)}\n"
+
+
+def results_rows(run: RunRecord) -> Iterator[str]:
+    for rec in run.experiments:
+        if rec.status in STATUSES:
+            yield results_row(rec)
+
+
+def rebuild_results(path: Path, run: RunRecord) -> None:
+    """Rewrite results.tsv from the journal: the header and one row per decided experiment."""
+    atomic_write(path, RESULTS_HEADER + "".join(results_rows(run)))
+
+
+def append_result(path: Path, rec: ExperimentRecord) -> None:
+    if not path.exists() or path.stat().st_size == 0:
+        atomic_write(path, RESULTS_HEADER)
+    fsync_append(path, results_row(rec))

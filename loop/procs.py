@@ -1,0 +1,188 @@
+"""Run one untrusted command to completion: own process session, capped log, hard timeout, and
+the whole process tree gone afterwards.
+
+`run_contained` is the only way the daemon starts train.py or the evaluator. It never raises for
+anything the child does; it reports what happened in a ProcResult.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import psutil
+
+DEFAULT_LOG_CAP = 8 * 1024 * 1024  # bytes of output kept; the rest is counted and dropped
+KILL_GRACE_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class ProcResult:
+    returncode: int | None  # None when killed by us
+    timed_out: bool
+    cancelled: bool
+    wall_seconds: float
+    log_path: Path
+    dropped_bytes: int  # output beyond the cap
+    leftovers_killed: int  # processes of the tree still alive after the main one ended
+
+
+class Cancel:
+    """A handle another thread (a signal handler) can use to kill the running command."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+
+def run_contained(
+    argv: Sequence[str],
+    *,
+    cwd: Path,
+    env: dict[str, str],
+    timeout: float,
+    log_path: Path,
+    log_cap: int = DEFAULT_LOG_CAP,
+    on_line: Callable[[str], None] | None = None,
+    cancel: Cancel | None = None,
+    preexec: Callable[[], None] | None = None,
+) -> ProcResult:
+    """Run argv in a new session, its output (stdout and stderr together) to log_path."""
+    start = time.monotonic()
+    proc = subprocess.Popen(
+        list(argv),
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=preexec,
+    )
+    # Remember the tree as it grows: a double-forked grandchild leaves the session's process
+    # group only by calling setsid, and by then it is usually in our snapshot already.
+    tree = _Tree(proc.pid)
+    pump = _LogPump(proc, log_path, log_cap, on_line)
+    pump.start()
+    timed_out = cancelled = False
+    while True:
+        try:
+            proc.wait(timeout=0.2)
+            break
+        except subprocess.TimeoutExpired:
+            tree.snapshot()
+            if time.monotonic() - start > timeout:
+                timed_out = True
+                break
+            if cancel is not None and cancel.is_set():
+                cancelled = True
+                break
+    if timed_out or cancelled:
+        kill_tree(proc.pid, tree)
+        proc.wait()
+    wall = time.monotonic() - start
+    leftovers = kill_tree(proc.pid, tree)
+    pump.join(timeout=10)
+    return ProcResult(
+        returncode=None if (timed_out or cancelled) else proc.returncode,
+        timed_out=timed_out,
+        cancelled=cancelled,
+        wall_seconds=wall,
+        log_path=log_path,
+        dropped_bytes=pump.dropped,
+        leftovers_killed=leftovers,
+    )
+
+
+class _Tree:
+    """Every process ever seen descending from the root, with its creation time (pid reuse)."""
+
+    def __init__(self, root: int) -> None:
+        self.root = root
+        self.seen: dict[int, float] = {}
+
+    def snapshot(self) -> None:
+        try:
+            for child in psutil.Process(self.root).children(recursive=True):
+                try:
+                    self.seen.setdefault(child.pid, child.create_time())
+                except psutil.Error:
+                    pass
+        except psutil.Error:
+            pass
+
+    def alive(self) -> list[psutil.Process]:
+        out = []
+        for pid, created in self.seen.items():
+            try:
+                p = psutil.Process(pid)
+                if p.create_time() == created and p.status() != psutil.STATUS_ZOMBIE:
+                    out.append(p)
+            except psutil.Error:
+                pass
+        return out
+
+
+def kill_tree(root: int, tree: _Tree) -> int:
+    """SIGKILL the session's process group and every remembered descendant; return how many lived."""
+    tree.snapshot()
+    try:
+        os.killpg(root, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    alive = tree.alive()
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=KILL_GRACE_SECONDS)
+    return len(alive)
+
+
+class _LogPump(threading.Thread):
+    """Copies the child's output to the log, up to a cap, so a flood cannot fill the disk."""
+
+    def __init__(self, proc: subprocess.Popen, log_path: Path, cap: int, on_line: Callable[[str], None] | None) -> None:
+        super().__init__(daemon=True)
+        self.proc, self.log_path, self.cap, self.on_line = proc, log_path, cap, on_line
+        self.dropped = 0
+
+    def run(self) -> None:
+        assert self.proc.stdout is not None
+        written = 0
+        with open(self.log_path, "wb") as log:
+            for raw in iter(lambda: self.proc.stdout.readline(65536), b""):  # type: ignore[union-attr]
+                if written < self.cap:
+                    chunk = raw[: self.cap - written]
+                    log.write(chunk)
+                    written += len(chunk)
+                    self.dropped += len(raw) - len(chunk)
+                else:
+                    self.dropped += len(raw)
+                if self.on_line is not None:
+                    self.on_line(raw.decode("utf-8", errors="replace").rstrip("\n"))
+            if self.dropped:
+                log.write(f"\n[autoresearch: {self.dropped} bytes of output dropped past the cap]\n".encode())
+
+
+def tail(path: Path, max_bytes: int = 4000) -> str:
+    """The end of a log as text, for the agent and for crash reasons (never fails)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            return f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""

@@ -1,0 +1,39 @@
+"""The journal folds into experiments and results.tsv exactly as DESIGN.md specifies."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from loop.agents.base import Usage
+from loop.journal import RESULTS_HEADER, Journal, fold, read_events, rebuild_results
+
+
+def test_fold_and_results(tmp_path: Path) -> None:
+    j = Journal(tmp_path / "journal.jsonl")
+    j.append("run_started", tag="t", branch="autoresearch/t")
+    for n, (bpb, status) in enumerate([(1.5, "keep"), (1.6, "discard"), (None, "crash")]):
+        j.append("proposing", n=n, parent="p" * 40)
+        j.append("proposed", n=n, description=f"exp\t{n}\nmore", usage=Usage(input_tokens=10, cost_usd=0.5))
+        j.append("committed", n=n, commit=f"{n}" * 40, parent="p" * 40)
+        j.append("evaluated", n=n, val_bpb=bpb, peak_vram_mb=2048.0, reason="" if bpb else "exit code 1")
+        j.append("decided", n=n, status=status)
+        j.append("recorded", n=n)
+    run = fold(j.events())
+    assert [e.status for e in run.finished] == ["keep", "discard", "crash"]
+    assert run.best is not None and run.best.n == 0
+    assert run.total_usage.input_tokens == 30 and abs(run.total_usage.cost_usd - 1.5) < 1e-9
+    rebuild_results(tmp_path / "results.tsv", run)
+    lines = (tmp_path / "results.tsv").read_text().splitlines(keepends=True)
+    assert lines[0] == RESULTS_HEADER
+    assert lines[1] == "0000000\t1.500000\t2.0\tkeep\texp 0 more\n"
+    assert lines[3] == "2222222\t0.000000\t0.0\tcrash\texp 2 more\n"
+
+
+def test_torn_tail_is_dropped_and_repaired(tmp_path: Path) -> None:
+    path = tmp_path / "journal.jsonl"
+    j = Journal(path)
+    j.append("proposing", n=0)
+    with open(path, "a") as f:
+        f.write('{"event": "propo')  # killed mid-write
+    assert [e["event"] for e in read_events(path)] == ["proposing"]
+    Journal(path).append("proposed", n=0)
+    assert [e["event"] for e in read_events(path)] == ["proposing", "proposed"]
