@@ -1,0 +1,495 @@
+"""The read-only harness: constants, data preparation, the training-data loader, and the trusted
+evaluator. The agent never edits this file; the daemon pins its bytes at the start of a run.
+
+    python prepare.py                       prepare the training data (offline, idempotent)
+    python prepare.py --source PATH|NAME    prepare from your own text or a downloadable corpus
+    python prepare.py check                 is the data prepared and val.txt intact? (exit 0/1)
+    python prepare.py eval --checkpoint DIR score a trained model on val.txt (prints val_bpb)
+
+Tokenization is raw UTF-8 bytes (vocabulary 256), so val_bpb is bits per byte with no tokenizer to
+game. Training data lives in the cache (AUTORESEARCH_CACHE, default ~/.cache/autoresearch); the
+validation split is val.txt next to this file, committed and pinned by SHA-256. Preparing from
+another source writes a new val.txt only with --force-val, and records its checksum beside the
+data (val.sha256 in the cache): earlier results are then incomparable, and `check` says so.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from bisect import bisect_right
+from itertools import accumulate
+from pathlib import Path
+
+# --- constants --------------------------------------------------------------------------------
+TIME_BUDGET = float(os.environ.get("AUTORESEARCH_TIME_BUDGET", "300"))  # training seconds
+MAX_SEQ_LEN = 1024  # context length the evaluator scores with; models must accept it
+VOCAB_SIZE = 256  # raw bytes
+VAL_SHA256 = "79ab2a1b1f35484385c4dc23be0602af752538fa5917f43f3a481f7b0770fa84"  # val.txt, builtin split
+VAL_BYTES = 256 * 1024  # size of the builtin validation split (rounded up to whole documents)
+BUILTIN_MB = float(os.environ.get("AUTORESEARCH_BUILTIN_MB", "100"))  # size of the training split
+TRAIN_SEED, VAL_SEED = 1, 2  # disjoint seeds: no validation document appears in training
+EVAL_BATCH = 8
+HERE = Path(__file__).resolve().parent
+DOWNLOADS = {  # --source NAME: shards fetched over HTTP (AUTORESEARCH_DATA_URL overrides the base)
+    "climbmix": ("https://huggingface.co/datasets/karpathy/climbmix-400b-shuffle/resolve/main", ["shard_00000.parquet"]),
+    "fineweb-edu": ("https://huggingface.co/datasets/HuggingFaceFW/fineweb-edu/resolve/main/sample/10BT", ["000_00000.parquet"]),
+    "tinystories": ("https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main", ["TinyStoriesV2-GPT4-valid.txt"]),
+}
+
+
+class HarnessError(Exception):
+    """A reason, printed as one line with a non-zero exit."""
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("AUTORESEARCH_CACHE", Path.home() / ".cache" / "autoresearch")).expanduser()
+
+
+def val_path() -> Path:
+    return Path(os.environ.get("AUTORESEARCH_VAL", HERE / "val.txt"))
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# --- the builtin corpus -----------------------------------------------------------------------
+# A procedural generator with its own integer PRNG (splitmix64), so the bytes are identical on
+# every machine and Python version. Every random choice is logged with its probability, so the
+# corpus knows its own entropy: the floor no model can beat in expectation.
+
+MASK = (1 << 64) - 1
+
+
+class Rng:
+    def __init__(self, seed: int) -> None:
+        self.state = seed & MASK
+        self.bits = 0.0  # information content of every choice made so far
+
+    def next(self) -> int:
+        self.state = (self.state + 0x9E3779B97F4A7C15) & MASK
+        z = self.state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK
+        return z ^ (z >> 31)
+
+    def below(self, n: int) -> int:
+        self.bits += math.log2(n)
+        return self.next() % n
+
+    def pick(self, items: list, cum: list[int]) -> object:
+        """Weighted choice; `cum` holds the integer cumulative weights of `items`."""
+        r = self.next() % cum[-1]
+        i = bisect_right(cum, r)
+        self.bits += math.log2(cum[-1] / (cum[i] - (cum[i - 1] if i else 0)))
+        return items[i]
+
+
+def _lexicon(rng: Rng, n: int, syllables: list[str], parts: tuple[int, int]) -> list[str]:
+    words: list[str] = []
+    seen: set[str] = set()
+    while len(words) < n:
+        k = parts[0] + rng.next() % (parts[1] - parts[0] + 1)
+        w = "".join(syllables[rng.next() % len(syllables)] for _ in range(k))
+        if w not in seen:
+            seen.add(w)
+            words.append(w)
+    return words
+
+
+class Grammar:
+    """A made-up language: an invented lexicon with Zipfian frequencies, agreement, clauses."""
+
+    def __init__(self) -> None:
+        rng = Rng(0xA5A5)  # the lexicon is part of the corpus definition, the same for every split
+        sy = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"] + ["th", "sh", "or", "an", "el"]
+        self.nouns = _lexicon(rng, 600, sy, (2, 3))
+        self.verbs = _lexicon(rng, 250, sy, (2, 3))
+        self.adjs = _lexicon(rng, 200, sy, (2, 3))
+        self.names = [w.capitalize() for w in _lexicon(rng, 120, sy, (2, 3))]
+        self.zipf = {k: list(accumulate(10**6 // (i + 2) for i in range(len(v)))) for k, v in self.__dict__.items()}
+        self.preps = ["in", "on", "near", "under", "with", "beyond"]
+        self.dets = ["the", "a", "every", "no", "some"]
+
+    def word(self, rng: Rng, kind: str, topic: list[str] | None = None) -> str:
+        if topic is not None and rng.below(2) == 0:  # topical words recur: long-range structure
+            return topic[rng.below(len(topic))]
+        return rng.pick(getattr(self, kind), self.zipf[kind])  # type: ignore[return-value]
+
+    def noun_phrase(self, rng: Rng, topic: list[str]) -> tuple[str, bool]:
+        plural = rng.below(2) == 1
+        det = "the" if plural else self.dets[rng.below(len(self.dets))]
+        adj = self.word(rng, "adjs") + " " if rng.below(3) == 0 else ""
+        noun = self.word(rng, "nouns", topic) + ("i" if plural else "")
+        return f"{det} {adj}{noun}", plural
+
+    def sentence(self, rng: Rng, topic: list[str], names: list[str]) -> str:
+        if rng.below(4) == 0:
+            subj, plural = names[rng.below(len(names))], False
+        else:
+            subj, plural = self.noun_phrase(rng, topic)
+        verb = self.word(rng, "verbs") + ("" if plural else "s")  # agreement with the subject
+        obj, _ = self.noun_phrase(rng, topic)
+        s = f"{subj} {verb} {obj}"
+        if rng.below(3) == 0:
+            pp, _ = self.noun_phrase(rng, topic)
+            s += f" {self.preps[rng.below(len(self.preps))]} {pp}"
+        if rng.below(4) == 0:
+            s += " and " + self.sentence(rng, topic, names)[:-1].lower()
+        return s[0].upper() + s[1:] + "."
+
+
+def _story(g: Grammar, rng: Rng) -> str:
+    topic = [g.word(rng, "nouns") for _ in range(3)]
+    names = [g.word(rng, "names") for _ in range(2)]
+    n = 2 + rng.below(7)
+    return "story: " + " ".join(g.sentence(rng, topic, names) for _ in range(n))
+
+
+def _digits(rng: Rng, lo: int, hi: int) -> int:
+    return lo + rng.below(hi - lo + 1)
+
+
+def _recall(g: Grammar, rng: Rng) -> str:
+    n = 3 + rng.below(8)
+    keys = [g.word(rng, "nouns") for _ in range(n)]
+    vals = [_digits(rng, 0, 999) for _ in range(n)]
+    table = {}
+    for k, v in zip(keys, vals):
+        table[k] = v  # a repeated key: the later value wins, and the question must know it
+    pairs = "; ".join(f"{k}={v}" for k, v in zip(keys, vals))
+    asks = [keys[rng.below(n)] for _ in range(1 + rng.below(3))]
+    return f"recall: {pairs}. " + " ".join(f"{k}? {table[k]}." for k in asks)
+
+
+def _copy(g: Grammar, rng: Rng) -> str:
+    alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
+    s = "".join(alphabet[rng.below(len(alphabet))] for _ in range(_digits(rng, 4, 40)))
+    return f"copy: {s} | {s}"
+
+
+def _brackets(g: Grammar, rng: Rng) -> str:
+    pairs = {"(": ")", "[": "]", "{": "}", "<": ">"}
+    out, stack = [], []
+    for _ in range(_digits(rng, 4, 60)):
+        if stack and rng.below(2) == 0:
+            out.append(pairs[stack.pop()])
+        else:
+            c = "([{<"[rng.below(4)]
+            stack.append(c)
+            out.append(c)
+    out += [pairs[c] for c in reversed(stack)]  # closing the rest is forced: no information
+    return "brackets: " + "".join(out)
+
+
+def _count(g: Grammar, rng: Rng) -> str:
+    s = "".join("xyz"[rng.below(3)] for _ in range(_digits(rng, 3, 30)))
+    c = "xyz"[rng.below(3)]
+    return f"count {c} in {s}: {s.count(c)}"
+
+
+def _arith(g: Grammar, rng: Rng) -> str:
+    a, b = _digits(rng, 0, 9999), _digits(rng, 0, 9999)
+    op = "+-*"[rng.below(3)]
+    if op == "*":
+        a, b = a % 100, b % 100
+    return f"calc: {a}{op}{b}={a + b if op == '+' else a - b if op == '-' else a * b}"
+
+
+KINDS = [_story, _story, _story, _recall, _copy, _brackets, _count, _arith]
+
+
+def generate(seed: int, nbytes: int) -> tuple[bytes, float]:
+    """Documents from `seed` until `nbytes` is reached; returns the bytes and their entropy in bits."""
+    g, rng = Grammar(), Rng(seed)
+    docs, size = [], 0
+    while size < nbytes:
+        doc = KINDS[rng.below(len(KINDS))](g, rng) + "\n"
+        docs.append(doc)
+        size += len(doc)
+    return "".join(docs).encode(), rng.bits
+
+
+# --- preparing data -----------------------------------------------------------------------------
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def progress(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _read_source(path: Path) -> bytes:
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    chunks = []
+    for f in files:
+        if f.suffix in (".txt", ".md"):
+            chunks.append(f.read_text(encoding="utf-8", errors="replace"))
+        elif f.suffix == ".jsonl":
+            for line in f.read_text(encoding="utf-8").splitlines():
+                if line.strip():
+                    chunks.append(str(json.loads(line).get("text", "")))
+        elif f.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            chunks.extend(str(t) for t in pq.read_table(f, columns=["text"]).column("text").to_pylist())
+    if not chunks:
+        raise HarnessError(f"no text found in {path}: give a file or a folder of .txt, .md, .jsonl or .parquet")
+    return "\n".join(chunks).encode("utf-8")
+
+
+def download(url: str, dest: Path, expected_sha: str | None = None, tries: int = 5) -> Path:
+    """Fetch url to dest, resuming a partial `.part` file with HTTP Range after a dropped connection."""
+    if dest.exists():
+        return dest
+    part = dest.with_name(dest.name + ".part")
+    for attempt in range(tries):
+        have = part.stat().st_size if part.exists() else 0
+        req = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                if have and resp.status != 206:  # the server ignored Range: start over
+                    have = 0
+                total = have + int(resp.headers.get("Content-Length", "0"))
+                with open(part, "ab" if have else "wb") as f:
+                    while chunk := resp.read(1 << 20):
+                        f.write(chunk)
+            if part.stat().st_size < total:
+                raise urllib.error.URLError("connection closed early")
+            break
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as e:
+            progress(f"download of {url} interrupted ({e}); retry {attempt + 1}/{tries}")
+            time.sleep(min(2**attempt * 0.2, 10))
+    else:
+        raise HarnessError(f"could not download {url} after {tries} tries: check the network, then run again (it resumes)")
+    if expected_sha and sha256(part.read_bytes()) != expected_sha:
+        part.unlink()
+        raise HarnessError(f"checksum mismatch for {url}: the file was deleted, run again")
+    os.replace(part, dest)
+    return dest
+
+
+def prepare(source: str, force_val: bool) -> None:
+    cache = data_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    manifest_path = cache / "manifest.json"
+    if manifest_path.exists() and not force_val:
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("source") == source and _train_ok(cache, manifest):
+            progress(f"data already prepared in {cache} ({manifest['train_bytes']:,} bytes, source {source})")
+            return
+    t0 = time.time()
+    if source == "builtin":
+        progress(f"generating the builtin corpus ({BUILTIN_MB:g} MB) into {cache} ...")
+        train, bits = generate(TRAIN_SEED, int(BUILTIN_MB * 1e6))
+        progress(f"generated {len(train):,} bytes in {time.time() - t0:.1f}s ({bits / len(train):.3f} bits/byte)")
+        val = None
+    else:
+        if source in DOWNLOADS:
+            base, files = DOWNLOADS[source]
+            base = os.environ.get("AUTORESEARCH_DATA_URL", base)
+            raw = cache / "raw" / source
+            raw.mkdir(parents=True, exist_ok=True)
+            paths = [download(f"{base}/{name}", raw / name) for name in files]
+            text = b"\n".join(_read_source(p) for p in paths)
+        else:
+            path = Path(source).expanduser()
+            if not path.exists():
+                raise HarnessError(f"--source {source}: no such file, folder or corpus name ({', '.join(['builtin', *DOWNLOADS])})")
+            text = _read_source(path)
+        cut = max(len(text) - VAL_BYTES, len(text) * 9 // 10)
+        train, val = text[:cut], text[cut:]
+    atomic_write(cache / "train.bin", train)
+    if force_val:
+        val = val if val is not None else generate(VAL_SEED, VAL_BYTES)[0]
+        atomic_write(val_path(), val)
+        atomic_write(cache / "val.sha256", sha256(val).encode())
+        progress(f"wrote a new {val_path().name} ({len(val):,} bytes): results from earlier runs are not comparable")
+    elif source != "builtin":
+        progress("kept val.txt (the builtin split); pass --force-val to validate on your own text instead")
+    manifest = {"source": source, "train_bytes": len(train), "train_sha256": sha256(train)}
+    atomic_write(manifest_path, json.dumps(manifest).encode())
+    check_val()
+    progress(f"prepared {len(train):,} training bytes in {time.time() - t0:.1f}s; validation: {val_path()}")
+    if source == "builtin" and VAL_SHA256 == sha256(val_path().read_bytes()):
+        progress(f"entropy floor of val.txt: {entropy_floor():.4f} bits/byte")
+
+
+def _train_ok(cache: Path, manifest: dict) -> bool:
+    train = cache / "train.bin"
+    return train.exists() and train.stat().st_size == manifest.get("train_bytes") and sha256(train.read_bytes()) == manifest["train_sha256"]
+
+
+def expected_val_sha() -> str:
+    override = data_dir() / "val.sha256"
+    return override.read_text().strip() if override.exists() else VAL_SHA256
+
+
+def check_val() -> bytes:
+    path = val_path()
+    if not path.exists():
+        raise HarnessError(f"{path} is missing: restore it with `git checkout -- val.txt`")
+    data = path.read_bytes()
+    if sha256(data) != expected_val_sha():
+        raise HarnessError(f"{path} fails its checksum: restore it with `git checkout -- val.txt` (results depend on it)")
+    return data
+
+
+def check() -> None:
+    cache = data_dir()
+    manifest = cache / "manifest.json"
+    if not manifest.exists() or not (cache / "train.bin").exists():
+        raise HarnessError(f"training data is not prepared in {cache}: run `python prepare.py`")
+    if (cache / "train.bin").stat().st_size != json.loads(manifest.read_text()).get("train_bytes"):
+        raise HarnessError(f"training data in {cache} is incomplete: run `python prepare.py` again")
+    check_val()
+    if expected_val_sha() != VAL_SHA256:
+        print(f"note: val.txt is not the builtin split (see {cache / 'val.sha256'}): results are not comparable to builtin runs")
+
+
+def entropy_floor() -> float:
+    """Bits per byte the builtin generator spent on val.txt.
+
+    A model cannot beat the source's entropy in expectation. A few byte strings have more than one
+    derivation (a topical word can also be drawn from the lexicon), so this slightly overstates
+    the true floor: read it as an upper bound of the floor, close to it.
+    """
+    data, bits = generate(VAL_SEED, VAL_BYTES)  # val.txt is exactly these whole documents
+    return bits / len(data)
+
+
+# --- training data loader ---------------------------------------------------------------------
+
+
+def train_batches(batch_size: int, seq_len: int, device: str | object = "cpu"):
+    """Random windows of the training split, forever: (x, y) int64 tensors of shape (B, T)."""
+    import numpy as np
+    import torch
+
+    data = np.memmap(data_dir() / "train.bin", dtype=np.uint8, mode="r")
+    gen = np.random.default_rng(int(os.environ.get("AUTORESEARCH_SEED", "0")))
+    cuda = str(device).startswith("cuda")
+    offsets = np.arange(seq_len + 1)
+    while True:
+        starts = gen.integers(0, len(data) - seq_len - 1, size=batch_size)
+        chunk = torch.from_numpy(data[starts[:, None] + offsets].astype(np.int64))
+        if cuda:
+            chunk = chunk.pin_memory().to(device, non_blocking=True)
+        yield chunk[:, :-1], chunk[:, 1:]
+
+
+# --- the trusted evaluator -----------------------------------------------------------------------
+
+
+def evaluate(checkpoint: Path) -> tuple[float, float]:
+    """val_bpb of the model train.py builds with the saved weights; raises HarnessError with a reason."""
+    import torch
+    import torch.nn.functional as F
+
+    t0 = time.time()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    weights = checkpoint / "model.pt"
+    if not weights.exists():
+        raise HarnessError(f"eval: no weights at {weights}: train.py must save model.state_dict() there")
+    sys.path.insert(0, str(HERE))
+    import train  # noqa: E402 - the model definition only; its training is under __main__
+
+    model = train.build_model()
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        model.load_state_dict(state, strict=True)
+    except Exception as e:  # any way a checkpoint can fail to load is the model's failure
+        raise HarnessError(f"eval: checkpoint does not load: {str(e).splitlines()[0][:200]}") from None
+    model = model.to(device).eval()
+    val = torch.frombuffer(bytearray(check_val()), dtype=torch.uint8).long()
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), torch.autocast("cuda", torch.bfloat16, enabled=device == "cuda"):
+            logits = model(x.to(device))
+        if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (*x.shape, VOCAB_SIZE):
+            got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+            raise HarnessError(f"eval: model output has shape {got}, expected {(*x.shape, VOCAB_SIZE)}")
+        logits = logits.float()
+        if not torch.isfinite(logits).all():
+            raise HarnessError("eval: model produced NaN or infinite logits")
+        return logits
+
+    _probe_causality(forward, val, min(256, MAX_SEQ_LEN, int(getattr(train, "SEQ_LEN", MAX_SEQ_LEN))))
+    total_nats, count = 0.0, 0
+    # Windows as long as the context the model was trained for (its SEQ_LEN), at most MAX_SEQ_LEN:
+    # a shorter context only costs the model, so it is the model's choice to make.
+    T = max(1, min(MAX_SEQ_LEN, int(getattr(train, "SEQ_LEN", MAX_SEQ_LEN))))
+    n_windows = (len(val) - 1) // T
+    windows = [val[i * T : i * T + T + 1] for i in range(n_windows)]
+    for i in range(0, n_windows, EVAL_BATCH):
+        batch = torch.stack(windows[i : i + EVAL_BATCH])
+        logits = forward(batch[:, :-1])
+        total_nats += F.cross_entropy(logits.reshape(-1, VOCAB_SIZE), batch[:, 1:].reshape(-1).to(device), reduction="sum").item()
+        count += batch[:, 1:].numel()
+    rest = val[n_windows * T :]
+    if len(rest) > 1:  # the tail: every byte after the first is predicted exactly once
+        logits = forward(rest[None, :-1])
+        total_nats += F.cross_entropy(logits[0], rest[1:].to(device), reduction="sum").item()
+        count += len(rest) - 1
+    return total_nats / math.log(2) / count, time.time() - t0
+
+
+def _probe_causality(forward, val, T: int) -> None:
+    """Changing later bytes, or another row of the batch, must not change earlier logits."""
+    import torch
+
+    base = torch.stack([val[:T], val[T : 2 * T]])
+    ref = forward(base)
+    gen = torch.Generator().manual_seed(0)
+    for cut in sorted({1, T // 4, T // 2, T - 1} - {0}):
+        x = base.clone()
+        x[:, cut:] = torch.randint(0, 256, (2, T - cut), generator=gen)
+        if not torch.allclose(forward(x)[:, :cut], ref[:, :cut], atol=1e-2, rtol=1e-2):
+            raise HarnessError(f"eval: model is not causal: logits before position {cut} changed when later bytes changed")
+    x = base.clone()
+    x[1] = torch.randint(0, 256, (T,), generator=gen)
+    if not torch.allclose(forward(x)[0], ref[0], atol=1e-2, rtol=1e-2):
+        raise HarnessError("eval: model mixes rows of a batch: one sequence's logits depend on another's bytes")
+
+
+# --- command line -----------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("command", nargs="?", default="prepare", choices=["prepare", "check", "eval"])
+    parser.add_argument("--source", default="builtin", help="builtin, a path, or one of: " + ", ".join(DOWNLOADS))
+    parser.add_argument("--force-val", action="store_true", help="write a new val.txt from this source")
+    parser.add_argument("--checkpoint", type=Path, help="eval: the directory holding model.pt")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "check":
+            check()
+            print(f"ok: data in {data_dir()}, val.txt verified")
+        elif args.command == "eval":
+            if args.checkpoint is None:
+                raise HarnessError("eval needs --checkpoint DIR")
+            bpb, seconds = evaluate(args.checkpoint)
+            # The trusted lines come last: the daemon reads the last val_bpb line.
+            print(f"val_bpb: {bpb:.6f}\neval_seconds: {seconds:.1f}", flush=True)
+        else:
+            prepare(args.source, args.force_val)
+    except HarnessError as e:
+        print(str(e), flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
