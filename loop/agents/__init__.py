@@ -1,2 +1,54 @@
-"""Agents: whatever proposes the next train.py. See base.py for the protocol."""
+"""Agents: whatever proposes the next train.py (see base.py for the protocol), and the registry
+that makes one by name: search, queue, anthropic, claude-code, or `module:Class` for your own.
+"""
 from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from loop.agents.base import Agent
+from loop.errors import AgentFatal, UsageError
+
+NAMES = ("search", "queue", "anthropic", "claude-code")
+
+
+@dataclass
+class AgentOptions:
+    queue_dir: Path | None = None
+    model: str | None = None
+    seed: int = 0
+    on_gpu: bool = False
+    should_stop: Callable[[], bool] | None = None
+
+
+def default_agent_name() -> str:
+    return "anthropic" if os.environ.get("ANTHROPIC_API_KEY") else "search"
+
+
+def make_agent(name: str, options: AgentOptions) -> Agent:
+    if name == "search":
+        from loop.agents.search import SearchAgent
+
+        return SearchAgent(seed=options.seed, on_gpu=options.on_gpu)
+    if name == "queue":
+        from loop.agents.queue import QueueAgent
+
+        return QueueAgent(options.queue_dir, should_stop=options.should_stop)
+    if name in ("anthropic", "claude-code"):
+        module = "anthropic_agent" if name == "anthropic" else "claude_code"
+        try:
+            mod = importlib.import_module(f"loop.agents.{module}")
+        except ImportError:
+            raise AgentFatal(f"the {name} agent is not available in this installation") from None
+        cls = getattr(mod, "AnthropicAgent" if name == "anthropic" else "ClaudeCodeAgent")
+        return cls(model=options.model) if options.model else cls()
+    if ":" in name:  # your own agent: `package.module:ClassName`, constructed with no arguments
+        module, _, attr = name.partition(":")
+        try:
+            return getattr(importlib.import_module(module), attr)()
+        except (ImportError, AttributeError) as e:
+            raise UsageError(f"--agent {name}: cannot load it ({e})") from None
+    raise UsageError(f"--agent {name}: unknown agent; choose one of {', '.join(NAMES)} or module:Class")

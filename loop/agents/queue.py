@@ -1,0 +1,75 @@
+"""The queue agent: proposals that a person or another tool drops into a folder.
+
+Taken in name order: `NAME.py` is a whole new train.py, `NAME.diff` a unified diff against the
+current train.py; the description is the first line of `NAME.txt` if present, else NAME. A used
+proposal (and its .txt) moves to `DIR/done/`. An empty queue waits for the next file.
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+from loop.agents.base import Context, Proposal
+from loop.errors import AgentFatal, ProposalFailed
+
+POLL_SECONDS = 0.5
+
+
+class QueueAgent:
+    name = "queue"
+
+    def __init__(self, queue_dir: Path | None = None, should_stop: Callable[[], bool] | None = None) -> None:
+        if queue_dir is None:
+            raise AgentFatal("the queue agent needs --queue DIR: the folder to take proposals from")
+        self.dir = Path(queue_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.should_stop = should_stop or (lambda: False)
+
+    def propose(self, context: Context) -> Proposal:
+        while True:
+            entries = sorted(p for p in self.dir.iterdir() if p.suffix in (".py", ".diff") and p.is_file())
+            if entries:
+                return self._take(entries[0], context)
+            if self.should_stop():
+                raise ProposalFailed("queue: stopped while waiting for a proposal")
+            time.sleep(POLL_SECONDS)
+
+    def _take(self, entry: Path, context: Context) -> Proposal:
+        note = entry.with_suffix(".txt")
+        description = entry.stem
+        if note.exists():
+            lines = note.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+            description = lines[0] if lines else description
+        done = self.dir / "done"
+        done.mkdir(exist_ok=True)
+        try:
+            if entry.suffix == ".py":
+                text = entry.read_text(encoding="utf-8", errors="replace")
+            else:
+                text = apply_diff(context.train_py, entry.read_text(encoding="utf-8", errors="replace"))
+        finally:
+            for f in (entry, note):
+                if f.exists():
+                    shutil.move(str(f), done / f.name)
+        return Proposal(train_py=text, description=description)
+
+
+def apply_diff(train_py: str, diff: str) -> str:
+    """Apply a unified diff of train.py with `git apply` in a scratch folder."""
+    with tempfile.TemporaryDirectory() as tmp:
+        target = Path(tmp) / "train.py"
+        target.write_text(train_py, encoding="utf-8")
+        patch = Path(tmp) / "change.diff"
+        patch.write_text(diff, encoding="utf-8")
+        result = subprocess.run(["git", "apply", "--unidiff-zero", "--recount", "-p1", str(patch)],
+                                cwd=tmp, capture_output=True, text=True)
+        if result.returncode != 0:
+            result = subprocess.run(["git", "apply", "--recount", "-p0", str(patch)], cwd=tmp, capture_output=True, text=True)
+        if result.returncode != 0:
+            reason = (result.stderr.strip().splitlines() or ["does not apply"])[0]
+            raise ProposalFailed(f"queue: diff does not apply to train.py: {reason}")
+        return target.read_text(encoding="utf-8")

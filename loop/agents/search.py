@@ -1,0 +1,128 @@
+"""The offline agent: mutates train.py's uppercase hyperparameter constants.
+
+Evolutionary in a small way: it always mutates the best kept train.py, prefers the constants
+whose changes have paid off before (and the direction that paid), never proposes a configuration
+it has already tried, keeps ints as ints and powers of two as powers of two. It needs no network
+and no key, so it is the default without ANTHROPIC_API_KEY, and the baseline an LLM must beat.
+"""
+from __future__ import annotations
+
+import ast
+import random
+import re
+from dataclasses import dataclass
+
+from loop.agents.base import Context, Proposal
+from loop.errors import ProposalFailed
+
+DESCRIPTION = re.compile(r"([A-Z][A-Z0-9_]*) (\S+) -> (\S+)")
+FACTORS = (0.5, 0.7, 0.8, 1.25, 1.4, 2.0)
+INERT = re.compile(r"SEED|^LOG_")  # constants that change nothing the metric sees
+MAX_TRIES = 200
+
+
+@dataclass(frozen=True)
+class Constant:
+    name: str
+    value: int | float
+    start: int  # character offsets of the literal in the source
+    end: int
+
+
+def find_constants(source: str) -> list[Constant]:
+    """Module-level `NAME = <number>` and `NAME = <number> if ... else <number>` literals."""
+    tree = ast.parse(source)
+    offsets = _line_offsets(source)
+    found = []
+    for node in tree.body:
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
+            continue
+        name = node.targets[0].id
+        if not name.isupper():
+            continue
+        literals = [node.value.body, node.value.orelse] if isinstance(node.value, ast.IfExp) else [node.value]
+        for i, lit in enumerate(literals):
+            if isinstance(lit, ast.Constant) and type(lit.value) in (int, float):
+                key = name if len(literals) == 1 else f"{name}[{'if' if i == 0 else 'else'}]"
+                start = offsets[lit.lineno - 1] + lit.col_offset
+                end = offsets[lit.end_lineno - 1] + lit.end_col_offset  # type: ignore[operator]
+                found.append(Constant(key, lit.value, start, end))
+    return found
+
+
+def _line_offsets(source: str) -> list[int]:
+    # ast offsets count UTF-8 bytes; the constants section is ASCII in practice, so count chars
+    # of lines and accept that a non-ASCII comment before a constant shifts nothing on its line.
+    offsets, total = [], 0
+    for line in source.splitlines(keepends=True):
+        offsets.append(total)
+        total += len(line)
+    return offsets
+
+
+def mutate_value(value: int | float, rng: random.Random) -> int | float:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        if value > 1 and value & (value - 1) == 0:  # powers of two stay powers of two
+            return value * 2 if rng.random() < 0.5 else value // 2
+        if value == 0:
+            return 1
+        step = max(1, round(abs(value) * rng.choice((0.25, 0.5))))
+        return max(1, value + rng.choice((-step, step)))
+    if value == 0.0:
+        return rng.choice((1e-4, 1e-2, 0.1))
+    return float(f"{value * rng.choice(FACTORS):.3g}")
+
+
+class SearchAgent:
+    name = "search"
+
+    def __init__(self, seed: int = 0, max_changes: int = 2, on_gpu: bool = False) -> None:
+        self.rng = random.Random(seed)
+        self.max_changes = max_changes
+        # `X = gpu_value if ON_GPU else cpu_value`: only the branch this machine runs matters.
+        self.skip_branch = "[else]" if on_gpu else "[if]"
+
+    def propose(self, context: Context) -> Proposal:
+        constants = [c for c in find_constants(context.train_py)
+                     if not INERT.search(c.name) and not c.name.endswith(self.skip_branch)]
+        if not constants:
+            raise ProposalFailed("search: train.py has no uppercase numeric constants to mutate")
+        tried = {item.description for item in context.history}
+        weights = self._weights(context, [c.name for c in constants])
+        for _ in range(MAX_TRIES):
+            k = 1 if self.rng.random() < 0.6 else self.max_changes
+            chosen = self._sample(constants, weights, k)
+            changes = [(c, mutate_value(c.value, self.rng)) for c in chosen]
+            changes = [(c, v) for c, v in changes if v != c.value]
+            if not changes:
+                continue
+            description = ", ".join(f"{c.name} {c.value!r} -> {v!r}" for c, v in changes)
+            if description in tried:
+                continue
+            source = context.train_py
+            for c, v in sorted(changes, key=lambda cv: -cv[0].start):  # rewrite from the end
+                source = source[: c.start] + repr(v) + source[c.end :]
+            return Proposal(train_py=source, description=description,
+                            hypothesis="a nearby setting of these hyperparameters trains better within the budget")
+        raise ProposalFailed("search: every nearby configuration has been tried")
+
+    def _weights(self, context: Context, names: list[str]) -> dict[str, float]:
+        """1 + twice the number of kept changes per constant: what paid before is tried more."""
+        weights = {n: 1.0 for n in names}
+        for item in context.history:
+            for name, _, _ in DESCRIPTION.findall(item.description):
+                if name in weights and item.status == "keep":
+                    weights[name] += 2.0
+                elif name in weights and item.status == "crash":
+                    weights[name] = max(0.3, weights[name] - 0.3)
+        return weights
+
+    def _sample(self, constants: list[Constant], weights: dict[str, float], k: int) -> list[Constant]:
+        pool, chosen = list(constants), []
+        for _ in range(min(k, len(pool))):
+            pick = self.rng.choices(pool, weights=[weights[c.name] for c in pool])[0]
+            pool.remove(pick)
+            chosen.append(pick)
+        return chosen

@@ -1,0 +1,201 @@
+"""Test kit for the daemon: a real git repo with a fast fake harness, the CLI as a subprocess,
+and the invariants every run must keep.
+
+The fake harness honours the real contracts (prepare.py check/eval, AUTORESEARCH_OUT, the `---`
+summary, val.txt pinned by checksum) without torch: "training" saves train.py's constants and
+"evaluation" scores them with a smooth function that has an optimum, so a search can improve.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from loop.journal import JOURNAL_NAME, fold, read_events, run_dir
+
+MAIN = Path(__file__).resolve().parents[1]
+VAL_TEXT = "fixed validation text for the fake harness\n" * 20
+
+FAKE_PREPARE = '''"""Fake harness for tests: the real contracts, no torch."""
+import hashlib, json, math, os, sys, time
+from pathlib import Path
+
+TIME_BUDGET = float(os.environ.get("AUTORESEARCH_TIME_BUDGET", "300"))
+MAX_SEQ_LEN, VOCAB_SIZE = 64, 256
+VAL_SHA256 = "{sha}"
+HERE = Path(__file__).resolve().parent
+
+
+def data_dir():
+    return Path(os.environ.get("AUTORESEARCH_CACHE", Path.home() / ".cache" / "autoresearch"))
+
+
+def main():
+    cmd = sys.argv[1] if len(sys.argv) > 1 else "prepare"
+    val = Path(os.environ.get("AUTORESEARCH_VAL", HERE / "val.txt"))
+    if cmd == "prepare":
+        data_dir().mkdir(parents=True, exist_ok=True)
+        (data_dir() / "train.bin").write_bytes(b"x" * 1000)
+        return 0
+    if cmd == "check":
+        if not (data_dir() / "train.bin").exists():
+            print(f"training data is not prepared in {{data_dir()}}: run `python prepare.py`")
+            return 1
+        if not val.exists() or hashlib.sha256(val.read_bytes()).hexdigest() != VAL_SHA256:
+            print(f"{{val}} fails its checksum: restore it with `git checkout -- val.txt`")
+            return 1
+        print("ok")
+        return 0
+    sys.path.insert(0, str(HERE))
+    import train
+    time.sleep(getattr(train, "eval_sleep_s", 0.0))
+    ckpt = Path(sys.argv[sys.argv.index("--checkpoint") + 1]) / "model.pt"
+    try:
+        w = json.loads(ckpt.read_text())
+    except (OSError, ValueError) as e:
+        print(f"eval: checkpoint does not load: {{e}}")
+        return 1
+    if hashlib.sha256(val.read_bytes()).hexdigest() != VAL_SHA256:
+        print("eval: val.txt fails its checksum")
+        return 1
+    bpb = 1.0 + (math.log10(w["LR"]) - math.log10(0.005)) ** 2 + (w["WIDTH"] - 16) ** 2 / 400 + (w["DEPTH"] - 4) ** 2 / 50
+    print(f"val_bpb: {{bpb:.6f}}")
+    print("eval_seconds: 0.0")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+'''
+
+FAKE_TRAIN = '''"""Fake train.py for tests: saves its constants as the "model"."""
+import json, os, time
+from pathlib import Path
+
+from prepare import TIME_BUDGET
+
+LR = 0.02  # learning rate
+WIDTH = 8  # model width
+DEPTH = 2  # number of layers
+sleep_s = {sleep}  # seconds of "training" (lower case: not a hyperparameter to search)
+eval_sleep_s = {eval_sleep}  # seconds the fake evaluator takes
+
+if __name__ == "__main__":
+    t0 = time.time()
+    print("step 0 | loss 3.0000", flush=True)
+    time.sleep(sleep_s)
+    print("step 1 | loss 2.5000", flush=True)
+    out = Path(os.environ.get("AUTORESEARCH_OUT", "out"))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "model.pt").write_text(json.dumps({{"LR": LR, "WIDTH": WIDTH, "DEPTH": DEPTH}}))
+    print("---")
+    print(f"training_seconds: {{min(time.time() - t0, TIME_BUDGET):.1f}}")
+    print(f"total_seconds: {{time.time() - t0:.1f}}")
+    print("peak_vram_mb: 1024.0")
+    print("mfu_percent: 0.00")
+    print("total_tokens_M: 0.0")
+    print("num_steps: 2")
+    print("num_params_M: 0.0")
+    print(f"depth: {{DEPTH}}")
+'''
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def make_repo(tmp_path: Path, harness: str = "fake", sleep: float = 0.0, eval_sleep: float = 0.0) -> tuple[Path, dict[str, str]]:
+    """A real git repo ready for `autoresearch start`; returns it and the environment to use.
+
+    harness="fake": the fast fake harness above. harness="real": prepare.py, train.py and val.txt
+    of this project (the caller points AUTORESEARCH_CACHE at prepared data).
+    """
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    if harness == "real":
+        for name in ("prepare.py", "train.py", "val.txt"):
+            shutil.copy(MAIN / name, repo / name)
+    else:
+        (repo / "val.txt").write_text(VAL_TEXT)
+        sha = hashlib.sha256(VAL_TEXT.encode()).hexdigest()
+        (repo / "prepare.py").write_text(FAKE_PREPARE.format(sha=sha))
+        (repo / "train.py").write_text(FAKE_TRAIN.format(sleep=sleep, eval_sleep=eval_sleep))
+    (repo / "program.md").write_text("Lower val_bpb within the budget. Edit train.py only.\n")
+    shutil.copy(MAIN / ".gitignore", repo / ".gitignore")
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "config", "user.email", "test@example.com")
+    git(repo, "config", "user.name", "test")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "experiment repo")
+    env = dict(os.environ)
+    env.pop("ANTHROPIC_API_KEY", None)
+    env["AUTORESEARCH_CACHE"] = str(tmp_path / "cache")
+    env["PYTHONPATH"] = str(MAIN) + os.pathsep + env.get("PYTHONPATH", "")
+    if harness == "fake":
+        subprocess.run([sys.executable, "prepare.py"], cwd=repo, env=env, check=True)
+    return repo, env
+
+
+def run_cli(repo: Path, *args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "loop.cli", *args], cwd=repo, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def start_background(repo: Path, *args: str, env: dict[str, str]) -> subprocess.Popen:
+    log = open(repo.parent / "daemon.out", "ab")
+    return subprocess.Popen([sys.executable, "-m", "loop.cli", *args], cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def journal_events(repo: Path, tag: str) -> list[dict]:
+    return read_events(run_dir(repo, tag) / JOURNAL_NAME)
+
+
+def wait_for_event(repo: Path, tag: str, event: str, n: int | None = None, timeout: float = 60, poll: float = 0.01) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for ev in journal_events(repo, tag):
+            if ev["event"] == event and (n is None or ev.get("n") == n):
+                return ev
+        time.sleep(poll)
+    raise AssertionError(f"no {event} event for experiment {n} within {timeout}s")
+
+
+def read_results(repo: Path) -> list[list[str]]:
+    lines = (repo / "results.tsv").read_text().splitlines()
+    assert lines[0] == "commit\tval_bpb\tmemory_gb\tstatus\tdescription"
+    return [line.split("\t") for line in lines[1:]]
+
+
+def queue_proposal(queue: Path, name: str, train_py: str, description: str | None = None) -> None:
+    queue.mkdir(parents=True, exist_ok=True)
+    if description is not None:
+        (queue / f"{name}.txt").write_text(description + "\n")
+    tmp = queue / f".{name}.tmp"
+    tmp.write_text(train_py)
+    tmp.rename(queue / f"{name}.py")  # atomic: the agent never sees half a file
+
+
+def assert_invariants(repo: Path, tag: str) -> None:
+    """results.tsv == the journal's decided experiments, refs exist, tree clean, tip == best kept."""
+    run = fold(journal_events(repo, tag))
+    decided = [e for e in run.experiments if e.status in ("keep", "discard", "crash")]
+    rows = read_results(repo)
+    assert len(rows) == len(decided), (rows, [e.n for e in decided])
+    for row, rec in zip(rows, decided):
+        assert row[0] == (rec.commit or "")[:7] and row[3] == rec.status, (row, rec)
+    assert len({e.n for e in decided}) == len(decided)
+    refs = git(repo, "for-each-ref", "--format=%(refname) %(objectname)", f"refs/autoresearch/{tag}/")
+    pinned = dict(line.split(" ") for line in refs.splitlines())
+    for rec in run.experiments:
+        if rec.commit:
+            assert pinned.get(f"refs/autoresearch/{tag}/{rec.n:04d}") == rec.commit, rec.n
+    assert git(repo, "status", "--porcelain", "--untracked-files=no") == ""
+    assert git(repo, "rev-parse", "--abbrev-ref", "HEAD") == f"autoresearch/{tag}"
+    best = run.best
+    assert best is not None
+    assert git(repo, "rev-parse", "HEAD") == best.commit
