@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from loop.agents import AgentOptions, default_agent_name
+from loop.agents import default_agent_name
 from loop.errors import AutoresearchError
 
 
@@ -52,20 +52,20 @@ def dispatch(args: argparse.Namespace, argv: list[str]) -> int:
     from loop import control
 
     repo = Path.cwd()
-    if args.command in ("start", "resume"):
-        if args.agent is not None and args.agent != "queue" and args.queue is not None:
-            raise_usage("--queue goes with --agent queue")
-        options = AgentOptions(queue_dir=args.queue, model=args.model)
+    if args.command in ("start", "resume") and args.queue is not None and args.agent not in (None, "queue"):
+        raise_usage("--queue goes with --agent queue")
     if args.command == "start":
         from loop.daemon import Config
 
         config = Config(tag=_tag(args.tag), agent=args.agent or default_agent_name(), budget=args.budget,
                         timeout=args.timeout, min_delta=args.min_delta, max_experiments=args.max_experiments,
-                        max_hours=args.max_hours, max_cost=args.max_cost, fix_attempts=args.fix_attempts)
-        return control.start(repo, config, options, args.detach, argv)
+                        max_hours=args.max_hours, max_cost=args.max_cost, fix_attempts=args.fix_attempts,
+                        queue=str(args.queue.resolve()) if args.queue else None, model=args.model)
+        return control.start(repo, config, args.detach, argv)
     if args.command == "resume":
-        keys = ("agent", "budget", "timeout", "min_delta", "max_experiments", "max_hours", "max_cost", "fix_attempts")
-        return control.resume(repo, _tag(args.tag), {k: getattr(args, k) for k in keys}, options)
+        keys = ("agent", "budget", "timeout", "min_delta", "max_experiments", "max_hours", "max_cost", "fix_attempts", "model")
+        overrides = {k: getattr(args, k) for k in keys} | {"queue": str(args.queue.resolve()) if args.queue else None}
+        return control.resume(repo, _tag(args.tag), overrides)
     if args.command == "stop":
         return control.stop(repo, args.now)
     if args.command == "status":

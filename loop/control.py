@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from loop import gitops, sandbox
@@ -50,7 +49,7 @@ def preflight(git: gitops.Git, tag: str) -> None:
         raise SetupError(lines[-1])
 
 
-def start(repo: Path, config: Config, options: AgentOptions, detach: bool, argv: list[str]) -> int:
+def start(repo: Path, config: Config, detach: bool, argv: list[str]) -> int:
     git = gitops.Git(repo)
     preflight(git, config.tag)
     if detach:
@@ -58,22 +57,15 @@ def start(repo: Path, config: Config, options: AgentOptions, detach: bool, argv:
     lock = RepoLock(lock_path(git.root))
     lock.acquire(config.tag)
     try:
-        agent = make_agent(config.agent, replace(options, on_gpu=sandbox.gpu_present()))
         _archive_results(git.root)
         git.checkout_new_branch(gitops.BRANCH_PREFIX + config.tag)
-        (state_dir(git.root) / LAST_TAG).write_text(config.tag)
-        display = Display()
-        _banner(display, config)
-        daemon = Daemon(git.root, config, agent, display)
-        options.should_stop = lambda: daemon.stop.requested
-        daemon.begin(hardware())
-        display.say(f"stopped: {daemon.run()}")
+        _run_daemon(git.root, config, begin=True)
     finally:
         lock.release()
     return 0
 
 
-def resume(repo: Path, tag: str, overrides: dict, options: AgentOptions) -> int:
+def resume(repo: Path, tag: str, overrides: dict) -> int:
     git = gitops.Git(repo)
     journal = run_dir(git.root, tag) / JOURNAL_NAME
     if not journal.exists() or git.ref_sha(gitops.BRANCH_PREFIX + tag) is None:
@@ -85,16 +77,24 @@ def resume(repo: Path, tag: str, overrides: dict, options: AgentOptions) -> int:
             raise SetupError(f"the working tree has uncommitted changes on {git.current_branch()}: commit or stash them first")
         saved = load_run(git.root, tag).meta.get("config", {})
         config = Config(**{**saved, **{k: v for k, v in overrides.items() if v is not None}})
-        (state_dir(git.root) / LAST_TAG).write_text(tag)
-        agent = make_agent(config.agent, replace(options, on_gpu=sandbox.gpu_present()))
-        display = Display()
-        _banner(display, config)
-        daemon = Daemon(git.root, config, agent, display)
-        options.should_stop = lambda: daemon.stop.requested
-        display.say(f"stopped: {daemon.run()}")
+        _run_daemon(git.root, config, begin=False)
     finally:
         lock.release()
     return 0
+
+
+def _run_daemon(root: Path, config: Config, begin: bool) -> None:
+    (state_dir(root) / LAST_TAG).write_text(config.tag)
+    daemons: list[Daemon] = []  # the agent may poll for a stop before the daemon exists
+    options = AgentOptions(queue_dir=Path(config.queue) if config.queue else None, model=config.model,
+                           on_gpu=sandbox.gpu_present(), should_stop=lambda: bool(daemons) and daemons[0].stop.requested)
+    agent = make_agent(config.agent, options)
+    display = Display()
+    _banner(display, config)
+    daemons.append(Daemon(root, config, agent, display))
+    if begin:
+        daemons[0].begin(hardware())
+    display.say(f"stopped: {daemons[0].run()}")
 
 
 def stop(repo: Path, now: bool, wait_s: float = 60.0) -> int:

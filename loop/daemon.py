@@ -41,6 +41,8 @@ class Config:
     max_hours: float | None = None
     max_cost: float | None = None
     fix_attempts: int = 2
+    queue: str | None = None  # the queue agent's folder
+    model: str | None = None  # the LLM agents' model
 
 
 class Stop:

@@ -1,6 +1,7 @@
 """End to end through the real CLI: start with the search agent, results.tsv, refs, journal."""
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 from daemon_kit import assert_invariants, journal_events, make_repo, read_results, run_cli
@@ -18,3 +19,45 @@ def test_search_run_of_four_experiments(tmp_path: Path) -> None:
     events = [e["event"] for e in journal_events(repo, "t1")]
     assert events[0] == "run_started" and events[-1] == "run_stopped"
     assert "reached --max-experiments 4" in done.stdout
+
+
+def test_real_harness_run(tmp_path: Path, prepared_cache: Path) -> None:
+    """The real prepare.py/train.py/val.txt, a 2-second budget: the baseline learns, 2 more run."""
+    repo, env = make_repo(tmp_path, harness="real")
+    env["AUTORESEARCH_CACHE"] = str(prepared_cache)
+    done = run_cli(repo, "start", "--tag", "real", "--budget", "2", "--max-experiments", "2", env=env, timeout=300)
+    assert done.returncode == 0, done.stderr + done.stdout
+    rows = read_results(repo)
+    assert len(rows) == 3
+    assert rows[0][3] == "keep" and 0 < float(rows[0][1]) < 8.0  # far below a uniform byte model
+    assert_invariants(repo, "real")
+
+
+def test_new_tag_archives_previous_results(tmp_path: Path) -> None:
+    repo, env = make_repo(tmp_path)
+    assert run_cli(repo, "start", "--tag", "a", "--budget", "1", "--max-experiments", "1", env=env).returncode == 0
+    first = (repo / "results.tsv").read_text()
+    assert run_cli(repo, "start", "--tag", "b", "--budget", "1", "--max-experiments", "1", env=env).returncode == 0
+    assert (repo / ".autoresearch/runs/a/results.tsv").read_text() == first
+    assert len(read_results(repo)) == 2
+    assert_invariants(repo, "b")
+
+
+def test_status_and_check(tmp_path: Path) -> None:
+    repo, env = make_repo(tmp_path)
+    assert run_cli(repo, "start", "--tag", "s", "--budget", "1", "--max-experiments", "2", env=env).returncode == 0
+    out = run_cli(repo, "status", env=env).stdout
+    assert "not running (tag s)" in out and "experiments: 3" in out and "baseline val_bpb:" in out and "best val_bpb:" in out
+    assert "spend: $0.00" in out
+    check = run_cli(repo, "check", env=env)
+    assert check.returncode == 0, check.stdout
+
+
+def test_manual_run_does_not_touch_git(tmp_path: Path) -> None:
+    repo, env = make_repo(tmp_path)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout
+    done = run_cli(repo, "run", "--budget", "1", env=env)
+    assert done.returncode == 0, done.stderr
+    assert "val_bpb: 1.60" in done.stdout
+    assert subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout == head
+    assert not (repo / "results.tsv").exists()

@@ -1,0 +1,69 @@
+"""Each refusal of `start` is one clear line and a non-zero exit, and changes nothing."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from daemon_kit import git, make_repo, run_cli, start_background, wait_for_event
+
+
+def refusal(result: subprocess.CompletedProcess, code: int, words: str) -> None:
+    assert result.returncode == code, result.stderr + result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0], lines
+
+
+def test_not_a_git_repo(tmp_path: Path) -> None:
+    _, env = make_repo(tmp_path)
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    refusal(run_cli(plain, "start", "--tag", "x", env=env), 3, "not a git repository")
+
+
+def test_dirty_tree(tmp_path: Path) -> None:
+    repo, env = make_repo(tmp_path)
+    (repo / "train.py").write_text((repo / "train.py").read_text() + "\n# edit\n")
+    refusal(run_cli(repo, "start", "--tag", "x", env=env), 3, "uncommitted changes (train.py)")
+    assert git(repo, "branch", "--list", "autoresearch/x") == ""
+
+
+def test_branch_exists(tmp_path: Path) -> None:
+    repo, env = make_repo(tmp_path)
+    git(repo, "branch", "autoresearch/x")
+    refusal(run_cli(repo, "start", "--tag", "x", env=env), 3, "already exists")
+
+
+def test_data_not_prepared(tmp_path: Path) -> None:
+    repo, env = make_repo(tmp_path)
+    env["AUTORESEARCH_CACHE"] = str(tmp_path / "empty")
+    refusal(run_cli(repo, "start", "--tag", "x", env=env), 3, "not prepared")
+
+
+def test_val_checksum(tmp_path: Path) -> None:
+    repo, env = make_repo(tmp_path)
+    (repo / "val.txt").write_text("tampered\n")
+    git(repo, "commit", "-qam", "tamper")
+    refusal(run_cli(repo, "start", "--tag", "x", env=env), 3, "fails its checksum")
+
+
+def test_another_daemon_runs(tmp_path: Path) -> None:
+    repo, env = make_repo(tmp_path)
+    queue = tmp_path / "queue"
+    daemon = start_background(repo, "start", "--tag", "a", "--agent", "queue", "--queue", str(queue), "--budget", "1", env=env)
+    try:
+        wait_for_event(repo, "a", "proposing", n=1)
+        refusal(run_cli(repo, "start", "--tag", "b", env=env), 4, "another autoresearch daemon")
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=30)
+
+
+def test_bad_flags(tmp_path: Path) -> None:
+    repo, env = make_repo(tmp_path)
+    refusal(run_cli(repo, "start", "--tag", "bad tag", env=env), 2, "--tag")
+    refusal(run_cli(repo, "start", "--tag", "x", "--agent", "nope", env=env), 2, "unknown agent")
+    refusal(run_cli(repo, "stop", env=env), 5, "no autoresearch daemon is running")
+    refusal(run_cli(repo, "resume", "--tag", "never", env=env), 3, "no run tagged never")
+    bad = subprocess.run([sys.executable, "-m", "loop.cli", "start"], cwd=repo, env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and "--tag" in bad.stderr

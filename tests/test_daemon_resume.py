@@ -1,0 +1,69 @@
+"""kill -9 of the daemon in each phase of an experiment, then `resume`: nothing lost, nothing twice."""
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from daemon_kit import (assert_invariants, journal_events, make_repo, queue_proposal, read_results, run_cli,
+                        start_background, wait_for_event)
+from loop.journal import fold
+
+
+@pytest.mark.parametrize("event", ["committed", "running", "evaluating", "decided"])
+def test_kill_then_resume(tmp_path: Path, event: str) -> None:
+    repo, env = make_repo(tmp_path, sleep=0.6, eval_sleep=0.6)
+    daemon = start_background(repo, "start", "--tag", "k", "--budget", "2", "--max-experiments", "3", env=env)
+    wait_for_event(repo, "k", event, n=1)
+    os.kill(daemon.pid, signal.SIGKILL)
+    daemon.wait()
+    killed_at = fold(journal_events(repo, "k")).experiments[1].phase
+    done = run_cli(repo, "resume", "--tag", "k", env=env)
+    assert done.returncode == 0, done.stderr + done.stdout
+    rows = read_results(repo)
+    assert len(rows) == 4, (killed_at, rows)  # baseline + 3, experiment 1 neither lost nor doubled
+    assert_invariants(repo, "k")
+    if killed_at in ("committed", "running", "evaluating"):
+        assert "resuming experiment 1 from its commit" in done.stdout
+
+
+def test_kill_while_proposing(tmp_path: Path) -> None:
+    repo, env = make_repo(tmp_path)
+    queue = tmp_path / "queue"
+    daemon = start_background(repo, "start", "--tag", "p", "--agent", "queue", "--queue", str(queue),
+                              "--budget", "1", "--max-experiments", "2", env=env)
+    wait_for_event(repo, "p", "proposing", n=1)  # the queue is empty: the agent waits
+    os.kill(daemon.pid, signal.SIGKILL)
+    daemon.wait()
+    src = (repo / "train.py").read_text()
+    queue_proposal(queue, "a", src.replace("LR = 0.02", "LR = 0.01"), "lower LR")
+    queue_proposal(queue, "b", src.replace("WIDTH = 8", "WIDTH = 16"), "wider")
+    done = run_cli(repo, "resume", "--tag", "p", env=env)
+    assert done.returncode == 0, done.stderr + done.stdout
+    rows = read_results(repo)
+    assert [r[4] for r in rows] == ["baseline", "lower LR", "wider"]
+    assert_invariants(repo, "p")
+
+
+def test_stop_graceful_and_now(tmp_path: Path) -> None:
+    repo, env = make_repo(tmp_path, sleep=3.0)
+    daemon = start_background(repo, "start", "--tag", "g", "--budget", "5", env=env)
+    wait_for_event(repo, "g", "running", n=1)
+    stopped = run_cli(repo, "stop", env=env)
+    assert stopped.returncode == 0 and "stop requested" in stopped.stdout
+    assert daemon.wait(timeout=60) == 0
+    rows = read_results(repo)
+    assert len(rows) == 2  # experiment 1 was finished and recorded
+    assert_invariants(repo, "g")
+
+    daemon = start_background(repo, "resume", "--tag", "g", env=env)
+    wait_for_event(repo, "g", "running", n=2)
+    now = run_cli(repo, "stop", "--now", env=env)
+    assert now.returncode == 0, now.stderr
+    assert daemon.wait(timeout=60) == 0
+    run = fold(journal_events(repo, "g"))
+    assert run.experiments[2].status == "interrupted"
+    assert len(read_results(repo)) == 2  # an interrupted experiment is not a crash row
+    assert_invariants(repo, "g")
