@@ -31,7 +31,7 @@ from pathlib import Path
 TIME_BUDGET = float(os.environ.get("AUTORESEARCH_TIME_BUDGET", "300"))  # training seconds
 MAX_SEQ_LEN = 1024  # context length the evaluator scores with; models must accept it
 VOCAB_SIZE = 256  # raw bytes
-VAL_SHA256 = "79ab2a1b1f35484385c4dc23be0602af752538fa5917f43f3a481f7b0770fa84"  # val.txt, builtin split
+VAL_SHA256 = "bd093efddb264664d8e8294856732371f37273c312c5a5a45a700700207fdf31"  # val.txt, builtin split
 VAL_BYTES = 256 * 1024  # size of the builtin validation split (rounded up to whole documents)
 BUILTIN_MB = float(os.environ.get("AUTORESEARCH_BUILTIN_MB", "100"))  # size of the training split
 TRAIN_SEED, VAL_SEED = 1, 2  # disjoint seeds: no validation document appears in training
@@ -71,7 +71,7 @@ MASK = (1 << 64) - 1
 class Rng:
     def __init__(self, seed: int) -> None:
         self.state = seed & MASK
-        self.bits = 0.0  # information content of every choice made so far
+        self.bits = 0.0  # information content of the text produced so far
 
     def next(self) -> int:
         self.state = (self.state + 0x9E3779B97F4A7C15) & MASK
@@ -84,44 +84,61 @@ class Rng:
         self.bits += math.log2(n)
         return self.next() % n
 
-    def pick(self, items: list, cum: list[int]) -> object:
-        """Weighted choice; `cum` holds the integer cumulative weights of `items`."""
-        r = self.next() % cum[-1]
-        i = bisect_right(cum, r)
+    def uniform(self, items: list):
+        """A uniform pick, charged by the chance of the item itself: equal items are one outcome."""
+        item = items[self.next() % len(items)]
+        self.bits += math.log2(len(items) / items.count(item))
+        return item
+
+    def weighted(self, items: list, cum: list[int]):
+        """A choice by integer cumulative weights `cum`, charged by its probability."""
+        i = bisect_right(cum, self.next() % cum[-1])
         self.bits += math.log2(cum[-1] / (cum[i] - (cum[i - 1] if i else 0)))
         return items[i]
 
 
-def _lexicon(rng: Rng, n: int, syllables: list[str], parts: tuple[int, int]) -> list[str]:
+def _lexicon(rng: Rng, n: int, syllables: list[str], seen: set[str]) -> list[str]:
     words: list[str] = []
-    seen: set[str] = set()
     while len(words) < n:
-        k = parts[0] + rng.next() % (parts[1] - parts[0] + 1)
-        w = "".join(syllables[rng.next() % len(syllables)] for _ in range(k))
-        if w not in seen:
+        w = "".join(syllables[rng.next() % len(syllables)] for _ in range(2 + rng.next() % 2))
+        if w not in seen:  # one word, one part of speech: a parse never has two readings
             seen.add(w)
             words.append(w)
     return words
 
 
 class Grammar:
-    """A made-up language: an invented lexicon with Zipfian frequencies, agreement, clauses."""
+    """A made-up language: an invented lexicon with Zipfian frequencies, agreement, clauses.
+
+    Every word is an even number of letters (two-letter syllables), so the plural `-i` and the
+    verb's `-s` can be read off unambiguously; that keeps the charged bits equal to the text's
+    information, which is what makes `entropy_floor` a floor.
+    """
 
     def __init__(self) -> None:
         rng = Rng(0xA5A5)  # the lexicon is part of the corpus definition, the same for every split
         sy = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"] + ["th", "sh", "or", "an", "el"]
-        self.nouns = _lexicon(rng, 600, sy, (2, 3))
-        self.verbs = _lexicon(rng, 250, sy, (2, 3))
-        self.adjs = _lexicon(rng, 200, sy, (2, 3))
-        self.names = [w.capitalize() for w in _lexicon(rng, 120, sy, (2, 3))]
-        self.zipf = {k: list(accumulate(10**6 // (i + 2) for i in range(len(v)))) for k, v in self.__dict__.items()}
+        seen: set[str] = {"an", "or", "no", "in", "on", "the", "some", "every", "near", "under", "with", "beyond", "and"}
+        self.lex = {kind: _lexicon(rng, n, sy, seen) for kind, n in
+                    (("nouns", 600), ("verbs", 250), ("adjs", 200), ("names", 120))}
+        self.lex["names"] = [w.capitalize() for w in self.lex["names"]]
+        self.weights = {k: [10**6 // (i + 2) for i in range(len(v))] for k, v in self.lex.items()}
+        self.cum = {k: list(accumulate(w)) for k, w in self.weights.items()}
+        self.prob = {k: {w: wt / self.cum[k][-1] for w, wt in zip(v, self.weights[k])} for k, v in self.lex.items()}
         self.preps = ["in", "on", "near", "under", "with", "beyond"]
         self.dets = ["the", "a", "every", "no", "some"]
 
     def word(self, rng: Rng, kind: str, topic: list[str] | None = None) -> str:
-        if topic is not None and rng.below(2) == 0:  # topical words recur: long-range structure
-            return topic[rng.below(len(topic))]
-        return rng.pick(getattr(self, kind), self.zipf[kind])  # type: ignore[return-value]
+        if topic is None:
+            return rng.weighted(self.lex[kind], self.cum[kind])
+        # Half the time a topical word (long-range structure). Charge the word's total chance
+        # under both routes, since the text cannot tell which route produced it.
+        if rng.next() % 2:
+            w = topic[rng.next() % len(topic)]
+        else:
+            w = self.lex[kind][bisect_right(self.cum[kind], rng.next() % self.cum[kind][-1])]
+        rng.bits -= math.log2(0.5 * topic.count(w) / len(topic) + 0.5 * self.prob[kind][w])
+        return w
 
     def noun_phrase(self, rng: Rng, topic: list[str]) -> tuple[str, bool]:
         plural = rng.below(2) == 1
@@ -130,9 +147,9 @@ class Grammar:
         noun = self.word(rng, "nouns", topic) + ("i" if plural else "")
         return f"{det} {adj}{noun}", plural
 
-    def sentence(self, rng: Rng, topic: list[str], names: list[str]) -> str:
+    def clause(self, rng: Rng, topic: list[str], names: list[str]) -> str:
         if rng.below(4) == 0:
-            subj, plural = names[rng.below(len(names))], False
+            subj, plural = rng.uniform(names), False
         else:
             subj, plural = self.noun_phrase(rng, topic)
         verb = self.word(rng, "verbs") + ("" if plural else "s")  # agreement with the subject
@@ -142,15 +159,21 @@ class Grammar:
             pp, _ = self.noun_phrase(rng, topic)
             s += f" {self.preps[rng.below(len(self.preps))]} {pp}"
         if rng.below(4) == 0:
-            s += " and " + self.sentence(rng, topic, names)[:-1].lower()
+            s += " and " + self.clause(rng, topic, names)
+        return s
+
+    def sentence(self, rng: Rng, topic: list[str], names: list[str]) -> str:
+        s = self.clause(rng, topic, names)
         return s[0].upper() + s[1:] + "."
 
 
 def _story(g: Grammar, rng: Rng) -> str:
+    # The cast and topic are chosen first and shown first: no choice stays invisible in the text.
     topic = [g.word(rng, "nouns") for _ in range(3)]
     names = [g.word(rng, "names") for _ in range(2)]
     n = 2 + rng.below(7)
-    return "story: " + " ".join(g.sentence(rng, topic, names) for _ in range(n))
+    head = f"story of {' and '.join(names)} about {', '.join(topic)}:"
+    return " ".join([head] + [g.sentence(rng, topic, names) for _ in range(n)])
 
 
 def _digits(rng: Rng, lo: int, hi: int) -> int:
@@ -161,11 +184,9 @@ def _recall(g: Grammar, rng: Rng) -> str:
     n = 3 + rng.below(8)
     keys = [g.word(rng, "nouns") for _ in range(n)]
     vals = [_digits(rng, 0, 999) for _ in range(n)]
-    table = {}
-    for k, v in zip(keys, vals):
-        table[k] = v  # a repeated key: the later value wins, and the question must know it
+    table = dict(zip(keys, vals))  # a repeated key: the later value wins, and the answer knows it
     pairs = "; ".join(f"{k}={v}" for k, v in zip(keys, vals))
-    asks = [keys[rng.below(n)] for _ in range(1 + rng.below(3))]
+    asks = [rng.uniform(keys) for _ in range(1 + rng.below(3))]
     return f"recall: {pairs}. " + " ".join(f"{k}? {table[k]}." for k in asks)
 
 
@@ -186,7 +207,7 @@ def _brackets(g: Grammar, rng: Rng) -> str:
             stack.append(c)
             out.append(c)
     out += [pairs[c] for c in reversed(stack)]  # closing the rest is forced: no information
-    return "brackets: " + "".join(out)
+    return f"brackets {len(out) // 2}: " + "".join(out)  # the count makes the ending visible
 
 
 def _count(g: Grammar, rng: Rng) -> str:
@@ -196,22 +217,22 @@ def _count(g: Grammar, rng: Rng) -> str:
 
 
 def _arith(g: Grammar, rng: Rng) -> str:
-    a, b = _digits(rng, 0, 9999), _digits(rng, 0, 9999)
     op = "+-*"[rng.below(3)]
-    if op == "*":
-        a, b = a % 100, b % 100
+    hi = 99 if op == "*" else 9999
+    a, b = _digits(rng, 0, hi), _digits(rng, 0, hi)
     return f"calc: {a}{op}{b}={a + b if op == '+' else a - b if op == '-' else a * b}"
 
 
-KINDS = [_story, _story, _story, _recall, _copy, _brackets, _count, _arith]
+KINDS = [_story, _recall, _copy, _brackets, _count, _arith]
+KIND_CUM = list(accumulate([3, 1, 1, 1, 1, 1]))  # stories are three times as common as each task
 
 
 def generate(seed: int, nbytes: int) -> tuple[bytes, float]:
-    """Documents from `seed` until `nbytes` is reached; returns the bytes and their entropy in bits."""
+    """Documents from `seed` until `nbytes` is reached; returns the bytes and their information in bits."""
     g, rng = Grammar(), Rng(seed)
     docs, size = [], 0
     while size < nbytes:
-        doc = KINDS[rng.below(len(KINDS))](g, rng) + "\n"
+        doc = rng.weighted(KINDS, KIND_CUM)(g, rng) + "\n"
         docs.append(doc)
         size += len(doc)
     return "".join(docs).encode(), rng.bits
@@ -359,11 +380,11 @@ def check() -> None:
 
 
 def entropy_floor() -> float:
-    """Bits per byte the builtin generator spent on val.txt.
+    """Bits per byte of information in val.txt: -log2 of its probability under the generator.
 
-    A model cannot beat the source's entropy in expectation. A few byte strings have more than one
-    derivation (a topical word can also be drawn from the lexicon), so this slightly overstates
-    the true floor: read it as an upper bound of the floor, close to it.
+    Every choice the generator makes is visible in the text and charged by its exact chance (words
+    that two routes can produce are charged by the sum of both), so this is the cross-entropy the
+    true source itself would score: no model beats it in expectation.
     """
     data, bits = generate(VAL_SEED, VAL_BYTES)  # val.txt is exactly these whole documents
     return bits / len(data)
