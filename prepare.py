@@ -84,6 +84,12 @@ class Rng:
         self.bits += math.log2(n)
         return self.next() % n
 
+    def one_in(self, n: int) -> bool:
+        """True with chance 1/n, charged by the outcome's own chance (a yes costs more than a no)."""
+        hit = self.next() % n == 0
+        self.bits += math.log2(n) if hit else math.log2(n / (n - 1))
+        return hit
+
     def uniform(self, items: list):
         """A uniform pick, charged by the chance of the item itself: equal items are one outcome."""
         item = items[self.next() % len(items)]
@@ -141,24 +147,24 @@ class Grammar:
         return w
 
     def noun_phrase(self, rng: Rng, topic: list[str]) -> tuple[str, bool]:
-        plural = rng.below(2) == 1
+        plural = not rng.one_in(2)
         det = "the" if plural else self.dets[rng.below(len(self.dets))]
-        adj = self.word(rng, "adjs") + " " if rng.below(3) == 0 else ""
+        adj = self.word(rng, "adjs") + " " if rng.one_in(3) else ""
         noun = self.word(rng, "nouns", topic) + ("i" if plural else "")
         return f"{det} {adj}{noun}", plural
 
     def clause(self, rng: Rng, topic: list[str], names: list[str]) -> str:
-        if rng.below(4) == 0:
+        if rng.one_in(4):
             subj, plural = rng.uniform(names), False
         else:
             subj, plural = self.noun_phrase(rng, topic)
         verb = self.word(rng, "verbs") + ("" if plural else "s")  # agreement with the subject
         obj, _ = self.noun_phrase(rng, topic)
         s = f"{subj} {verb} {obj}"
-        if rng.below(3) == 0:
+        if rng.one_in(3):
             pp, _ = self.noun_phrase(rng, topic)
             s += f" {self.preps[rng.below(len(self.preps))]} {pp}"
-        if rng.below(4) == 0:
+        if rng.one_in(4):
             s += " and " + self.clause(rng, topic, names)
         return s
 
@@ -198,16 +204,34 @@ def _copy(g: Grammar, rng: Rng) -> str:
 
 def _brackets(g: Grammar, rng: Rng) -> str:
     pairs = {"(": ")", "[": "]", "{": "}", "<": ">"}
+    before = rng.bits
     out, stack = [], []
-    for _ in range(_digits(rng, 4, 60)):
-        if stack and rng.below(2) == 0:
+    steps = _digits(rng, 4, 60)
+    for _ in range(steps):
+        if stack and rng.one_in(2):
             out.append(pairs[stack.pop()])
         else:
             c = "([{<"[rng.below(4)]
             stack.append(c)
             out.append(c)
-    out += [pairs[c] for c in reversed(stack)]  # closing the rest is forced: no information
-    return f"brackets {len(out) // 2}: " + "".join(out)  # the count makes the ending visible
+    out += [pairs[c] for c in reversed(stack)]  # closing the rest is forced
+    # The text does not show where the random steps ended and the forced closing began, so
+    # charge the string's total chance over every step count that could have produced it.
+    rng.bits = before - math.log2(_bracket_chance("".join(out)))
+    return f"brackets {len(out) // 2}: " + "".join(out)
+
+
+def _bracket_chance(text: str) -> float:
+    total, prefix, depth = 0.0, 1.0, 0
+    for k in range(len(text) + 1):
+        if 4 <= k <= 60 and all(c in ")]}>" for c in text[k:]):
+            total += prefix / 57
+        if k == len(text):
+            break
+        opening = text[k] in "([{<"
+        prefix *= (1 / 8 if opening else 1 / 2) if depth else 1 / 4
+        depth += 1 if opening else -1
+    return total
 
 
 def _count(g: Grammar, rng: Rng) -> str:
