@@ -465,7 +465,7 @@ def evaluate(checkpoint: Path) -> tuple[float, float]:
         if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (*x.shape, VOCAB_SIZE):
             got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
             raise HarnessError(f"eval: model output has shape {got}, expected {(*x.shape, VOCAB_SIZE)}")
-        logits = logits.float()
+        logits = logits.double()  # the loss is summed over ~10^5 bytes: float32 would drift
         if not torch.isfinite(logits).all():
             raise HarnessError("eval: model produced NaN or infinite logits")
         return logits

@@ -273,7 +273,7 @@ class Daemon:
         append_result(self.results, rec)
         self.journal.append("recorded", n=n)
         self.write_state(n, "recorded")
-        self.display.finished(n, status, rec.val_bpb, rec.best_before, rec.wall_seconds or 0.0, rec.description)
+        self.display.finished(n, status, rec.val_bpb, rec.best_before, time.time() - (rec.started_at or time.time()), rec.description)
 
     def begin(self, hardware: dict) -> None:
         """Journal the start of a new run: what it is, where it branched, what must not change."""

@@ -7,6 +7,7 @@ anything the child does; it reports what happened in a ProcResult.
 from __future__ import annotations
 
 import os
+from collections import deque
 import signal
 import subprocess
 import threading
@@ -17,7 +18,8 @@ from typing import Callable, Sequence
 
 import psutil
 
-DEFAULT_LOG_CAP = 8 * 1024 * 1024  # bytes of output kept; the rest is counted and dropped
+DEFAULT_LOG_CAP = 8 * 1024 * 1024  # bytes of output kept from the start
+TAIL_KEEP = 256 * 1024  # bytes kept from the end once the cap is reached
 KILL_GRACE_SECONDS = 5.0
 
 
@@ -151,7 +153,8 @@ def kill_tree(root: int, tree: _Tree) -> int:
 
 
 class _LogPump(threading.Thread):
-    """Copies the child's output to the log, up to a cap, so a flood cannot fill the disk."""
+    """Copies the child's output to the log: the head up to a cap, then only the last lines, so a
+    flood cannot fill the disk and the summary the run prints last is never lost."""
 
     def __init__(self, proc: subprocess.Popen, log_path: Path, cap: int, on_line: Callable[[str], None] | None) -> None:
         super().__init__(daemon=True)
@@ -160,20 +163,23 @@ class _LogPump(threading.Thread):
 
     def run(self) -> None:
         assert self.proc.stdout is not None
-        written = 0
+        written, tail, tail_bytes = 0, deque(), 0
         with open(self.log_path, "wb") as log:
             for raw in iter(lambda: self.proc.stdout.readline(65536), b""):  # type: ignore[union-attr]
                 if written < self.cap:
-                    chunk = raw[: self.cap - written]
-                    log.write(chunk)
-                    written += len(chunk)
-                    self.dropped += len(raw) - len(chunk)
+                    log.write(raw)
+                    written += len(raw)
                 else:
-                    self.dropped += len(raw)
+                    tail.append(raw)
+                    tail_bytes += len(raw)
+                    while tail_bytes > TAIL_KEEP:
+                        tail_bytes -= len(dropped := tail.popleft())
+                        self.dropped += len(dropped)
                 if self.on_line is not None:
                     self.on_line(raw.decode("utf-8", errors="replace").rstrip("\n"))
             if self.dropped:
-                log.write(f"\n[autoresearch: {self.dropped} bytes of output dropped past the cap]\n".encode())
+                log.write(f"\n[autoresearch: {self.dropped} bytes of output dropped here]\n".encode())
+            log.writelines(tail)
 
 
 def tail(path: Path, max_bytes: int = 4000) -> str:

@@ -1,0 +1,241 @@
+"""The harness: deterministic corpus, checks, sources, resumable download, and an evaluator that
+rejects broken or cheating models and computes bits per byte exactly."""
+from __future__ import annotations
+
+import hashlib
+import http.server
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+MAIN = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(MAIN))
+import prepare  # noqa: E402
+
+
+def run(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "prepare.py", *args], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, **env})
+
+
+def test_builtin_corpus_is_pinned_and_deterministic() -> None:
+    data, bits = prepare.generate(prepare.TRAIN_SEED, 200_000)
+    again, bits2 = prepare.generate(prepare.TRAIN_SEED, 200_000)
+    assert data == again and bits == bits2
+    assert hashlib.sha256((MAIN / "val.txt").read_bytes()).hexdigest() == prepare.VAL_SHA256
+    val, _ = prepare.generate(prepare.VAL_SEED, prepare.VAL_BYTES)
+    assert val == (MAIN / "val.txt").read_bytes()
+    assert 0.5 < prepare.entropy_floor() < 2.0
+
+
+def test_builtin_prefix_checksum() -> None:
+    data, _ = prepare.generate(prepare.TRAIN_SEED, 10_000)
+    assert hashlib.sha256(data[:10_000]).hexdigest() == PINNED_PREFIX
+
+
+PINNED_PREFIX = "a6170891f9b0532ab75899c365ecab0d2aa6d13ecea175905f19ef162a44d062"  # the first 10,000 bytes of the builtin training split
+
+
+def test_prepare_is_idempotent_and_check_passes(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    first = run([], MAIN, AUTORESEARCH_CACHE=str(cache), AUTORESEARCH_BUILTIN_MB="1")
+    assert first.returncode == 0, first.stdout + first.stderr
+    digest = hashlib.sha256((cache / "train.bin").read_bytes()).hexdigest()
+    second = run([], MAIN, AUTORESEARCH_CACHE=str(cache), AUTORESEARCH_BUILTIN_MB="1")
+    assert "already prepared" in second.stdout
+    assert hashlib.sha256((cache / "train.bin").read_bytes()).hexdigest() == digest
+    assert run(["check"], MAIN, AUTORESEARCH_CACHE=str(cache)).returncode == 0
+
+
+def test_check_fails_with_one_line(tmp_path: Path) -> None:
+    missing = run(["check"], MAIN, AUTORESEARCH_CACHE=str(tmp_path / "none"))
+    assert missing.returncode == 1 and missing.stdout.strip().count("\n") == 0
+    assert "not prepared" in missing.stdout and "python prepare.py" in missing.stdout
+    bad_val = tmp_path / "val.txt"
+    bad_val.write_text("tampered")
+    run([], MAIN, AUTORESEARCH_CACHE=str(tmp_path / "c"), AUTORESEARCH_BUILTIN_MB="0.1")
+    tampered = run(["check"], MAIN, AUTORESEARCH_CACHE=str(tmp_path / "c"), AUTORESEARCH_VAL=str(bad_val))
+    assert tampered.returncode == 1 and "fails its checksum" in tampered.stdout
+
+
+def test_source_file_and_folder(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("alpha text " * 2000)
+    (src / "b.md").write_text("# beta\n" * 1000)
+    (src / "c.jsonl").write_text("\n".join(json.dumps({"text": f"gamma {i}"}) for i in range(500)))
+    pq.write_table(pa.table({"text": [f"delta {i}" for i in range(500)]}), src / "d.parquet")
+    cache = tmp_path / "cache"
+    folder = run(["--source", str(src)], MAIN, AUTORESEARCH_CACHE=str(cache))
+    assert folder.returncode == 0, folder.stdout + folder.stderr
+    train = (cache / "train.bin").read_bytes()
+    assert b"alpha" in train and b"beta" in train and b"gamma" in train and b"delta" in train
+    assert "kept val.txt" in folder.stdout  # a plain run never rewrites val.txt
+    one = run(["--source", str(src / "a.txt")], MAIN, AUTORESEARCH_CACHE=str(tmp_path / "c2"))
+    assert one.returncode == 0 and (tmp_path / "c2" / "train.bin").read_bytes().startswith(b"alpha")
+    nothing = run(["--source", str(tmp_path / "nope")], MAIN, AUTORESEARCH_CACHE=str(cache))
+    assert nothing.returncode == 1 and "no such file" in nothing.stdout
+
+
+def test_force_val_writes_a_new_split(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    shutil.copy(MAIN / "prepare.py", repo)
+    shutil.copy(MAIN / "val.txt", repo)
+    text = tmp_path / "mine.txt"
+    text.write_text("my own words. " * 40000)
+    done = run(["--source", str(text), "--force-val"], repo, AUTORESEARCH_CACHE=str(tmp_path / "c"))
+    assert done.returncode == 0, done.stdout
+    assert "not comparable" in done.stdout
+    assert (repo / "val.txt").read_bytes().startswith(b"my own")
+    assert run(["check"], repo, AUTORESEARCH_CACHE=str(tmp_path / "c")).returncode == 0
+
+
+class _Flaky(http.server.BaseHTTPRequestHandler):
+    """Serves one file; the first request is cut off half way through."""
+
+    payload = b""
+    calls: list[str] = []
+
+    def do_GET(self) -> None:  # noqa: N802 - the http.server API
+        start = 0
+        if rng := self.headers.get("Range"):
+            start = int(rng.split("=")[1].split("-")[0])
+        self.calls.append(rng or "full")
+        body = self.payload[start:]
+        self.send_response(206 if start else 200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if len(self.calls) == 1:
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            self.connection.close()  # the connection drops mid-file
+            return
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_download_resumes_after_a_dropped_connection(tmp_path: Path) -> None:
+    _Flaky.payload = ("resumable shard text\n" * 50_000).encode()
+    _Flaky.calls = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Flaky)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}"
+        dest = prepare.download(f"{url}/shard.txt", tmp_path / "shard.txt",
+                                expected_sha=hashlib.sha256(_Flaky.payload).hexdigest())
+        assert dest.read_bytes() == _Flaky.payload
+        assert _Flaky.calls[0] == "full" and _Flaky.calls[1].startswith("bytes=")
+        # And through the command line, as a named corpus with the base URL pointed here.
+        _Flaky.calls = []
+        done = run(["--source", "tinystories"], MAIN, AUTORESEARCH_CACHE=str(tmp_path / "c"), AUTORESEARCH_DATA_URL=url)
+        assert done.returncode == 0, done.stdout
+        assert "interrupted" in done.stdout and len(_Flaky.calls) == 2
+    finally:
+        server.shutdown()
+
+
+# --- the evaluator ----------------------------------------------------------------------------
+
+MODEL_HEAD = '''
+import torch
+import torch.nn as nn
+SEQ_LEN = 64
+
+class M(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.logits = nn.Parameter(torch.zeros(256))
+
+    def forward(self, idx):
+        B, T = idx.shape
+{body}
+
+def build_model():
+    return M()
+'''
+
+
+def eval_dir(tmp_path: Path, body: str, logits: list[float] | None = None) -> subprocess.CompletedProcess:
+    import torch
+
+    work = tmp_path / "eval"
+    work.mkdir()
+    shutil.copy(MAIN / "prepare.py", work)
+    (work / "train.py").write_text(MODEL_HEAD.format(body=body))
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    torch.save({"logits": torch.tensor(logits or [0.0] * 256)}, ckpt / "model.pt")
+    return run(["eval", "--checkpoint", str(ckpt)], work, AUTORESEARCH_VAL=str(MAIN / "val.txt"))
+
+
+CONSTANT = "        return self.logits.expand(B, T, 256)"
+
+
+def test_bpb_matches_a_hand_computation(tmp_path: Path) -> None:
+    import random
+
+    rnd = random.Random(0)
+    logits = [rnd.uniform(-2, 2) for _ in range(256)]
+    done = eval_dir(tmp_path, CONSTANT, logits)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert lines[-2].startswith("val_bpb: ") and lines[-1].startswith("eval_seconds: ")
+    got = float(lines[-2].split()[1])
+    # By hand: a model with constant logits scores -log2 softmax(logits)[b] for every predicted byte
+    # (every byte of val.txt but the first).
+    log_z = math.log(sum(math.exp(v) for v in logits))
+    counts = Counter((MAIN / "val.txt").read_bytes()[1:])
+    bits = sum(n * (log_z - logits[b]) for b, n in counts.items()) / math.log(2)
+    assert got == pytest.approx(bits / sum(counts.values()), abs=2e-6)
+
+
+def test_uniform_model_scores_eight_bits(tmp_path: Path) -> None:
+    done = eval_dir(tmp_path, CONSTANT)
+    assert "val_bpb: 8.000000" in done.stdout
+
+
+def test_rejects_a_model_that_peeks_ahead(tmp_path: Path) -> None:
+    body = "        nxt = torch.roll(idx, -1, dims=1)\n        return torch.nn.functional.one_hot(nxt, 256).float() * 50"
+    done = eval_dir(tmp_path, body)
+    assert done.returncode == 1 and "not causal" in done.stdout
+
+
+def test_rejects_a_model_that_reads_other_rows(tmp_path: Path) -> None:
+    body = ("        nxt = torch.roll(idx, -1, dims=0)\n"
+            "        return self.logits.expand(B, T, 256) + nxt[..., None].float() * 0.1")
+    done = eval_dir(tmp_path, body)
+    assert done.returncode == 1 and "mixes rows" in done.stdout
+
+
+def test_rejects_nan(tmp_path: Path) -> None:
+    done = eval_dir(tmp_path, "        return self.logits.expand(B, T, 256) * float('nan')")
+    assert done.returncode == 1 and "NaN" in done.stdout
+
+
+def test_rejects_a_wrong_shape(tmp_path: Path) -> None:
+    done = eval_dir(tmp_path, "        return self.logits.expand(B, T, 256)[:, :, :128]")
+    assert done.returncode == 1 and "shape" in done.stdout
+
+
+def test_rejects_a_checkpoint_that_does_not_load(tmp_path: Path) -> None:
+    work = tmp_path / "x"
+    work.mkdir()
+    done = eval_dir(work, CONSTANT)
+    assert done.returncode == 0
+    (work / "ckpt" / "model.pt").write_bytes(b"not a checkpoint")
+    bad = run(["eval", "--checkpoint", str(work / "ckpt")], work / "eval", AUTORESEARCH_VAL=str(MAIN / "val.txt"))
+    assert bad.returncode == 1 and "does not load" in bad.stdout
