@@ -18,7 +18,7 @@ from loop.errors import ProposalFailed
 DESCRIPTION = re.compile(r"([A-Z][A-Z0-9_]*) (\S+) -> (\S+)")
 FACTORS = (0.5, 0.7, 0.8, 1.25, 1.4, 2.0)
 INERT = re.compile(r"SEED|^LOG_")  # constants that change nothing the metric sees
-MAX_TRIES = 200
+MAX_TRIES = 400
 
 
 @dataclass(frozen=True)
@@ -91,10 +91,12 @@ class SearchAgent:
             raise ProposalFailed("search: train.py has no uppercase numeric constants to mutate")
         tried = {item.description for item in context.history}
         weights = self._weights(context, [c.name for c in constants])
-        for _ in range(MAX_TRIES):
-            k = 1 if self.rng.random() < 0.6 else self.max_changes
+        for attempt in range(MAX_TRIES):
+            # Near the best first; once the neighbourhood is used up, step further and change more.
+            reach = 1 + attempt // 25
+            k = 1 if self.rng.random() < 0.6 else self.max_changes + reach - 1
             chosen = self._sample(constants, weights, k)
-            changes = [(c, mutate_value(c.value, self.rng)) for c in chosen]
+            changes = [(c, self._mutate(c.value, reach)) for c in chosen]
             changes = [(c, v) for c, v in changes if v != c.value]
             if not changes:
                 continue
@@ -107,6 +109,11 @@ class SearchAgent:
             return Proposal(train_py=source, description=description,
                             hypothesis="a nearby setting of these hyperparameters trains better within the budget")
         raise ProposalFailed("search: every nearby configuration has been tried")
+
+    def _mutate(self, value: int | float, reach: int) -> int | float:
+        for _ in range(self.rng.randint(1, reach)):
+            value = mutate_value(value, self.rng)
+        return value
 
     def _weights(self, context: Context, names: list[str]) -> dict[str, float]:
         """1 + twice the number of kept changes per constant: what paid before is tried more."""
