@@ -209,6 +209,7 @@ def fold(events: list[dict[str, Any]]) -> RunRecord:
             run.tag = ev.get("tag", run.tag)
             if run.started_at is None:
                 run.started_at = ts
+            run.stopped_at = None  # a resumed run is running again
             continue
         if name == "run_stopped":
             run.stopped_at, run.stop_reason = ts, ev.get("reason", "")
