@@ -155,10 +155,10 @@ def main() -> None:
     n_params = sum(p.numel() for p in model.parameters())
     flops_per_token = 6 * n_params + 12 * DEPTH * MODEL_DIM * SEQ_LEN  # matmuls + attention
 
-    step, trained, tokens, loss_value = 0, 0.0, 0, float("nan")
+    step, trained, tokens, loss_value, last_dt = 0, 0.0, 0, float("nan"), 0.0
     while True:
         progress = trained / TIME_BUDGET
-        if progress >= 1.0:
+        if trained + last_dt > TIME_BUDGET:  # the next step would end past the budget
             break
         t0 = time.time()
         for opt in optimizers:
@@ -181,7 +181,8 @@ def main() -> None:
             torch.cuda.synchronize()
         step += 1
         if step > WARMUP_STEPS:  # compilation and warm-up are not charged to the budget
-            trained += time.time() - t0
+            last_dt = time.time() - t0
+            trained += last_dt
             tokens += x.numel()
 
     out = Path(os.environ.get("AUTORESEARCH_OUT", "out"))

@@ -168,7 +168,7 @@ class Daemon:
             try:
                 proposal = self.agent.propose(context)
             except AgentUnavailable as e:
-                wait = max(e.retry_after or 0.0, delay)
+                wait = e.retry_after if e.retry_after is not None else delay  # the server knows best
                 self.journal.append("agent_waiting", n=n, error=str(e), retry_in=wait)
                 self.write_state(n, "waiting", waiting=f"{e} (retry in {wait:.0f}s)")
                 self.display.say(f"agent unavailable: {e}; retrying in {wait:.0f}s")

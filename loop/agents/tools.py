@@ -1,0 +1,97 @@
+"""The tools the LLM agent works with, on an in-memory copy of train.py.
+
+The text editor tool (view, str_replace, create, insert) may edit train.py only and view the
+repository's tracked files; every misuse comes back as an error message that helps the model fix
+its call, never as an exception. Nothing here touches the working tree: the daemon commits.
+"""
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+EDITABLE = "train.py"
+NOT_VIEWABLE = {"val.txt": "val.txt is the validation data: reading it teaches nothing and costs tokens"}
+NOTES_CAP = 8000
+
+
+class ToolError(Exception):
+    """A tool call the model should correct; its message goes back as an is_error result."""
+
+
+@dataclass
+class Workspace:
+    repo: Path
+    train_py: str
+    notes_path: Path
+
+    def tracked(self) -> set[str]:
+        out = subprocess.run(["git", "ls-files"], cwd=self.repo, capture_output=True, text=True).stdout
+        return set(out.split())
+
+    def resolve(self, path: str) -> str:
+        p = path.strip()
+        for prefix in (str(self.repo) + "/", "/repo/", "./", "/"):
+            if p.startswith(prefix):
+                p = p[len(prefix):]
+        return p
+
+    def editor(self, args: dict) -> str:
+        command, path = args.get("command"), self.resolve(str(args.get("path", "")))
+        if command == "view":
+            return self.view(path, args.get("view_range"))
+        if path != EDITABLE:
+            raise ToolError(f"only train.py may be edited; {path or 'no path'} is read-only (edit train.py)")
+        if command == "str_replace":
+            old, new = args.get("old_str"), args.get("new_str", "")
+            if not isinstance(old, str) or not old:
+                raise ToolError("str_replace needs old_str: the exact text to replace")
+            count = self.train_py.count(old)
+            if count != 1:
+                raise ToolError(f"old_str matches {count} times in train.py; it must match exactly once "
+                                "(copy it exactly from a view, with more surrounding lines to make it unique)")
+            self.train_py = self.train_py.replace(old, str(new))
+            return "replaced 1 occurrence in train.py"
+        if command == "create":
+            text = args.get("file_text")
+            if not isinstance(text, str):
+                raise ToolError("create needs file_text: the whole new train.py")
+            self.train_py = text
+            return "train.py rewritten"
+        if command == "insert":
+            text = args.get("insert_text", args.get("new_str"))
+            line = args.get("insert_line")
+            lines = self.train_py.splitlines(keepends=True)
+            if not isinstance(text, str) or not isinstance(line, int) or not 0 <= line <= len(lines):
+                raise ToolError(f"insert needs insert_text and insert_line between 0 and {len(lines)}")
+            self.train_py = "".join(lines[:line]) + text + ("" if text.endswith("\n") else "\n") + "".join(lines[line:])
+            return f"inserted after line {line}"
+        raise ToolError(f"unknown command {command!r}: use view, str_replace, create or insert")
+
+    def view(self, path: str, view_range: object) -> str:
+        if path in NOT_VIEWABLE:
+            raise ToolError(NOT_VIEWABLE[path])
+        if path == EDITABLE:
+            text = self.train_py
+        elif path in self.tracked():
+            text = (self.repo / path).read_text(encoding="utf-8", errors="replace")
+        else:
+            raise ToolError(f"{path or 'no path'} is not a tracked file of the repository; train.py is the one to edit")
+        lines = text.splitlines()
+        start, end = 1, len(lines)
+        if view_range is not None:
+            if (not isinstance(view_range, list) or len(view_range) != 2 or not all(isinstance(v, int) for v in view_range)
+                    or not 1 <= view_range[0] <= max(len(lines), 1) or (view_range[1] != -1 and view_range[1] < view_range[0])):
+                raise ToolError(f"view_range must be [first, last] with 1 <= first <= {len(lines)} and last >= first or -1")
+            start, end = view_range[0], len(lines) if view_range[1] == -1 else min(view_range[1], len(lines))
+        return "\n".join(f"{i:6d}\t{lines[i - 1]}" for i in range(start, end + 1))
+
+    def write_notes(self, args: dict) -> str:
+        text = args.get("notes")
+        if not isinstance(text, str):
+            raise ToolError("write_notes needs notes: the full text of your notes")
+        if len(text) > NOTES_CAP:
+            raise ToolError(f"notes are {len(text)} characters; the cap is {NOTES_CAP}: condense them")
+        self.notes_path.parent.mkdir(parents=True, exist_ok=True)
+        self.notes_path.write_text(text, encoding="utf-8")
+        return "notes saved"
