@@ -3,12 +3,19 @@ the whole process tree gone afterwards.
 
 `run_contained` is the only way the daemon starts train.py or the evaluator. It never raises for
 anything the child does; it reports what happened in a ProcResult.
+
+A run's processes are found three ways, since each alone can be dodged: the descendants seen while
+it ran, the processes carrying its token in their environment, and (the daemon being a child
+subreaper) orphans that were reparented to the daemon instead of to init.
 """
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
-from collections import deque
+import secrets
 import signal
+from collections import deque
 import subprocess
 import threading
 import time
@@ -21,6 +28,8 @@ import psutil
 DEFAULT_LOG_CAP = 8 * 1024 * 1024  # bytes of output kept from the start
 TAIL_KEEP = 256 * 1024  # bytes kept from the end once the cap is reached
 KILL_GRACE_SECONDS = 5.0
+TOKEN_ENV = "AUTORESEARCH_RUN_TOKEN"
+PR_SET_CHILD_SUBREAPER = 36
 
 
 @dataclass(frozen=True)
@@ -60,11 +69,13 @@ def run_contained(
     preexec: Callable[[], None] | None = None,
 ) -> ProcResult:
     """Run argv in a new session, its output (stdout and stderr together) to log_path."""
+    become_subreaper()
+    token = secrets.token_hex(8)
     start = time.monotonic()
     proc = subprocess.Popen(
         list(argv),
         cwd=cwd,
-        env=env,
+        env={**env, TOKEN_ENV: token},
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -73,7 +84,7 @@ def run_contained(
     )
     # Remember the tree as it grows: a double-forked grandchild leaves the session's process
     # group only by calling setsid, and by then it is usually in our snapshot already.
-    tree = _Tree(proc.pid)
+    tree = _Tree(proc.pid, token)
     pump = _LogPump(proc, log_path, log_cap, on_line)
     pump.start()
     timed_out = cancelled = False
@@ -106,22 +117,70 @@ def run_contained(
     )
 
 
-class _Tree:
-    """Every process ever seen descending from the root, with its creation time (pid reuse)."""
+@functools.cache
+def become_subreaper() -> bool:
+    """Make this process the reaper of its orphaned descendants (Linux), so a double-forked
+    grandchild of a run reparents here, where `leftover_processes` finds it, and not to init."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
 
-    def __init__(self, root: int) -> None:
-        self.root = root
+
+def leftover_processes(token: str) -> list[psutil.Process]:
+    """Live processes carrying a run's token in their environment."""
+    found = []
+    for p in psutil.process_iter():
+        try:
+            if p.pid != os.getpid() and p.status() != psutil.STATUS_ZOMBIE and p.environ().get(TOKEN_ENV) == token:
+                found.append(p)
+        except psutil.Error:
+            pass
+    return found
+
+
+class _Tree:
+    """Every process ever seen belonging to a run, with its creation time (pid reuse)."""
+
+    def __init__(self, root: int, token: str) -> None:
+        self.root, self.token = root, token
         self.seen: dict[int, float] = {}
 
     def snapshot(self) -> None:
+        found: list[psutil.Process] = []
         try:
-            for child in psutil.Process(self.root).children(recursive=True):
-                try:
-                    self.seen.setdefault(child.pid, child.create_time())
-                except psutil.Error:
-                    pass
+            found += psutil.Process(self.root).children(recursive=True)
         except psutil.Error:
             pass
+        try:
+            # Orphans reparented to us (the subreaper) that are not our own direct children.
+            me = psutil.Process()
+            for child in me.children():
+                if child.pid != self.root and _has_token(child, self.token):
+                    found += [child, *child.children(recursive=True)]
+        except psutil.Error:
+            pass
+        for p in found:
+            try:
+                self.seen.setdefault(p.pid, p.create_time())
+            except psutil.Error:
+                pass
+
+    def add_leftovers(self) -> None:
+        for p in leftover_processes(self.token):
+            try:
+                self.seen.setdefault(p.pid, p.create_time())
+            except psutil.Error:
+                pass
+
+    def reap(self) -> None:
+        """Collect the exit status of orphans that were reparented to us (no zombies left)."""
+        for pid in self.seen:
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
 
     def alive(self) -> list[psutil.Process]:
         out = []
@@ -136,8 +195,9 @@ class _Tree:
 
 
 def kill_tree(root: int, tree: _Tree) -> int:
-    """SIGKILL the session's process group and every remembered descendant; return how many lived."""
+    """SIGKILL the session's process group and every process of the run; return how many lived."""
     tree.snapshot()
+    tree.add_leftovers()
     try:
         os.killpg(root, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
@@ -149,7 +209,15 @@ def kill_tree(root: int, tree: _Tree) -> int:
         except psutil.Error:
             pass
     psutil.wait_procs(alive, timeout=KILL_GRACE_SECONDS)
+    tree.reap()
     return len(alive)
+
+
+def _has_token(p: psutil.Process, token: str) -> bool:
+    try:
+        return p.environ().get(TOKEN_ENV) == token
+    except psutil.Error:
+        return False
 
 
 class _LogPump(threading.Thread):

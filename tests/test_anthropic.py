@@ -180,3 +180,13 @@ def test_whole_daemon_with_an_outage(tmp_path: Path) -> None:
     assert (repo / ".autoresearch/runs/llm/0001/transcript.jsonl").exists()
     status = run_cli(repo, "status", env=env).stdout
     assert "spend: $0.02" in status
+
+
+def test_history_table_stays_bounded() -> None:
+    from loop.agents.prompt import BEST_ROWS, RECENT_ROWS, history_table
+
+    items = tuple(HistoryItem(n, "x", "discard", 1.0 + (n % 97) / 1000, 1.0, 1.0, f"exp {n}") for n in range(1000))
+    table = history_table(items).splitlines()
+    assert len(table) <= 2 + BEST_ROWS + RECENT_ROWS + 1
+    assert table[-1].startswith("(") and "more experiments not shown" in table[-1]
+    assert any("| 999 |" in row for row in table) and any("| 0 |" in row for row in table)  # recent and best
