@@ -155,10 +155,13 @@ def main() -> None:
     n_params = sum(p.numel() for p in model.parameters())
     flops_per_token = 6 * n_params + 12 * DEPTH * MODEL_DIM * SEQ_LEN  # matmuls + attention
 
-    step, trained, tokens, loss_value, last_dt = 0, 0.0, 0, float("nan"), 0.0
+    step, trained, tokens, loss_value = 0, 0.0, 0, float("nan")
     while True:
         progress = trained / TIME_BUDGET
-        if trained + last_dt > TIME_BUDGET:  # the next step would end past the budget
+        timed_steps = step - WARMUP_STEPS
+        # stop when a step of the mean duration would end past the budget; the mean, not the last
+        # step, so that one step slowed by a busy machine does not end the run early
+        if timed_steps > 0 and trained + trained / timed_steps > TIME_BUDGET:
             break
         t0 = time.time()
         for opt in optimizers:
@@ -181,8 +184,7 @@ def main() -> None:
             torch.cuda.synchronize()
         step += 1
         if step > WARMUP_STEPS:  # compilation and warm-up are not charged to the budget
-            last_dt = time.time() - t0
-            trained += last_dt
+            trained += time.time() - t0
             tokens += x.numel()
 
     out = Path(os.environ.get("AUTORESEARCH_OUT", "out"))

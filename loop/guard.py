@@ -28,9 +28,19 @@ FORBIDDEN_MODULES = {
     "urllib": "uses the network", "http": "uses the network", "requests": "uses the network", "git": "drives git",
 }
 FORBIDDEN_CALLS = {"exec", "eval", "compile", "__import__", "globals", "setattr", "delattr", "breakpoint"}
-FORBIDDEN_OS = {"system", "popen", "fork", "forkpty", "kill", "killpg", "setsid", "remove", "unlink", "rename", "replace"}
-FORBIDDEN_STRINGS = {"val.txt": "reads the validation data", "val_bpb": "prints a metric line",
-                     "AUTORESEARCH_VAL": "reads the validation data", ".git": "touches git"}
+FORBIDDEN_OS = {"system", "popen", "fork", "forkpty", "kill", "killpg", "setsid", "remove", "unlink", "rename",
+                "replace", "_exit", "abort"}
+FORBIDDEN_STRINGS = {"val.txt": "reads the validation data", "bpb": "prints a metric line",
+                     "eval_seconds": "prints a metric line", "AUTORESEARCH_VAL": "reads the validation data",
+                     "AUTORESEARCH_RUN_TOKEN": "reaches the run's process token", ".git": "touches git"}
+# Dunder routes around the import and attribute rules: builtins, globals, frames, code objects.
+ESCAPE_NAMES = {"__builtins__", "__loader__", "__spec__", "vars"}
+ESCAPE_ATTRS = {"__dict__", "__globals__", "__code__", "__closure__", "__subclasses__", "__builtins__",
+                "f_back", "f_globals", "f_locals", "gi_frame", "tb_frame", "__loader__", "__setattr__",
+                "__delattr__", "__getattribute__"}
+# Ending the process with success from inside the evaluator (build_model runs there) would leave
+# forged metric lines last; exits with a constant non-zero status are a plain crash and allowed.
+EXIT_CALLS = {"exit", "quit", "sys.exit"}
 # Library settings a training script legitimately flips.
 ALLOWED_ATTR_PREFIXES = ("torch.backends.", "torch._dynamo.config.", "torch._inductor.config.")
 
@@ -95,6 +105,7 @@ def lint_train_py(text: str) -> list[str]:
     modules = _module_aliases(tree)
     harness_names = {a.asname or a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
                      and n.module == "prepare" for a in n.names}
+    main_block = {id(n) for top in tree.body if _is_main_guard(top) for n in ast.walk(top)}
     found = []
 
     def add(node: ast.AST, reason: str) -> None:
@@ -107,22 +118,40 @@ def lint_train_py(text: str) -> list[str]:
                 root = name.split(".")[0]
                 if root in FORBIDDEN_MODULES:
                     add(node, f"imports {name}, which {FORBIDDEN_MODULES[root]}")
+            if isinstance(node, ast.ImportFrom) and node.module in ("os", "posix"):
+                for a in node.names:
+                    if a.name in FORBIDDEN_OS or a.name.startswith(("exec", "spawn")):
+                        add(node, f"imports {node.module}.{a.name}")
             if isinstance(node, ast.ImportFrom) and node.module == "prepare":
                 for a in node.names:
                     if a.name not in HARNESS_API:
                         add(node, f"imports prepare.{a.name}: train.py may use only {', '.join(sorted(HARNESS_API))}")
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) or _is_str_concat(node):
+            text = node.value if isinstance(node, ast.Constant) else _folded(node)
             for needle, reason in FORBIDDEN_STRINGS.items():
-                if needle in node.value:
+                if needle in text:
                     add(node, f"mentions {needle!r}: {reason}")
+        elif isinstance(node, ast.Name) and node.id in ESCAPE_NAMES:
+            add(node, f"uses {node.id}, a route around the import and attribute rules")
+        elif isinstance(node, ast.Raise) and _is_success_exit(node.exc) and id(node) not in main_block:
+            add(node, "raises SystemExit with success, which could end the evaluator early")
         elif isinstance(node, ast.Call):
             fn = node.func
             if isinstance(fn, ast.Name) and fn.id in FORBIDDEN_CALLS:
                 add(node, f"calls {fn.id}(), which can rebind or run arbitrary code")
-            if isinstance(fn, ast.Attribute) and _dotted(fn.value) == "os" and (fn.attr in FORBIDDEN_OS or fn.attr.startswith(("exec", "spawn"))):
-                add(node, f"calls os.{fn.attr}")
+            if _dotted(fn) in EXIT_CALLS and not _constant_failure(node.args) and id(node) not in main_block:
+                add(node, f"calls {_dotted(fn)}() without a constant non-zero status, which could end the evaluator early")
+            if (isinstance(fn, ast.Name) and fn.id in ("getattr", "hasattr") and len(node.args) >= 2
+                    and not isinstance(node.args[1], ast.Constant) and _dotted(node.args[0]).split(".")[0] in modules):
+                add(node, f"calls {fn.id}() on module {_dotted(node.args[0])} with a computed name")
+            called = _resolved(_dotted(fn), modules)
+            owner, _, attr = called.rpartition(".")
+            if owner in ("os", "posix") and (attr in FORBIDDEN_OS or attr.startswith(("exec", "spawn"))):
+                add(node, f"calls {called}")
         elif isinstance(node, ast.Attribute):
             dotted = _dotted(node)
+            if node.attr in ESCAPE_ATTRS:
+                add(node, f"uses .{node.attr}, a route around the import and attribute rules")
             if dotted.startswith(("sys.modules", "sys._getframe", "sys.stdout", "sys.stderr")) and not isinstance(node.ctx, ast.Load):
                 add(node, f"rebinds {dotted}")
             elif dotted in ("sys.modules", "sys._getframe"):
@@ -139,7 +168,39 @@ def lint_train_py(text: str) -> list[str]:
                     root = dotted.split(".")[0]
                     if root in modules and not (modules[root] + dotted[len(root):]).startswith(ALLOWED_ATTR_PREFIXES):
                         add(node, f"assigns {dotted}: rebinding a library or harness attribute")
-    return sorted(found, key=lambda line: int(line.split(":")[1]))
+    return sorted(dict.fromkeys(found), key=lambda line: int(line.split(":")[1]))
+
+
+def _is_main_guard(node: ast.stmt) -> bool:
+    """`if __name__ == "__main__":` at module level: code the evaluator's import never runs."""
+    test = node.test if isinstance(node, ast.If) else None
+    return (isinstance(test, ast.Compare) and isinstance(test.ops[0], ast.Eq) and _dotted(test.left) == "__name__"
+            and isinstance(test.comparators[0], ast.Constant) and test.comparators[0].value == "__main__")
+
+
+def _is_str_concat(node: ast.AST) -> bool:
+    return isinstance(node, ast.JoinedStr) or (isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add))
+
+
+def _folded(node: ast.AST) -> str:
+    """The literal text of a string built by `+` or an f-string, holes left out ('val' + '_bpb')."""
+    if isinstance(node, ast.Constant):
+        return node.value if isinstance(node.value, str) else ""
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+        return _folded(node.left) + _folded(node.right)
+    if isinstance(node, ast.JoinedStr):
+        return "".join(_folded(v) for v in node.values)
+    return ""
+
+
+def _constant_failure(args: list[ast.expr]) -> bool:
+    return len(args) == 1 and isinstance(args[0], ast.Constant) and args[0].value not in (0, None, False)
+
+
+def _is_success_exit(exc: ast.expr | None) -> bool:
+    if isinstance(exc, ast.Name) and exc.id == "SystemExit":
+        return True
+    return isinstance(exc, ast.Call) and _dotted(exc.func) == "SystemExit" and not _constant_failure(exc.args)
 
 
 def _module_aliases(tree: ast.AST) -> dict[str, str]:
@@ -153,6 +214,13 @@ def _module_aliases(tree: ast.AST) -> dict[str, str]:
             for a in node.names:
                 out[a.asname or a.name] = f"{node.module}.{a.name}"
     return out
+
+
+def _resolved(dotted: str, modules: dict[str, str]) -> str:
+    """`_o.fork` -> `os.fork` after `import os as _o`."""
+    root, _, rest = dotted.partition(".")
+    origin = modules.get(root, root)
+    return f"{origin}.{rest}" if rest else origin
 
 
 def _dotted(node: ast.AST) -> str:

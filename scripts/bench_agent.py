@@ -54,7 +54,7 @@ def main() -> int:
         os.environ["ANTHROPIC_API_KEY"] = "bench"
         with FakeAnthropic(brain) as server:
             os.environ["ANTHROPIC_BASE_URL"] = server.url
-            agent = AnthropicAgent(model="claude-sonnet-4-6")
+            agent = AnthropicAgent()
             train_py = (ROOT / "train.py").read_text()
             for n in (10, 100, 1000):
                 ctx = Context(repo, (ROOT / "program.md").read_text(), train_py, history(n), 1.1,
@@ -63,16 +63,19 @@ def main() -> int:
                 agent.propose(ctx)
                 size = len(json.dumps(server.requests[start]["body"]))
                 print(f"first request after {n:4d} experiments: {size:,} bytes (~{size // 4:,} tokens)")
-            server.requests.clear()
-            total = 0.0
-            for i in range(100):
-                ctx = Context(repo, "p", "LR = 0.02\n", history(20), 1.1, Path(tmp) / "notes.md", Path(tmp) / f"night{i}")
-                total += agent.propose(ctx).usage.cost_usd
-        calls = len(server.requests)
-        by_hand = calls * (IN * 3.0 + OUT * 15.0 + WRITE * 3.0 * 1.25 + READ * 3.0 * 0.1) / 1e6
-        print(f"scripted night: 100 proposals, {calls} calls; cost by the agent ${total:.4f}, by hand ${by_hand:.4f}")
-        return 0 if abs(total - by_hand) < 1e-9 else 1
-
+            ok = True
+            for model, inp, out in (("claude-sonnet-4-6", 3.0, 15.0), ("claude-sonnet-5-5", 2.0, 10.0)):
+                server.requests.clear()
+                agent, total = AnthropicAgent(model=model), 0.0
+                for i in range(100):
+                    ctx = Context(repo, "p", "LR = 0.02\n", history(20), 1.1, Path(tmp) / "notes.md", Path(tmp) / f"{model}-{i}")
+                    total += agent.propose(ctx).usage.cost_usd
+                calls = len(server.requests)
+                by_hand = calls * (IN * inp + OUT * out + WRITE * inp * 1.25 + READ * inp * 0.1) / 1e6
+                print(f"scripted night on {model}: 100 proposals, {calls} calls; "
+                      f"cost by the agent ${total:.4f}, by hand ${by_hand:.4f}")
+                ok = ok and abs(total - by_hand) < 1e-9
+        return 0 if ok else 1
 
 if __name__ == "__main__":
     sys.exit(main())

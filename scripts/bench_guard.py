@@ -4,6 +4,7 @@
     python scripts/bench_guard.py [--repeats N]
 
 Guard: check_commit + check_tree on a real commit of this project's train.py in a scratch repo.
+Process scan: the after-run search for a run's leftover processes.
 Sandbox: `python -c pass` wrapped by bwrap against the same command unwrapped. Medians of N.
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from daemon_kit import git, make_repo  # noqa: E402
 from loop import guard, sandbox  # noqa: E402
+from loop.procs import leftover_processes  # noqa: E402
 
 
 def median_seconds(fn, repeats: int) -> float:
@@ -47,6 +49,8 @@ def main() -> int:
             assert guard.check_tree(repo, protected) == []
 
         print(f"guard per experiment (check_commit + check_tree): median {median_seconds(check, args.repeats) * 1000:.1f} ms; goal < 100 ms")
+        scan = median_seconds(lambda: leftover_processes("bench"), args.repeats)
+        print(f"after-run process scan (leftover_processes over all processes): median {scan * 1000:.1f} ms")
         work = Path(tmp) / "work"
         work.mkdir()
         plain = [sys.executable, "-c", "pass"]

@@ -52,8 +52,8 @@ def test_view_edit_submit(context: Context, monkeypatch: pytest.MonkeyPatch) -> 
     ], monkeypatch)
     assert proposal.train_py == TRAIN.replace("LR = 0.02", "LR = 0.01")
     assert proposal.description == "halve LR" and proposal.hypothesis == "0.02 overshoots"
-    # Sonnet: $3 in, $15 out per MTok; 5m cache writes 1.25x, reads 0.1x.
-    expected = (4 * 1000 * 3 + 4 * 200 * 15 + 900 * 3 * 1.25 + 900 * 3 * 0.1) / 1e6
+    # Sonnet 5.5: $2 in, $10 out per MTok; 5m cache writes 1.25x, reads 0.1x.
+    expected = (4 * 1000 * 2 + 4 * 200 * 10 + 900 * 2 * 1.25 + 900 * 2 * 0.1) / 1e6
     assert proposal.usage.cost_usd == pytest.approx(expected) and proposal.usage.calls == 4
     first = server.requests[0]["body"]
     assert [t["name"] for t in first["tools"]] == ["str_replace_based_edit_tool", "write_notes", "submit_experiment"]
@@ -176,7 +176,7 @@ def test_whole_daemon_with_an_outage(tmp_path: Path) -> None:
     events = journal_events(repo, "llm")
     assert sum(e["event"] == "agent_waiting" for e in events) == 2  # waited, spent no experiment
     run = fold(events)
-    assert run.total_usage.calls == 4 and run.total_usage.cost_usd == pytest.approx(4 * (1000 * 3 + 200 * 15) / 1e6)
+    assert run.total_usage.calls == 4 and run.total_usage.cost_usd == pytest.approx(4 * (1000 * 2 + 200 * 10) / 1e6)
     assert (repo / ".autoresearch/runs/llm/0001/transcript.jsonl").exists()
     status = run_cli(repo, "status", env=env).stdout
     assert "spend: $0.02" in status
@@ -190,3 +190,46 @@ def test_history_table_stays_bounded() -> None:
     assert len(table) <= 2 + BEST_ROWS + RECENT_ROWS + 1
     assert table[-1].startswith("(") and "more experiments not shown" in table[-1]
     assert any("| 999 |" in row for row in table) and any("| 0 |" in row for row in table)  # recent and best
+
+
+def test_pricing_by_ttl_and_unknown_models() -> None:
+    from types import SimpleNamespace
+
+    from loop.agents.pricing import usage_of
+
+    both = SimpleNamespace(input_tokens=1000, output_tokens=100, cache_read_input_tokens=5000, cache_creation_input_tokens=3000,
+                           cache_creation=SimpleNamespace(ephemeral_5m_input_tokens=1000, ephemeral_1h_input_tokens=2000))
+    used = usage_of("claude-opus-4-1", both)
+    assert (used.cache_write_5m_tokens, used.cache_write_1h_tokens, used.cache_read_tokens) == (1000, 2000, 5000)
+    assert used.cost_usd == pytest.approx((1000 * 15 + 100 * 75 + 1000 * 15 * 1.25 + 2000 * 15 * 2 + 5000 * 1.5) / 1e6)
+    legacy = SimpleNamespace(input_tokens=0, output_tokens=0, cache_read_input_tokens=0, cache_creation_input_tokens=400, cache_creation=None)
+    assert usage_of("claude-haiku-4-5", legacy).cost_usd == pytest.approx(400 * 1.25 / 1e6)
+    assert usage_of("claude-someday-9", legacy).cost_usd == pytest.approx(400 * 15 * 1.25 / 1e6)  # the dearest known rate
+
+
+def test_long_outage_then_recovery_each_proposal_fresh(context: Context, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nine overloaded answers: each proposal attempt (three requests) raises AgentUnavailable; then it works."""
+    down = error(529, "overloaded_error", "Overloaded", **{"retry-after": "0.01"})
+    replies = [down] * 9 + [
+        message([tool("str_replace_based_edit_tool", command="view", path="val.txt"),
+                 tool("str_replace_based_edit_tool", command="view", path="notes-not-tracked.md"),
+                 tool("str_replace_based_edit_tool", command="view", path="prepare.py", view_range=[1, 2])]),
+        message([tool("str_replace_based_edit_tool", command="insert", path="train.py", insert_line=0, new_str="import math"),
+                 tool("submit_experiment", description="  import\tmath  ", hypothesis="h")]),
+    ]
+    (context.repo / "notes-not-tracked.md").write_text("secret")
+    with FakeAnthropic(scripted(replies)) as server:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
+        agent = AnthropicAgent(max_turns=6)
+        for _ in range(3):
+            with pytest.raises(AgentUnavailable) as raised:
+                agent.propose(context)
+            assert raised.value.retry_after == pytest.approx(0.01)
+        proposal = agent.propose(context)
+    assert proposal.train_py == "import math\n" + TRAIN and proposal.description == "import math"
+    firsts = [r["body"] for r in server.requests[::3][:3]] + [server.requests[9]["body"]]
+    assert all(len(body["messages"]) == 1 for body in firsts)  # every attempt starts a fresh conversation
+    val, untracked, prepare = results_of(server.requests[10])
+    assert val["is_error"] and "validation data" in val["content"]
+    assert untracked["is_error"] and "not a tracked file" in untracked["content"]
+    assert "is_error" not in prepare and prepare["content"].startswith("     1\t")

@@ -16,6 +16,7 @@ import json, pathlib, sys
 argv = sys.argv[1:]
 assert argv[0] == "-p" and "--output-format" in argv and argv[argv.index("--output-format") + 1] == "json"
 assert "| 0 | keep |" in argv[1]  # the history reached the prompt
+assert argv[argv.index("--allowedTools") + 1] == "Read,Edit(train.py),Write(train.py)"
 mode = pathlib.Path({mode!r}).read_text().strip()
 train = pathlib.Path("train.py")
 if mode == "edit":
@@ -72,3 +73,22 @@ def test_real_cli_answers_json() -> None:
     done = subprocess.run(["claude", "-p", "Reply with OK", "--output-format", "json", "--max-turns", "1"],
                           capture_output=True, text=True, timeout=300)
     assert '"type"' in done.stdout
+
+
+def test_claude_code_agent_direct(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from loop.agents.base import Context, HistoryItem
+    from loop.agents.claude_code import ClaudeCodeAgent
+
+    repo, _ = make_repo(tmp_path)
+    monkeypatch.setenv("AUTORESEARCH_CLAUDE_BIN", str(stand_in(tmp_path, "edit")))
+    train = (repo / "train.py").read_text()
+    context = Context(repo=repo, program="Lower val_bpb.", train_py=train, best_val_bpb=1.0,
+                      history=(HistoryItem(0, "abcdef0", "keep", 1.0, None, 0.0, "baseline"),),
+                      notes_path=tmp_path / "notes.md", run_dir=tmp_path / "exp", remaining_cost_usd=1.5)
+    proposal = ClaudeCodeAgent(max_turns=5).propose(context)
+    assert proposal.train_py == train.replace("WIDTH = 8", "WIDTH = 16") and proposal.hypothesis == "more capacity helps"
+    assert proposal.usage.cost_usd == pytest.approx(0.0421) and proposal.usage.output_tokens == 300
+    argv = json.loads((tmp_path / "exp/transcript.jsonl").read_text())["argv"]
+    assert argv[argv.index("--max-budget-usd") + 1] == "1.5000" and argv[argv.index("--max-turns") + 1] == "5"

@@ -51,6 +51,27 @@ exec("1")
                   "assigns prepare.MAX_SEQ_LEN", "assigns F.cross_entropy", "calls setattr()", "uses sys.modules",
                   "calls exec()"):
         assert words in found, words
+    spliced = '''
+import os as _o, sys, shutil
+from os import system
+if __name__ != "__main__":
+    print("val" + "_bpb: 0.0")
+    print(f"eval_seconds: {0}")
+    _o._exit(0)
+    getattr(_o, "fo" + "rk")()
+    raise SystemExit(0)
+    sys.exit()
+    g = sys.exc_info()[2].tb_frame.f_globals
+    b = __builtins__
+if __name__ == "__main__":
+    sys.exit(0)  # the evaluator never runs this block
+'''
+    found = lint_train_py(spliced)
+    for line, words in ((3, "imports os.system"), (5, "mentions 'bpb'"), (6, "mentions 'eval_seconds'"),
+                        (7, "calls os._exit"), (8, "on module _o with a computed name"), (9, "raises SystemExit with success"),
+                        (10, "calls sys.exit() without a constant non-zero status"), (11, "uses .f_globals"), (12, "uses __builtins__")):
+        assert any(f.startswith(f"train.py:{line}:") and words in f for f in found), (line, words, found)
+    assert not any(f.startswith("train.py:14:") for f in found)
     ok = "import torch\ntorch.backends.cudnn.benchmark = True\nfrom prepare import TIME_BUDGET\nx = TIME_BUDGET * 2\n"
     assert lint_train_py(ok) == []
     assert lint_train_py((MAIN / "train.py").read_text()) == []
@@ -68,4 +89,4 @@ def test_check_script(tmp_path: Path) -> None:
     assert dirty.returncode == 1
     lines = dirty.stdout.strip().splitlines()
     assert "program.md changed: only train.py may change" in lines
-    assert any("mentions 'val_bpb'" in line for line in lines)
+    assert any("mentions 'bpb'" in line for line in lines)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 
 import anthropic
@@ -20,7 +21,7 @@ from loop.agents.prompt import first_message
 from loop.agents.tools import ToolError, Workspace
 from loop.errors import AgentFatal, AgentUnavailable, ProposalFailed
 
-DEFAULT_MODEL = "claude-sonnet-4-6"
+DEFAULT_MODEL = "claude-sonnet-5-5"  # the newest Sonnet the installed client lists
 REMINDER = "Please finish: make your edit to train.py if you have not, then call submit_experiment."
 TOOLS = [
     {"type": "text_editor_20250728", "name": "str_replace_based_edit_tool"},
@@ -41,7 +42,7 @@ class AnthropicAgent:
     def __init__(self, model: str = DEFAULT_MODEL, max_turns: int = 30, max_tokens: int = 16000) -> None:
         self.model, self.max_turns, self.max_tokens = model, max_turns, max_tokens
         if not rates(model)[2]:
-            print(f"warning: no price known for {model}: costs are estimated at the most expensive rate")
+            print(f"warning: no price known for {model}: costs are estimated at the most expensive rate", file=sys.stderr)
 
     def propose(self, context: Context) -> Proposal:
         if not os.environ.get("ANTHROPIC_API_KEY"):

@@ -49,6 +49,8 @@ class ClaudeCodeAgent:
                     "--append-system-prompt", context.program]
             if self.model:
                 argv += ["--model", self.model]
+            if context.remaining_cost_usd is not None:  # the CLI stops itself before the run's cap
+                argv += ["--max-budget-usd", f"{max(context.remaining_cost_usd, 0.0):.4f}"]
             try:
                 done = subprocess.run(argv, cwd=scratch, capture_output=True, text=True, timeout=TIMEOUT_S)
             except subprocess.TimeoutExpired:

@@ -8,8 +8,13 @@ from __future__ import annotations
 
 from loop.agents.base import Usage
 
-# (prefix of the model name, input $/MTok, output $/MTok); the first matching prefix wins.
+# (prefix of the model name, input $/MTok, output $/MTok); the first matching prefix wins, so a
+# longer prefix comes before a shorter one of the same family. Anthropic's published list prices.
 PRICES = (
+    ("claude-fable-5-1", 10.0, 50.0),
+    ("claude-opus-5-5", 4.0, 20.0),
+    ("claude-opus-5", 5.0, 25.0),
+    ("claude-sonnet-5", 2.0, 10.0),  # Sonnet 5 and 5.5
     ("claude-opus-4-5", 5.0, 25.0),
     ("claude-opus-4-6", 5.0, 25.0),
     ("claude-opus-4-7", 5.0, 25.0),
@@ -18,7 +23,7 @@ PRICES = (
     ("claude-sonnet-4", 3.0, 15.0),
     ("claude-haiku-4", 1.0, 5.0),
 )
-FALLBACK = (15.0, 75.0)
+FALLBACK = max((inp, out) for _, inp, out in PRICES)  # the most expensive known rate
 
 
 def rates(model: str) -> tuple[float, float, bool]:

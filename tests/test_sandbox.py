@@ -1,0 +1,137 @@
+"""The sandbox and the process containment, on real processes: what a run can see and write, and
+that nothing of it outlives it (setsid grandchildren, SIGTERM-proof loops, forks, memory hogs)."""
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+import psutil
+import pytest
+
+from loop import sandbox
+from loop.procs import leftover_processes, run_contained
+
+needs_bwrap = pytest.mark.skipif(not sandbox.available(), reason="bwrap is not usable here")
+MARKER = "autoresearch-sandbox-test-marker"
+
+
+def run(tmp_path: Path, code: str, spec: sandbox.SandboxSpec | None = None, timeout: float = 20, boxed: bool = True):
+    spec = spec or sandbox.SandboxSpec(workdir=tmp_path / "work")
+    spec.workdir.mkdir(exist_ok=True)
+    argv = [sys.executable, "-c", textwrap.dedent(code)]
+    argv = sandbox.wrap(argv, spec) if boxed else argv
+    env = {"PATH": os.environ["PATH"], "PYTHONUNBUFFERED": "1"}
+    res = run_contained(argv, cwd=spec.workdir, env=env, timeout=timeout, log_path=tmp_path / "log",
+                        preexec=sandbox.limits_preexec(spec))
+    return res, (tmp_path / "log").read_text(errors="replace")
+
+
+def survivors() -> list[psutil.Process]:
+    return [p for p in psutil.process_iter(["cmdline"]) if MARKER in " ".join(p.info["cmdline"] or [])]
+
+
+@needs_bwrap
+def test_repo_hidden_host_read_only_no_network(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "val.txt").write_text("secret validation text")
+    ckpt = repo / "runs" / "ckpt"
+    ckpt.mkdir(parents=True)
+    spec = sandbox.SandboxSpec(workdir=tmp_path / "work", writable=(ckpt,), hide=(repo,))
+    res, log = run(tmp_path, f"""
+        import os, socket
+        print("repo:", sorted(os.listdir({str(repo)!r})))
+        print("val readable:", os.path.exists({str(repo / 'val.txt')!r}))
+        open({str(ckpt / 'model.pt')!r}, "w").write("weights")
+        for path in ("/etc/autoresearch-test", {str(repo / 'x.py')!r}):
+            try:
+                open(path, "w").write("x"); print("wrote", path)
+            except OSError as e:
+                print("refused", path)
+        try:
+            socket.create_connection(("1.1.1.1", 53), timeout=2); print("network: yes")
+        except OSError:
+            print("network: no")
+        print("home:", os.listdir(os.path.expanduser("~")) if os.path.isdir(os.path.expanduser("~")) else None)
+    """, spec)
+    assert res.returncode == 0, log
+    assert "repo: ['runs']" in log and "val readable: False" in log
+    assert (ckpt / "model.pt").read_text() == "weights"
+    assert "refused /etc/autoresearch-test" in log and "network: no" in log
+    assert not (repo / "x.py").exists()
+
+
+def test_file_size_cap(tmp_path: Path) -> None:
+    spec = sandbox.SandboxSpec(workdir=tmp_path / "work", max_file_bytes=1 << 20)
+    res, log = run(tmp_path, """
+        import signal
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        try:
+            open("big", "wb").write(b"x" * (4 << 20)); print("wrote all")
+        except OSError as e:
+            print("capped:", e.errno)
+    """, spec)
+    assert "capped: 27" in log, log  # EFBIG
+    assert (spec.workdir / "big").stat().st_size <= 1 << 20
+
+
+def test_memory_hog_is_the_one_that_fails(tmp_path: Path) -> None:
+    spec = sandbox.SandboxSpec(workdir=tmp_path / "work", max_memory_bytes=2 << 30)
+    res, log = run(tmp_path, """
+        try:
+            block = bytearray(4 << 30); print("allocated")
+        except MemoryError:
+            print("MemoryError")
+    """, spec)
+    assert "MemoryError" in log and "allocated" not in log, log
+    assert sandbox.memory_cap(sandbox.SandboxSpec(workdir=tmp_path, gpu=True)) is None  # CUDA maps huge
+
+
+@pytest.mark.parametrize("boxed", [True, False])
+def test_nothing_of_a_run_survives_it(tmp_path: Path, boxed: bool) -> None:
+    if boxed and not sandbox.available():
+        pytest.skip("bwrap is not usable here")
+    # A setsid'ed double-fork that outlives the run, a SIGTERM-proof loop, and 30 forked sleepers.
+    res, log = run(tmp_path, f"""
+        import os, signal, time
+        if os.fork() == 0:
+            os.setsid()
+            if os.fork() == 0:
+                os.execvp("sleep", ["{MARKER}", "300"])
+            os._exit(0)
+        for _ in range(30):
+            if os.fork() == 0:
+                os.execvp("sleep", ["{MARKER}", "301"])
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        print("started", flush=True)
+        time.sleep(1)
+    """, boxed=boxed)
+    assert "started" in log, log
+    assert res.returncode == 0 and not res.timed_out
+    if not boxed:  # in the sandbox the PID namespace takes them down with its init first
+        assert res.leftovers_killed >= 1, (res, survivors())
+    assert survivors() == []
+
+
+def test_timeout_kills_a_sigterm_proof_hang(tmp_path: Path) -> None:
+    res, log = run(tmp_path, f"""
+        import signal, subprocess, time
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        subprocess.Popen(["{MARKER}", "302"], executable="sleep", start_new_session=True)
+        print("hanging", flush=True)
+        while True:
+            time.sleep(1)
+    """, timeout=2, boxed=sandbox.available())
+    assert res.timed_out and res.returncode is None and 2 <= res.wall_seconds < 10
+    assert survivors() == []
+
+
+def test_leftover_processes_finds_by_token(tmp_path: Path) -> None:
+    assert leftover_processes("no-such-token") == []
+
+
+def test_warning_line() -> None:
+    assert (sandbox.warning() is None) == sandbox.available()
+    assert sandbox.NO_SANDBOX_WARNING.count("\n") == 0
