@@ -435,77 +435,185 @@ def train_batches(batch_size: int, seq_len: int, device: str | object = "cpu"):
 
 
 # --- the trusted evaluator -----------------------------------------------------------------------
+# Two processes. The model process (`python prepare.py model`) is the only one that imports
+# train.py: it rebuilds the model, loads the weights and answers windows of bytes with logits over
+# a private pipe. This process never runs a line of train.py: it holds the validation bytes,
+# decides what to send, computes the cross-entropy from the raw logits itself and prints the
+# result. Whatever train.py does in its own process (print, exit, patch torch) cannot reach here.
+#
+# Windows are T bytes that overlap by one, scored on their own bytes (logits[t] against x[t+1]),
+# and sent in a secret random order, so no other window tells the model anything about this
+# window's targets. Causality is probed on real text: secretly chosen windows are sent again with
+# their tail replaced by text from elsewhere, and the logits before the splice must not move.
+
+PROBES = 8  # spliced copies per evaluation
+PROBE_TOLERANCE = 1e-2
 
 
-def evaluate(checkpoint: Path) -> tuple[float, float]:
-    """val_bpb of the model train.py builds with the saved weights; raises HarnessError with a reason."""
+class ModelProcess:
+    """The untrusted side of the evaluation: train.py's model behind a pipe."""
+
+    def __init__(self, checkpoint: Path) -> None:
+        import subprocess
+        import threading
+
+        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "model", "--checkpoint", str(checkpoint)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=HERE)
+        self.stderr = b""
+        threading.Thread(target=self._drain, daemon=True).start()
+        hello = self._read(6)
+        if len(hello) != 6 or hello[:2] != b"OK":
+            raise HarnessError(self.reason("eval: the model process failed to start"))
+        # The context the model was trained for (its SEQ_LEN): shorter only costs the model.
+        self.seq_len = max(2, min(MAX_SEQ_LEN, int.from_bytes(hello[2:], "little")))
+
+    def _drain(self) -> None:
+        for chunk in iter(lambda: self.proc.stderr.read(4096), b""):  # type: ignore[union-attr]
+            self.stderr = (self.stderr + chunk)[-8192:]
+
+    def _read(self, n: int) -> bytes:
+        data = self.proc.stdout.read(n)  # type: ignore[union-attr]
+        return data if data is not None else b""
+
+    def reason(self, default: str) -> str:
+        self.proc.wait(timeout=30)
+        lines = [line for line in self.stderr.decode("utf-8", "replace").splitlines() if line.strip()]
+        ours = [line for line in lines if line.startswith("eval: ")]
+        return ours[-1] if ours else f"{default}: {lines[-1][:200]}" if lines else f"{default} (exit {self.proc.returncode})"
+
+    def logits(self, x):
+        """float64 logits (B, T, 256) for byte windows x (B, T), validated for shape and finiteness."""
+        import numpy as np
+
+        B, T = x.shape
+        try:
+            self.proc.stdin.write(np.array([B, T], dtype="<u4").tobytes() + x.astype(np.uint8).tobytes())  # type: ignore[union-attr]
+            self.proc.stdin.flush()  # type: ignore[union-attr]
+        except BrokenPipeError:
+            raise HarnessError(self.reason("eval: the model process died")) from None
+        head = self._read(16)
+        if len(head) != 16:
+            raise HarnessError(self.reason("eval: the model process died"))
+        shape = tuple(int(v) for v in np.frombuffer(head, dtype="<u4"))
+        if shape[0] == 0 or shape[1:] != (B, T, VOCAB_SIZE) or shape[0] != 3:
+            got = shape[1:] if shape[0] == 3 else "not a tensor"
+            raise HarnessError(f"eval: model output has shape {got}, expected {(B, T, VOCAB_SIZE)}")
+        data = self._read(B * T * VOCAB_SIZE * 4)
+        if len(data) != B * T * VOCAB_SIZE * 4:
+            raise HarnessError(self.reason("eval: the model process died"))
+        out = np.frombuffer(data, dtype="<f4").reshape(B, T, VOCAB_SIZE).astype(np.float64)
+        if not np.isfinite(out).all():
+            raise HarnessError("eval: model produced NaN or infinite logits")
+        return out
+
+    def close(self) -> None:
+        try:
+            self.proc.stdin.close()  # type: ignore[union-attr]
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=30)
+        except Exception:
+            self.proc.kill()
+
+
+def serve_model(checkpoint: Path) -> int:
+    """The model process: answers (B, T) byte windows with float32 logits, nothing else."""
+    proto = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # whatever train.py prints lands on stderr, never in the protocol
+    import numpy as np
     import torch
-    import torch.nn.functional as F
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    sys.path.insert(0, str(HERE))
+    try:
+        import train
+
+        model = train.build_model()
+        state = torch.load(checkpoint / "model.pt", map_location="cpu", weights_only=True)
+        model.load_state_dict(state, strict=True)
+    except FileNotFoundError:
+        print(f"eval: no weights at {checkpoint / 'model.pt'}: train.py must save model.state_dict() there", file=sys.stderr)
+        return 1
+    except Exception as e:  # any way the model fails to come back is the model's failure
+        print(f"eval: checkpoint does not load: {str(e).splitlines()[0][:200] if str(e) else type(e).__name__}", file=sys.stderr)
+        return 1
+    model = model.to(device).eval()
+    seq_len = getattr(train, "SEQ_LEN", MAX_SEQ_LEN)
+    proto.write(b"OK" + int(seq_len if isinstance(seq_len, int) and 0 < seq_len < 2**31 else MAX_SEQ_LEN).to_bytes(4, "little"))
+    proto.flush()
+    while len(head := sys.stdin.buffer.read(8)) == 8:
+        B, T = (int(v) for v in np.frombuffer(head, dtype="<u4"))
+        x = torch.frombuffer(bytearray(sys.stdin.buffer.read(B * T)), dtype=torch.uint8).long().view(B, T)
+        with torch.no_grad(), torch.autocast("cuda", torch.bfloat16, enabled=device == "cuda"):
+            out = model(x.to(device))
+        if isinstance(out, torch.Tensor):
+            arr = out.detach().float().cpu().contiguous().numpy()
+            proto.write(np.array([3, *arr.shape], dtype="<u4").tobytes() if arr.ndim == 3 else np.zeros(4, "<u4").tobytes())
+            if arr.ndim == 3 and arr.shape == (B, T, VOCAB_SIZE):
+                proto.write(arr.astype("<f4").tobytes())
+        else:
+            proto.write(np.zeros(4, "<u4").tobytes())
+        proto.flush()
+    return 0
+
+
+def evaluate(checkpoint: Path, take_val: bool = False) -> tuple[float, float]:
+    """val_bpb of the model train.py builds with the saved weights; raises HarnessError with a reason."""
+    import numpy as np
 
     t0 = time.time()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    weights = checkpoint / "model.pt"
-    if not weights.exists():
-        raise HarnessError(f"eval: no weights at {weights}: train.py must save model.state_dict() there")
-    sys.path.insert(0, str(HERE))
-    import train  # noqa: E402 - the model definition only; its training is under __main__
-
-    model = train.build_model()
+    val = np.frombuffer(check_val(), dtype=np.uint8)
+    if take_val:  # the daemon's private copy: gone before any of train.py's code runs
+        val_path().unlink()
+    if not (checkpoint / "model.pt").exists():
+        raise HarnessError(f"eval: no weights at {checkpoint / 'model.pt'}: train.py must save model.state_dict() there")
+    model = ModelProcess(checkpoint)
+    T = model.seq_len
+    starts = list(range(0, len(val) - 1, T - 1))
+    windows = [val[s : s + T] for s in starts]
+    if len(windows[-1]) < T:  # the tail: pad on the left with bytes already scored, score only its own
+        tail_len = len(windows[-1])
+        windows[-1] = val[len(val) - T :]
+        skip_last = T - tail_len
+    else:
+        skip_last = 0
+    rng = np.random.default_rng(int.from_bytes(os.urandom(8), "little"))  # secret: the model cannot predict it
+    probes = []
+    for i in rng.choice(len(windows) - 1, size=min(PROBES, len(windows) - 1), replace=False):
+        donor = windows[(int(i) + 1 + int(rng.integers(len(windows) - 2))) % (len(windows) - 1)]
+        cut = int(rng.integers(T // 4, 3 * T // 4 + 1))
+        spliced = np.concatenate([windows[int(i)][:cut], donor[cut:]])
+        if (spliced != windows[int(i)]).any():
+            probes.append((int(i), cut, spliced))
+    rows = windows + [p[2] for p in probes]
+    order = rng.permutation(len(rows))
     try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        model.load_state_dict(state, strict=True)
-    except Exception as e:  # any way a checkpoint can fail to load is the model's failure
-        raise HarnessError(f"eval: checkpoint does not load: {str(e).splitlines()[0][:200]}") from None
-    model = model.to(device).eval()
-    val = torch.frombuffer(bytearray(check_val()), dtype=torch.uint8).long()
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad(), torch.autocast("cuda", torch.bfloat16, enabled=device == "cuda"):
-            logits = model(x.to(device))
-        if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (*x.shape, VOCAB_SIZE):
-            got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-            raise HarnessError(f"eval: model output has shape {got}, expected {(*x.shape, VOCAB_SIZE)}")
-        logits = logits.double()  # the loss is summed over ~10^5 bytes: float32 would drift
-        if not torch.isfinite(logits).all():
-            raise HarnessError("eval: model produced NaN or infinite logits")
-        return logits
-
-    _probe_causality(forward, val, min(256, MAX_SEQ_LEN, int(getattr(train, "SEQ_LEN", MAX_SEQ_LEN))))
-    total_nats, count = 0.0, 0
-    # Windows as long as the context the model was trained for (its SEQ_LEN), at most MAX_SEQ_LEN:
-    # a shorter context only costs the model, so it is the model's choice to make.
-    T = max(1, min(MAX_SEQ_LEN, int(getattr(train, "SEQ_LEN", MAX_SEQ_LEN))))
-    n_windows = (len(val) - 1) // T
-    windows = [val[i * T : i * T + T + 1] for i in range(n_windows)]
-    for i in range(0, n_windows, EVAL_BATCH):
-        batch = torch.stack(windows[i : i + EVAL_BATCH])
-        logits = forward(batch[:, :-1])
-        total_nats += F.cross_entropy(logits.reshape(-1, VOCAB_SIZE), batch[:, 1:].reshape(-1).to(device), reduction="sum").item()
-        count += batch[:, 1:].numel()
-    rest = val[n_windows * T :]
-    if len(rest) > 1:  # the tail: every byte after the first is predicted exactly once
-        logits = forward(rest[None, :-1])
-        total_nats += F.cross_entropy(logits[0], rest[1:].to(device), reduction="sum").item()
-        count += len(rest) - 1
-    return total_nats / math.log(2) / count, time.time() - t0
-
-
-def _probe_causality(forward, val, T: int) -> None:
-    """Changing later bytes, or another row of the batch, must not change earlier logits."""
-    import torch
-
-    base = torch.stack([val[:T], val[T : 2 * T]])
-    ref = forward(base)
-    gen = torch.Generator().manual_seed(0)
-    for cut in sorted({1, T // 4, T // 2, T - 1} - {0}):
-        x = base.clone()
-        x[:, cut:] = torch.randint(0, 256, (2, T - cut), generator=gen)
-        if not torch.allclose(forward(x)[:, :cut], ref[:, :cut], atol=1e-2, rtol=1e-2):
+        logits: dict[int, object] = {}
+        for b in range(0, len(order), EVAL_BATCH):
+            idx = list(order[b : b + EVAL_BATCH])
+            batch = [rows[j] for j in idx] + [rows[idx[0]]] * (EVAL_BATCH - len(idx))  # one shape for every call
+            out = model.logits(np.stack(batch))
+            for k, j in enumerate(idx):
+                logits[int(j)] = out[k]
+    finally:
+        model.close()
+    for n, (i, cut, _) in enumerate(probes):
+        a, b = logits[i][:cut], logits[len(windows) + n][:cut]
+        if not np.allclose(a, b, atol=PROBE_TOLERANCE, rtol=PROBE_TOLERANCE):
             raise HarnessError(f"eval: model is not causal: logits before position {cut} changed when later bytes changed")
-    x = base.clone()
-    x[1] = torch.randint(0, 256, (T,), generator=gen)
-    if not torch.allclose(forward(x)[0], ref[0], atol=1e-2, rtol=1e-2):
-        raise HarnessError("eval: model mixes rows of a batch: one sequence's logits depend on another's bytes")
+    total_bits, count = 0.0, 0
+    for i, w in enumerate(windows):
+        lg = logits[i][:-1]
+        targets = w[1:].astype(np.int64)
+        m = lg.max(axis=1, keepdims=True)
+        logp = lg - m - np.log(np.exp(lg - m).sum(axis=1, keepdims=True))
+        nats = -logp[np.arange(T - 1), targets]
+        if i == len(windows) - 1 and skip_last:
+            nats = nats[skip_last:]
+        total_bits += nats.sum() / math.log(2)
+        count += len(nats)
+    return total_bits / count, time.time() - t0
 
 
 # --- command line -----------------------------------------------------------------------------
@@ -513,19 +621,22 @@ def _probe_causality(forward, val, T: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("command", nargs="?", default="prepare", choices=["prepare", "check", "eval"])
+    parser.add_argument("command", nargs="?", default="prepare", choices=["prepare", "check", "eval", "model"])
     parser.add_argument("--source", default="builtin", help="builtin, a path, or one of: " + ", ".join(DOWNLOADS))
     parser.add_argument("--force-val", action="store_true", help="write a new val.txt from this source")
     parser.add_argument("--checkpoint", type=Path, help="eval: the directory holding model.pt")
+    parser.add_argument("--take-val", action="store_true", help="eval: delete val.txt once read (the daemon's private copy)")
     args = parser.parse_args(argv)
     try:
+        if args.command == "model":
+            return serve_model(args.checkpoint)
         if args.command == "check":
             check()
             print(f"ok: data in {data_dir()}, val.txt verified")
         elif args.command == "eval":
             if args.checkpoint is None:
                 raise HarnessError("eval needs --checkpoint DIR")
-            bpb, seconds = evaluate(args.checkpoint)
+            bpb, seconds = evaluate(args.checkpoint, args.take_val)
             # The trusted lines come last: the daemon reads the last val_bpb line.
             print(f"val_bpb: {bpb:.6f}\neval_seconds: {seconds:.1f}", flush=True)
         else:

@@ -93,7 +93,7 @@ class Runner:
         env.pop("AUTORESEARCH_VAL", None)
         spec = sandbox.SandboxSpec(workdir=dirs["eval"], writable=(dirs["tmp"],), readonly=(dirs["ckpt"],),
                                    hide=(self.repo,), gpu=self.gpu)
-        ev = self._contained(["prepare.py", "eval", "--checkpoint", str(dirs["ckpt"])], spec, env,
+        ev = self._contained(["prepare.py", "eval", "--take-val", "--checkpoint", str(dirs["ckpt"])], spec, env,
                              EVAL_TIMEOUT_S, exp_dir / "eval.log", None)
         out.eval_seconds = ev.wall_seconds
         out.killed = out.killed or ev.timed_out or ev.cancelled

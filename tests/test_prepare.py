@@ -169,16 +169,19 @@ def build_model():
 '''
 
 
-def eval_dir(tmp_path: Path, body: str, logits: list[float] | None = None) -> subprocess.CompletedProcess:
+def eval_dir(tmp_path: Path, body: str, logits: list[float] | None = None, val_copy: bool = False) -> subprocess.CompletedProcess:
     import torch
 
     work = tmp_path / "eval"
-    work.mkdir()
+    work.mkdir(exist_ok=True)
     shutil.copy(MAIN / "prepare.py", work)
     (work / "train.py").write_text(MODEL_HEAD.format(body=body))
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
     torch.save({"logits": torch.tensor(logits or [0.0] * 256)}, ckpt / "model.pt")
+    if val_copy:  # as the daemon runs it: a private copy, taken away before train.py is imported
+        shutil.copy(MAIN / "val.txt", work / "val.txt")
+        return run(["eval", "--take-val", "--checkpoint", str(ckpt)], work)
     return run(["eval", "--checkpoint", str(ckpt)], work, AUTORESEARCH_VAL=str(MAIN / "val.txt"))
 
 
@@ -218,7 +221,8 @@ def test_rejects_a_model_that_reads_other_rows(tmp_path: Path) -> None:
     body = ("        nxt = torch.roll(idx, -1, dims=0)\n"
             "        return self.logits.expand(B, T, 256) + nxt[..., None].float() * 0.1")
     done = eval_dir(tmp_path, body)
-    assert done.returncode == 1 and "mixes rows" in done.stdout
+    # Windows go out in a secret random order, so another row is no help; the probe sees the mixing.
+    assert done.returncode == 1 and "not causal" in done.stdout
 
 
 def test_rejects_nan(tmp_path: Path) -> None:
@@ -229,6 +233,25 @@ def test_rejects_nan(tmp_path: Path) -> None:
 def test_rejects_a_wrong_shape(tmp_path: Path) -> None:
     done = eval_dir(tmp_path, "        return self.logits.expand(B, T, 256)[:, :, :128]")
     assert done.returncode == 1 and "shape" in done.stdout
+
+
+def test_train_code_never_runs_in_the_scoring_process(tmp_path: Path) -> None:
+    """Forged metric lines and an early exit at import happen in the model process, not here."""
+    body = ("        return self.logits.expand(B, T, 256)\n"
+            "print('val_bpb: 0.000001')\nprint('eval_seconds: 0.0', flush=True)\nimport os\nos._exit(0)")
+    done = eval_dir(tmp_path, body)
+    assert done.returncode == 1 and "val_bpb: 0.000001" not in done.stdout
+    assert done.stdout.startswith("eval: the model process")
+
+
+def test_take_val_hides_the_validation_file(tmp_path: Path) -> None:
+    body = ("        return self.logits.expand(B, T, 256)\n"
+            "import pathlib\nassert not pathlib.Path(__file__).with_name('val' + '.txt').exists(), 'saw it'")
+    work = tmp_path / "eval"
+    work.mkdir()
+    done = eval_dir(tmp_path, body, val_copy=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert not (work / "val.txt").exists()
 
 
 def test_rejects_a_checkpoint_that_does_not_load(tmp_path: Path) -> None:

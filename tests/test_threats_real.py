@@ -1,13 +1,11 @@
 """Attacks only the real evaluator can catch, through the real daemon with the real harness: a
 model that peeks at the next byte, NaN logits and a wrong output shape, each switched on only in
 evaluation (so training succeeds and the evaluator is what stops it). Training is skipped (the
-untrained model is saved at once) to keep the test short. Plus the known hole: forged
-metric lines printed by train.py's import inside the evaluator before it exits with success."""
+untrained model is saved at once) to keep the test short. Plus forged metric lines printed by
+train.py's import before it exits with success: they stay in the model process."""
 from __future__ import annotations
 
 from pathlib import Path
-
-import pytest
 
 from daemon_kit import assert_invariants, git, journal_events, make_repo, queue_proposal, read_results, run_cli
 from loop.journal import fold
@@ -71,12 +69,11 @@ def test_evaluator_attacks_through_the_daemon(tmp_path: Path, prepared_cache: Pa
     assert_invariants(repo, "r")
 
 
-@pytest.mark.xfail(strict=True, reason="known hole: train.py's import runs inside the evaluator's process, so it "
-                   "can print forged metric lines and exit 0 before the evaluator prints its own; closing it needs "
-                   "the evaluator to prove its lines (a nonce the runner passes on stdin) or to keep train.py out of "
-                   "the process that computes the loss")
-def test_forged_metric_lines_from_inside_the_evaluator(tmp_path: Path) -> None:
-    repo, env = make_repo(tmp_path)
+def test_forged_metric_lines_from_inside_the_evaluator(tmp_path: Path, prepared_cache: Path) -> None:
+    """train.py's import prints forged lines and exits 0: in the real evaluator that happens in the
+    model process, whose output never reaches the daemon, so the experiment is a crash."""
+    repo, env = make_repo(tmp_path, harness="real")
+    env["AUTORESEARCH_CACHE"] = str(prepared_cache)
     base = (repo / "train.py").read_text()
     # String splicing by join and os reached through shutil: past the lint on purpose.
     code = ("import shutil as _sh\nif __name__ != '__main__':\n    print(''.join(['val', '_b', 'pb: 0.000001']))\n"
