@@ -175,8 +175,13 @@ class _Tree:
                 pass
 
     def reap(self) -> None:
-        """Collect the exit status of orphans that were reparented to us (no zombies left)."""
-        for pid in self.seen:
+        """Collect the exit status of orphans that were reparented to us (no zombies left).
+
+        Besides the processes seen during the run, any zombie child of ours counts: a sandbox's
+        helper process can be reparented to us and die between two snapshots.
+        """
+        zombies = {c.pid for c in psutil.Process().children() if _is_zombie(c)}
+        for pid in set(self.seen) | zombies:
             try:
                 os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:
@@ -248,6 +253,13 @@ class _LogPump(threading.Thread):
             if self.dropped:
                 log.write(f"\n[autoresearch: {self.dropped} bytes of output dropped here]\n".encode())
             log.writelines(tail)
+
+
+def _is_zombie(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def tail(path: Path, max_bytes: int = 4000) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+from loop.journal import fold
 from daemon_kit import assert_invariants, journal_events, make_repo, read_results, run_cli
 
 
@@ -28,7 +29,8 @@ def test_real_harness_run(tmp_path: Path, prepared_cache: Path) -> None:
     done = run_cli(repo, "start", "--tag", "real", "--budget", "2", "--max-experiments", "2", env=env, timeout=300)
     assert done.returncode == 0, done.stderr + done.stdout
     rows = read_results(repo)
-    assert len(rows) == 3
+    reasons = [(e.n, e.status, e.reason) for e in fold(journal_events(repo, "real")).experiments]
+    assert len(rows) == 3, (reasons, done.stdout[-2000:])
     assert rows[0][3] == "keep" and 0 < float(rows[0][1]) < 8.0  # far below a uniform byte model
     assert_invariants(repo, "real")
 
