@@ -103,6 +103,8 @@ class Runner:
             out.interrupted, out.reason = True, "interrupted"
         elif ev.timed_out:
             out.reason = f"eval: timeout after {EVAL_TIMEOUT_S:.0f}s"
+        elif ev.leftovers_killed:
+            out.reason = f"eval: left {ev.leftovers_killed} process(es) running after it exited"
         elif ev.returncode != 0 or not lines:
             out.reason = "eval: " + (lines[-1].removeprefix("eval: ") if lines else f"exit {ev.returncode}")[:200]
         else:

@@ -23,6 +23,7 @@ from typing import Callable
 NO_SANDBOX_WARNING = ("warning: bubblewrap (bwrap) is not usable here: experiments run without a sandbox "
                       "(only resource limits and a tree kill); install it with `apt-get install bubblewrap`")
 MEMORY_ENV = "AUTORESEARCH_MAX_MEMORY_MB"  # overrides the address-space cap of CPU runs
+FILE_ENV = "AUTORESEARCH_MAX_FILE_MB"  # overrides the cap on any one file a run writes
 MEMORY_SHARE = 0.75  # default cap on a CPU run's address space: this share of the host's RAM
 HIDE_TMPFS_BYTES = 1 << 20  # the tmpfs over a hidden path holds only mount points
 PRIVATE_TMP_BYTES = 1 << 30
@@ -100,9 +101,10 @@ def limits_preexec(spec: SandboxSpec) -> Callable[[], None]:
     """A preexec_fn: caps on any one file's size, open files, core dumps and (on CPU) memory, so
     a disk filler or a memory hog fails inside its own run instead of taking the host down."""
     memory = memory_cap(spec)
+    file_bytes = int(float(os.environ[FILE_ENV]) * (1 << 20)) if FILE_ENV in os.environ else spec.max_file_bytes
 
     def apply() -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (spec.max_file_bytes, spec.max_file_bytes))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (file_bytes, file_bytes))
         resource.setrlimit(resource.RLIMIT_NOFILE, (spec.max_open_files, spec.max_open_files))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         if memory is not None:

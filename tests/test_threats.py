@@ -10,7 +10,7 @@ import psutil
 
 from daemon_kit import assert_invariants, journal_events, make_repo, queue_proposal, read_results, run_cli
 from loop.journal import fold
-from loop.sandbox import MEMORY_ENV, available
+from loop.sandbox import FILE_ENV, MEMORY_ENV, available
 
 MARKER = "autoresearch-threat-marker"
 
@@ -41,6 +41,8 @@ ATTACKS = {
     "forks_sleepers": (f"import shutil as _sh\nif __name__ == '__main__':\n    for _ in range(30):\n"
                        f"        if _sh.os.fork() == 0:\n"
                        f"            _sh.os.execvp('sleep', ['{MARKER}', '301'])", None),
+    "disk_filler": ("import os as _os\nif __name__ == '__main__':\n    with open(_os.environ['AUTORESEARCH_OUT'] + '/fill', 'wb') as _f:\n"
+                    "        for _ in range(300):\n            _f.write(bytes(1 << 20))", "exit 1: OSError: [Errno 27] File too large"),
     "memory_hog": ("if __name__ == '__main__':\n    _block = bytearray(4 << 30)", "exit 1: MemoryError"),
     "reads_hidden_val": ("import pathlib as _pl\n_v = (_pl.Path('{repo}') / ''.join(['val', '.txt'])).read_bytes()",
                          "exit 1: FileNotFoundError"),
@@ -74,6 +76,7 @@ def test_attacks_through_the_daemon(tmp_path: Path) -> None:
         queue_proposal(queue, f"{i:02d}", text, name)
     queue_proposal(queue, "99", base.replace("LR = 0.02", "LR = 0.01"), "honest change")
     env[MEMORY_ENV] = "2048"  # the memory hog asks for 4 GiB; the host must not notice
+    env[FILE_ENV] = "64"  # the disk filler writes 300 MiB into one file
     done = run_cli(repo, "start", "--tag", "t", "--agent", "queue", "--queue", str(queue), "--budget", "2",
                    "--timeout", "4", "--fix-attempts", "0", "--max-experiments", str(len(attacks) + 1), env=env, timeout=300)
     assert done.returncode == 0, done.stderr + done.stdout
