@@ -203,7 +203,7 @@ def _detach(root: Path, argv: list[str]) -> int:
         child = subprocess.Popen([sys.executable, "-m", "loop.cli", *argv], cwd=root, stdin=subprocess.DEVNULL,
                                  stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     time.sleep(1.0)
-    if child.poll() is not None:
+    if child.poll() not in (None, 0):  # a refusal or a crash at start-up; 0 is a run that already ended
         raise SetupError(f"the daemon exited at once (code {child.returncode}): see {log}")
     print(f"started in the background (pid {child.pid}); follow it with `tail -f results.tsv` or `tail -f {log}`")
     return 0
