@@ -2,76 +2,121 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from importlib import metadata
 from pathlib import Path
 
 from loop.agents import default_agent_name
-from loop.errors import AutoresearchError
+from loop.config import Config, default
+from loop.errors import AutoresearchError, UsageError
+
+
+def _version() -> str:
+    try:
+        return metadata.version("autoresearch")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="autoresearch", description="Autonomous ML research, one fixed-budget experiment at a time.")
-    sub = p.add_subparsers(dest="command", required=True)
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    p = argparse.ArgumentParser(prog="autoresearch", formatter_class=fmt,
+                                description="Autonomous ML research: an agent edits train.py, fixed-budget runs "
+                                            "score it on every GPU, what is really better is kept.")
+    p.add_argument("--version", action="version", version=f"autoresearch {_version()}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def limits(sp: argparse.ArgumentParser, defaults: bool) -> None:
-        d = (lambda value: value) if defaults else (lambda value: None)
-        sp.add_argument("--agent", default=d(None), help="search | queue | anthropic | claude-code | module:Class")
+    def settings(sp: argparse.ArgumentParser, fresh: bool) -> None:
+        """Run settings: `start` takes the defaults, `resume` keeps the run's own unless given."""
+        d = default if fresh else (lambda name: None)
+        sp.add_argument("--agent", default=None, help="search | queue | anthropic | claude-code | module:Class "
+                        "(default: anthropic with ANTHROPIC_API_KEY set, else search)")
         sp.add_argument("--queue", type=Path, help="folder the queue agent takes proposals from")
         sp.add_argument("--model", help="model for the anthropic or claude-code agent")
-        sp.add_argument("--budget", type=float, default=d(300.0), help="training seconds per experiment")
-        sp.add_argument("--timeout", type=float, default=d(600.0), help="hard limit per training run, seconds")
-        sp.add_argument("--min-delta", type=float, default=d(0.0), help="keep only improvements larger than this")
+        sp.add_argument("--budget", type=float, default=d("budget"), help="training seconds per run")
+        sp.add_argument("--timeout", type=float, default=d("timeout"), help="hard limit per training run, seconds")
+        sp.add_argument("--min-delta", type=float, default=d("min_delta"), help="keep only gains larger than this")
         sp.add_argument("--max-experiments", type=int, help="stop after this many experiments (baseline not counted)")
         sp.add_argument("--max-hours", type=float, help="stop after this many hours")
         sp.add_argument("--max-cost", type=float, help="stop before the agent's spend could pass this many USD")
-        sp.add_argument("--fix-attempts", type=int, default=d(2), help="chances the agent gets to fix a simple crash")
+        sp.add_argument("--fix-attempts", type=int, default=d("fix_attempts"),
+                        help="chances the agent gets to fix a simple crash (they cost no row)")
+        sp.add_argument("--gpus", default=d("gpus"), help="GPUs that get a slot: all, a count N, or indices 0,2,5")
+        sp.add_argument("--slots", type=int, help="CPU slots, for machines without a GPU (default 1)")
+        sp.add_argument("--lookahead", type=int, help="proposals asked ahead of free slots (default: one per slot)")
+        sp.add_argument("--keep-checkpoints", choices=("all", "kept", "none"), default=d("keep_checkpoints"),
+                        help="checkpoints left on disk after each decision")
+        sp.add_argument("--keep-z", type=float, default=d("keep_z"),
+                        help="standard errors of the difference an improvement must clear to be kept")
+        sp.add_argument("--confirm", choices=("auto", "never", "always"), default=d("confirm"),
+                        help="rerun grey-zone results with a fresh seed (never: keep any gain, greedy)")
+        sp.add_argument("--baseline-runs", type=int,
+                        help="runs of the baseline, to measure the noise (default 3 with spare slots, else 2)")
 
-    s = sub.add_parser("start", help="start a new run on branch autoresearch/TAG")
+    s = sub.add_parser("start", formatter_class=fmt, help="start a new run on branch autoresearch/TAG")
     s.add_argument("--tag", required=True)
     s.add_argument("--detach", action="store_true", help="run in the background, logging to .autoresearch/daemon.log")
-    limits(s, defaults=True)
-    r = sub.add_parser("resume", help="continue a stopped or killed run")
+    settings(s, fresh=True)
+    r = sub.add_parser("resume", formatter_class=fmt, help="continue a stopped or killed run where it left off")
     r.add_argument("--tag", required=True)
-    limits(r, defaults=False)
-    st = sub.add_parser("stop", help="finish the running experiment, then exit")
-    st.add_argument("--now", action="store_true", help="kill the running experiment (journaled as interrupted)")
-    sub.add_parser("status", help="what the daemon is doing and how the run goes")
-    one = sub.add_parser("run", help="one experiment of the working tree as it is, git untouched")
-    one.add_argument("--budget", type=float, default=300.0)
-    one.add_argument("--timeout", type=float, default=600.0)
-    rep = sub.add_parser("report", help="the morning report: summary, progress.png, report.md")
-    rep.add_argument("--tag")
-    rep.add_argument("--out", type=Path)
-    rep.add_argument("--compare", nargs="+", default=[], metavar="TAG")
-    chk = sub.add_parser("check", help="run the guard on a commit (default HEAD)")
-    chk.add_argument("rev", nargs="?")
+    settings(r, fresh=False)
+    st = sub.add_parser("stop", formatter_class=fmt, help="finish the experiments in flight, then exit")
+    st.add_argument("--now", action="store_true", help="kill the runs in flight (journaled as interrupted)")
+    stat = sub.add_parser("status", formatter_class=fmt, help="what the daemon is doing and how the run goes")
+    stat.add_argument("--tag", help="a run other than the latest")
+    one = sub.add_parser("run", formatter_class=fmt, help="one experiment of the working tree as it is, git untouched")
+    one.add_argument("--budget", type=float, default=default("budget"), help="training seconds")
+    one.add_argument("--timeout", type=float, default=default("timeout"), help="hard limit on training, seconds")
+    sub.add_parser("runs", formatter_class=fmt, help="list the runs of this repository")
+    show = sub.add_parser("show", formatter_class=fmt, help="one experiment: what, why, outcome, diff, log tail")
+    show.add_argument("number", type=int)
+    show.add_argument("--tag", help="default: the latest run")
+    rep = sub.add_parser("report", formatter_class=fmt, help="the morning report: summary, progress.png, report.md")
+    rep.add_argument("--tag", help="default: the latest run")
+    rep.add_argument("--out", type=Path, help="folder for the report (default report/TAG)")
+    rep.add_argument("--compare", nargs="+", default=[], metavar="TAG", help="other runs to set beside it")
+    chk = sub.add_parser("check", formatter_class=fmt, help="run the guard on a commit")
+    chk.add_argument("rev", nargs="?", default="HEAD")
     return p
 
 
 def dispatch(args: argparse.Namespace, argv: list[str]) -> int:
-    from loop import control
-
     repo = Path.cwd()
     if args.command in ("start", "resume") and args.queue is not None and args.agent not in (None, "queue"):
-        raise_usage("--queue goes with --agent queue")
+        raise UsageError("--queue goes with --agent queue")
     if args.command == "start":
-        from loop.daemon import Config
+        from loop.commands.start import start
 
-        config = Config(tag=_tag(args.tag), agent=args.agent or default_agent_name(), budget=args.budget,
-                        timeout=args.timeout, min_delta=args.min_delta, max_experiments=args.max_experiments,
-                        max_hours=args.max_hours, max_cost=args.max_cost, fix_attempts=args.fix_attempts,
-                        queue=str(args.queue.resolve()) if args.queue else None, model=args.model)
-        return control.start(repo, config, args.detach, argv)
+        values = {k: v for k, v in _settings(args).items() if v is not None}
+        config = Config(tag=_tag(args.tag), agent=args.agent or default_agent_name(), **values)
+        return start(repo, config, args.detach, argv)
     if args.command == "resume":
-        keys = ("agent", "budget", "timeout", "min_delta", "max_experiments", "max_hours", "max_cost", "fix_attempts", "model")
-        overrides = {k: getattr(args, k) for k in keys} | {"queue": str(args.queue.resolve()) if args.queue else None}
-        return control.resume(repo, _tag(args.tag), overrides)
+        from loop.commands.start import resume
+
+        return resume(repo, _tag(args.tag), {"agent": args.agent, **_settings(args)})
     if args.command == "stop":
-        return control.stop(repo, args.now)
+        from loop.commands.stop import stop
+
+        return stop(repo, args.now)
     if args.command == "status":
-        return control.status(repo)
+        from loop.commands.status import status
+
+        return status(repo, args.tag)
     if args.command == "run":
-        return control.run_once(repo, args.budget, args.timeout)
+        from loop.commands.run import run_once
+
+        if not args.budget > 0 or not args.timeout > 0:
+            raise UsageError("--budget and --timeout must be positive numbers of seconds")
+        return run_once(repo, args.budget, args.timeout)
+    if args.command == "runs":
+        from loop.commands.runs import runs_command
+
+        return runs_command(repo)
+    if args.command == "show":
+        from loop.commands.show import show_command
+
+        return show_command(repo, args.number, args.tag)
     if args.command == "report":
         from loop.report import report_command
 
@@ -81,16 +126,18 @@ def dispatch(args: argparse.Namespace, argv: list[str]) -> int:
     return check_command(repo, args.rev)
 
 
+def _settings(args: argparse.Namespace) -> dict:
+    keys = ("budget", "timeout", "min_delta", "max_experiments", "max_hours", "max_cost", "fix_attempts", "model",
+            "gpus", "slots", "lookahead", "keep_checkpoints", "keep_z", "confirm", "baseline_runs")
+    values = {k: getattr(args, k) for k in keys}
+    values["queue"] = str(args.queue.resolve()) if args.queue else None
+    return values
+
+
 def _tag(tag: str) -> str:
     if not tag or not all(c.isalnum() or c in "-_." for c in tag) or tag.startswith("."):
-        raise_usage(f"--tag {tag!r}: use letters, digits, '-', '_' and '.' only")
+        raise UsageError(f"--tag {tag!r}: use letters, digits, '-', '_' and '.' only")
     return tag
-
-
-def raise_usage(message: str) -> None:
-    from loop.errors import UsageError
-
-    raise UsageError(message)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     except AutoresearchError as e:
         print(f"autoresearch: {e}", file=sys.stderr)
         return e.exit_code
+    except BrokenPipeError:  # `autoresearch status | head`: the reader left; that is not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -1,48 +1,55 @@
-"""The research loop: propose, commit, guard, run, evaluate, decide, record — then again.
+"""The controller: the one place that journals, touches git and decides.
 
-Every state change is journaled (fsync'd) before the daemon acts on it, so a kill -9 at any point
-resumes cleanly (see `reconcile`). The daemon alone runs git and training; the agent only returns
-text. Read `experiment` top to bottom: it is the numbered list of DESIGN.md.
+Many experiments are in flight at once: the agent proposes ahead in threads (proposer.py), slots
+train and evaluate (executor.py), and both report back through one queue of events. The
+controller is single-threaded over that queue, so its state needs no lock. One experiment goes:
+
+  1. Propose   ask the agent ahead of time, on the best kept commit     ask_ahead, on ProposalReady
+  2. Commit    on the best at dispatch; rebased by a 3-way merge if the best moved   commit
+  3. Guard     only editable files changed; protected files intact; the lint   commit
+  4. Run       on a free slot, seed and budget from the harness               dispatch
+  5. Evaluate  by the trusted evaluator, in the slot's thread                 on Finished
+  6. Decide    the Policy: keep, discard, or confirm with one more run        decide
+  7. Record    journal, results.tsv row, logs under .autoresearch/runs/TAG/NNNN/   decide
+
+Every step is journaled (fsync'd) before it acts, so a kill -9 anywhere resumes cleanly with any
+number of experiments in flight (see `load`). The working tree follows the best kept commit.
 """
 from __future__ import annotations
 
 import json
 import os
+import queue
 import shutil
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass
+import zlib
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from statistics import fmean
+from typing import Any
 
-from loop import gitops, gpu, guard
-from loop.agents.base import Agent, Context, HistoryItem, Proposal, Usage
+from loop import gitops, guard
+from loop.agents.base import Agent, Context, HistoryItem, InFlight, Proposal, Usage
+from loop.config import Config
 from loop.display import Display
-from loop.errors import AgentUnavailable, BudgetExhausted, ProposalFailed, SetupError
-from loop.journal import (JOURNAL_NAME, ExperimentRecord, Journal, RunRecord, append_result, atomic_write,
-                          experiment_dir, fold, rebuild_results, run_dir, state_dir)
+from loop.errors import AutoresearchError, BudgetExhausted, SetupError
+from loop.executor import Executor, Finished, Job, LocalExecutor, Lost, Started, TrainingEnded, plan_slots
+from loop.journal import (JOURNAL_NAME, STATUSES, ExperimentRecord, Journal, RunRecord, append_result, atomic_write,
+                          experiment_dir, fold, read_events_checked, rebuild_results, run_dir, state_dir)
+from loop.policy import Noise, Policy
 from loop.procs import Cancel
-from loop.runner import RunOutcome, Runner, last_loss
+from loop.proposer import AgentBroken, AgentWaiting, Proposer, ProposalError, ProposalReady, Request
+from loop.runner import RunOutcome, Runner, RunSpec, last_loss
 
+EDITABLE = "train.py"
+PINNED = ("prepare.py", "val.txt", "holdout.txt")  # the harness's bytes, fixed at the run's start
 MIN_FREE_DISK_BYTES = 2 << 30  # below this the run stops rather than corrupt its state
-BACKOFF_START_S, BACKOFF_MAX_S = 5.0, 300.0  # agent outages: retried for as long as they last
 MAX_FAILED_PROPOSALS = 5  # in a row, then the agent is clearly broken
 DIFFS_IN_HISTORY = 8  # recent experiments whose diff the agent sees
-
-
-@dataclass(frozen=True)
-class Config:
-    tag: str
-    agent: str
-    budget: float = 300.0
-    timeout: float = 600.0
-    min_delta: float = 0.0
-    max_experiments: int | None = None
-    max_hours: float | None = None
-    max_cost: float | None = None
-    fix_attempts: int = 2
-    queue: str | None = None  # the queue agent's folder
-    model: str | None = None  # the LLM agents' model
+STATE_EVERY_S = 1.0  # how often the live view (`status`) is refreshed
+ALLOWANCE_FLOOR_S = 30.0  # start-up allowance beyond twice the baseline's own start-up
 
 
 class Stop:
@@ -68,8 +75,29 @@ class Stop:
         return self.graceful or self.cancel.is_set()
 
 
+@dataclass
+class Attempt:
+    """One experiment not decided yet: its proposal, its commit once made, and its runs."""
+
+    n: int
+    kind: str  # baseline | agent | combine
+    parent: str  # the best kept commit it was proposed on
+    description: str = ""
+    hypothesis: str = ""
+    proposal: str | None = None  # the editable file's new text, until committed
+    commit: str | None = None
+    fix_attempt: int = 0
+    conflict_retried: bool = False
+    runs_wanted: int = 1
+    queued_runs: list[int] = field(default_factory=list)  # run indices waiting for a slot
+    running: dict[int, str] = field(default_factory=dict)  # run index -> phase (running, evaluating)
+    outcomes: dict[int, RunOutcome] = field(default_factory=dict)
+    parent_score: float | None = None  # the best's mean when this experiment was dispatched
+
+
 class Daemon:
-    def __init__(self, repo: Path, config: Config, agent: Agent, display: Display | None = None) -> None:
+    def __init__(self, repo: Path, config: Config, agent: Agent, display: Display | None = None,
+                 executor: Executor | None = None) -> None:
         self.repo, self.config, self.agent = repo, config, agent
         self.git = gitops.Git(repo)
         self.dir = run_dir(repo, config.tag)
@@ -80,287 +108,628 @@ class Daemon:
         self.stop = Stop(self.cancel)
         self.branch = gitops.BRANCH_PREFIX + config.tag
         self.state_path = state_dir(repo) / "state.json"
+        self.events: queue.Queue = queue.Queue()
+        self.slots = plan_slots(config.gpus, config.slots)
+        self.executor = executor or LocalExecutor(self.slots, self.make_runner, self.events, self.cancel)
+        self.proposer = Proposer(agent, self.events, lambda: self.stop.requested or bool(self.stopping))
+        self.policy = Policy(config.min_delta, config.keep_z, config.confirm)
         self.protected: dict[str, str] = {}
         self.pinned: dict[str, bytes] = {}
-        self.run_started_at = time.time()
-        self.previous_killed = False
-        self.phase_started = time.monotonic()
-        self.last_loss: str | None = None
+        self.secrets: Any = None
+        self.attempts: dict[int, Attempt] = {}  # undecided experiments, by number
+        self.to_ask: list[tuple[int, int, str, str]] = []  # (n, attempt, last failure, crashed text) to ask again
+        self.run: RunRecord = RunRecord()
+        self.best: ExperimentRecord | None = None
+        self.next_n = 0
+        self.failed_in_row = 0
+        self.stopping = ""  # why the run is winding down: no new proposals or dispatches
+        self.fatal: AutoresearchError | None = None
+        self.waiting = ""
+        self.allowance: float | None = None  # start-up allowance, measured from the baseline
+        self.slot_view: dict[str, dict[str, Any]] = {s: {} for s in self.executor.slot_names()}
+        self.busy_seconds: dict[str, float] = {s: 0.0 for s in self.slot_view}
+        self.first_dispatch: float | None = None
+        self.state_written = 0.0
+        self.eval_since: dict[tuple[int, int], float] = {}
+        self.waiting_since = 0.0
 
-    # --- the loop -------------------------------------------------------------------------------
-    def run(self) -> str:
-        """Run until stopped or a limit is hit; returns why it stopped."""
+    # --- the loop ---------------------------------------------------------------------------------
+    def run_loop(self) -> str:
+        """Run until stopped or a limit is hit; returns why it stopped (raises on a fatal error)."""
         self.stop.install()
-        run = self.reconcile()
+        self.load()
         reason = ""
         try:
-            if not any(e.status in ("keep", "discard", "crash") for e in run.experiments):
-                self.experiment(0, run)
-                run = fold(self.journal.events())
-                if run.experiments[0].status != "keep":
-                    reason = f"the baseline crashed ({run.experiments[0].reason}): fix train.py, then start a new tag"
-            while not reason:
-                run = fold(self.journal.events())
-                reason = self.limit_reached(run)
-                if not reason:
-                    self.experiment(self.next_number(run), run)
+            while True:
+                if self.cancel.is_set() and not self.stopping:
+                    self.stopping = "stopped now"
+                if not self.stopping:
+                    self.stopping = self.limit_reached()
+                if not self.stopping:
+                    self.ask_ahead()
+                    self.dispatch()
+                if self.stopping and not self.runs_in_flight():
+                    break
+                event = _next_event(self.events, timeout=0.2)
+                if event is not None:
+                    self.handle(event)
+                self.write_state()
+            reason = self.stopping
         finally:
+            self.executor.shutdown()
             reason = reason or "stopped"
             self.journal.append("run_stopped", reason=reason)
-            self.write_state(None, "stopped")
+            self.write_state(phase="stopped")
+        if self.fatal is not None:
+            raise self.fatal
         return reason
 
-    def experiment(self, n: int, run: RunRecord) -> None:
-        parent = self.git.head()
-        exp_dir = experiment_dir(self.repo, self.config.tag, n)
-        exp_dir.mkdir(parents=True, exist_ok=True)
-        best = run.best.val_bpb if run.best else None
-        pending = next((e for e in run.experiments if e.n == n and e.status is None), None)
-        attempt, last_failure, crashed_text = 0, "", ""
-        while True:
-            # 1. Propose (the baseline proposes the unmodified train.py).
-            commit = self.resumable_commit(pending, parent, exp_dir)
-            if commit is None:
-                proposal = self.propose(n, run, parent, exp_dir, attempt, last_failure, crashed_text)
-                if proposal is None:
-                    return  # stopped while proposing: no experiment was spent
-                # 2. Commit, and pin a ref so the experiment stays reachable whatever happens.
-                commit = self.commit(n, proposal, parent, attempt)
-            pending = None
-            # 3. Guard the commit.
-            violations = guard.check_commit(self.repo, commit, parent, self.protected)
-            # 4-5. Run and evaluate, from trusted parts only.
-            outcome = RunOutcome(reason=f"guard: {violations[0]}") if violations else self.run_and_evaluate(n, commit, exp_dir)
-            if outcome.interrupted:
-                self.journal.append("interrupted", n=n, phase="running")
-                self.git.reset_hard(parent)
+    # --- 1. propose ---------------------------------------------------------------------------------
+    def ask_ahead(self) -> None:
+        """Keep slots + lookahead experiments in flight, so a slot waits for the agent only when the
+        agent is slower than a whole run."""
+        lookahead = self.config.lookahead if self.config.lookahead is not None else len(self.slot_view)
+        while self.proposer.can_ask() and self.baseline_decided():
+            if self.to_ask:
+                n, attempt, failure, crashed = self.to_ask.pop(0)
+            elif self.experiments_in_flight() < len(self.slot_view) + lookahead and self.room_for_more():
+                n, attempt, failure, crashed = self.next_n, 0, "", ""
+                self.next_n += 1
+            else:
                 return
-            if outcome.simple_crash and attempt < self.config.fix_attempts and n > 0:
-                attempt += 1
-                last_failure, crashed_text = outcome.log_tail, self.git.show(commit, "train.py").decode(errors="replace")
-                self.journal.append("fix_requested", n=n, attempt=attempt, reason=outcome.reason)
-                self.git.reset_hard(parent)
-                continue
-            break
-        # 6. Decide.
-        status = self.decide(n, commit, parent, outcome, best)
-        # 7. Record.
-        self.record(n, status)
-
-    # --- the steps --------------------------------------------------------------------------------
-    def propose(self, n: int, run: RunRecord, parent: str, exp_dir: Path, attempt: int,
-                last_failure: str, crashed_text: str) -> Proposal | None:
-        train_py = (self.repo / "train.py").read_text(encoding="utf-8", errors="replace")
-        if n == 0:
-            self.journal.append("proposed", n=0, description="baseline", hypothesis="", usage=Usage(), agent_seconds=0.0, fix_attempt=0)
-            return Proposal(train_py=train_py, description="baseline")
-        context = Context(
-            repo=self.repo, program=_read(self.repo / "program.md"), train_py=train_py,
-            history=tuple(self.history(run)), best_val_bpb=run.best.val_bpb if run.best else None,
-            notes_path=self.dir / "notes.md", run_dir=exp_dir, last_failure=last_failure, fix_of=crashed_text,
-            budget_seconds=self.config.budget,
-            remaining_cost_usd=None if self.config.max_cost is None else self.config.max_cost - run.total_usage.cost_usd)
-        delay, failures = BACKOFF_START_S, 0
-        while not self.stop.requested:
+            parent = self.best_commit()
             self.journal.append("proposing", n=n, parent=parent, attempt=attempt)
-            self.write_state(n, "proposing")
-            started = time.monotonic()
-            try:
-                proposal = self.agent.propose(context)
-            except AgentUnavailable as e:
-                wait = e.retry_after if e.retry_after is not None else delay  # the server knows best
-                self.journal.append("agent_waiting", n=n, error=str(e), retry_in=wait)
-                self.write_state(n, "waiting", waiting=f"{e} (retry in {wait:.0f}s)")
-                self.display.say(f"agent unavailable: {e}; retrying in {wait:.0f}s")
-                self.sleep(wait)
-                delay = min(delay * 2, BACKOFF_MAX_S)
-                continue
-            except ProposalFailed as e:
-                failures += 1
-                self.journal.append("proposal_failed", n=n, error=str(e), usage=e.usage if isinstance(e.usage, Usage) else Usage())
-                self.display.say(f"proposal failed: {e}")
-                if failures >= MAX_FAILED_PROPOSALS:
-                    raise SetupError(f"the agent failed {failures} proposals in a row (last: {e}): see {self.dir}") from None
-                continue
-            (exp_dir / f"proposal{'' if not attempt else f'.fix{attempt}'}.py").write_text(proposal.train_py, encoding="utf-8")
-            self.journal.append("proposed", n=n, description=proposal.description, hypothesis=proposal.hypothesis,
-                                usage=proposal.usage, agent_seconds=round(time.monotonic() - started, 3), fix_attempt=attempt)
-            return proposal
-        return None
+            context = self.context(n, failure, crashed)
+            self.attempts.setdefault(n, Attempt(n, "agent", parent)).parent = parent
+            self.proposer.ask(Request(n, parent, attempt, context))
 
-    def commit(self, n: int, proposal: Proposal, parent: str, attempt: int) -> str:
-        (self.repo / "train.py").write_text(proposal.train_py, encoding="utf-8")
-        description = " ".join(proposal.description.split()) or f"experiment {n}"
-        if n == 0:
-            commit = parent  # the baseline is the branch point itself
-        else:
-            commit = self.git.commit_file("train.py", description)
-        ref = f"{gitops.REF_PREFIX}{self.config.tag}/{n:04d}" + (f".fix{attempt}" if attempt else "")
+    def on_proposal(self, event: ProposalReady) -> None:
+        req, proposal = event.request, event.proposal
+        exp_dir = self.exp_dir(req.n)
+        exp_dir.mkdir(parents=True, exist_ok=True)
+        (exp_dir / _proposal_name(req.attempt)).write_text(proposal.train_py, encoding="utf-8")
+        self.journal.append("proposed", n=req.n, parent=req.parent, description=proposal.description,
+                            hypothesis=proposal.hypothesis, usage=proposal.usage, agent_seconds=event.agent_seconds,
+                            fix_attempt=req.attempt)
+        self.failed_in_row = 0
+        self.waiting = ""
+        att = self.attempts.setdefault(req.n, Attempt(req.n, "agent", req.parent))
+        att.parent, att.proposal, att.fix_attempt = req.parent, proposal.train_py, req.attempt
+        att.description = " ".join(proposal.description.split()) or f"experiment {req.n}"
+        att.hypothesis = proposal.hypothesis
+        self.run_usage = self.run_usage + proposal.usage
+
+    def on_proposal_error(self, event: ProposalError) -> None:
+        req = event.request
+        self.journal.append("proposal_failed", n=req.n, error=event.error, usage=event.usage)
+        self.run_usage = self.run_usage + event.usage
+        if self.stop.requested or self.stopping:
+            return
+        self.failed_in_row += 1
+        self.display.say(f"proposal failed: {event.error}")
+        if self.failed_in_row >= MAX_FAILED_PROPOSALS:
+            self.fail(SetupError(f"the agent failed {self.failed_in_row} proposals in a row (last: {event.error}): "
+                                 f"see {self.dir}"))
+            return
+        self.to_ask.append((req.n, req.attempt, req.context.last_failure, req.context.fix_of))
+
+    # --- 2-3. commit and guard ----------------------------------------------------------------------
+    def commit(self, att: Attempt) -> bool:
+        """Commit a ready proposal on the best kept commit; False when it did not become an experiment."""
+        best = self.best_commit()
+        files = {EDITABLE: (att.proposal or "").encode("utf-8")}
+        rebased_from = None
+        if att.parent != best:
+            merged, conflicts = self.git.rebase_text(att.parent, best, EDITABLE, files[EDITABLE])
+            if conflicts:
+                return self.hand_back_conflict(att, merged)
+            rebased_from, files = att.parent, {EDITABLE: merged}
+        try:
+            commit = self.git.commit_files(best, files, att.description)
+        except gitops.NothingToCommit:
+            self.journal.append("proposal_failed", n=att.n, error="the proposal changes nothing", usage=Usage())
+            self.display.say(f"proposal {att.n} changes nothing: asking again")
+            att.proposal = None
+            self.to_ask.append((att.n, att.fix_attempt, "", ""))
+            return False
+        ref = self.ref(att.n, att.fix_attempt)
         self.git.pin(ref, commit)
-        if attempt:
-            self.git.pin(f"{gitops.REF_PREFIX}{self.config.tag}/{n:04d}", commit)
-        self.journal.append("committed", n=n, commit=commit, parent=parent, ref=ref)
-        return commit
+        if att.fix_attempt:
+            self.git.pin(self.ref(att.n, 0), commit)
+        self.journal.append("committed", n=att.n, commit=commit, parent=best, ref=ref, kind=att.kind,
+                            rebased_from=rebased_from)
+        if rebased_from:
+            self.display.say(f"#{att.n:04d} rebased onto the new best {best[:7]}")
+        att.commit, att.parent, att.proposal = commit, best, None
+        (self.exp_dir(att.n) / "diff.patch").write_text(self.git.diff(best, commit), encoding="utf-8")
+        violations = self.guard_commit(commit, best)
+        if violations:
+            self.finish(att, RunOutcome(reason=f"guard: {violations[0]}"))
+            return False
+        att.queued_runs = list(range(att.runs_wanted))
+        return True
 
-    def resumable_commit(self, pending: ExperimentRecord | None, parent: str, exp_dir: Path) -> str | None:
-        """On resume, an undecided experiment is re-run from its commit (or its saved proposal),
-        not proposed again: the agent's work, and its cost, are not thrown away."""
-        if pending is None:
-            return None
-        if pending.commit is not None:
-            self.display.say(f"resuming experiment {pending.n} from its commit {pending.commit[:7]}")
-            return pending.commit
-        saved = exp_dir / f"proposal{'' if not pending.fix_attempts else f'.fix{pending.fix_attempts}'}.py"
-        if pending.phase == "proposed" and saved.exists():
-            proposal = Proposal(saved.read_text(encoding="utf-8"), pending.description, pending.hypothesis)
-            return self.commit(pending.n, proposal, parent, pending.fix_attempts)
+    def guard_commit(self, commit: str, parent: str) -> list[str]:
+        if self.secrets is None:
+            return guard.check_commit(self.repo, commit, parent, self.protected)
+        return guard.check_commit(self.repo, commit, parent, self.protected, self.secrets)
+
+    def hand_back_conflict(self, att: Attempt, merged: bytes) -> bool:
+        """A proposal that no longer merges goes back to the agent once with the new best."""
+        self.journal.append("proposal_failed", n=att.n, error="conflicts with the new best", usage=Usage(),
+                            conflict=True)
+        att.proposal = None
+        if att.conflict_retried or att.kind != "agent":
+            self.display.say(f"#{att.n:04d} conflicts with the new best again: dropped")
+            self.attempts.pop(att.n, None)
+            return False
+        att.conflict_retried = True
+        self.to_ask.append((att.n, att.fix_attempt, "", merged.decode("utf-8", errors="replace")))
+        self.conflicts[att.n] = merged.decode("utf-8", errors="replace")
+        return False
+
+    # --- 4. run ---------------------------------------------------------------------------------------
+    def dispatch(self) -> None:
+        while self.executor.free_slots() > 0:
+            job = self.next_job()
+            if job is None:
+                return
+            self.journal.append("running", n=job.n, run=job.run, commit=job.commit, seed=job.spec.seed)
+            self.first_dispatch = self.first_dispatch or time.time()
+            self.attempts[job.n].running[job.run] = "running"
+            self.executor.submit(job)
+
+    def next_job(self) -> Job | None:
+        """Runs of experiments already committed first (repeats, resumed ones), then new proposals."""
+        for att in sorted(self.attempts.values(), key=lambda a: a.n):
+            if att.commit is not None and att.queued_runs:
+                return self.job(att, att.queued_runs.pop(0))
+        for att in sorted(self.attempts.values(), key=lambda a: a.n):
+            if att.commit is None and att.proposal is not None and self.baseline_decided():
+                if self.commit(att) and att.queued_runs:
+                    att.parent_score = self.best_mean()
+                    return self.job(att, att.queued_runs.pop(0))
         return None
 
-    def run_and_evaluate(self, n: int, commit: str, exp_dir: Path) -> RunOutcome:
-        if self.previous_killed:
-            gpu.wait_for_free_memory()
-        train_py = self.git.show(commit, "train.py")
-        (exp_dir / "diff.patch").write_text(self.git.diff(f"{commit}~1", commit) if n else "", encoding="utf-8")
-        self.journal.append("running", n=n, commit=commit)
-        self.write_state(n, "training")
-        runner = Runner(self.repo, self.pinned, self.config.budget, self.config.timeout, self.cancel, self.on_line(n))
+    def job(self, att: Attempt, run: int) -> Job:
+        exp_dir = self.exp_dir(att.n) if run == 0 else self.exp_dir(att.n) / f"run{run}"
+        exp_dir.mkdir(parents=True, exist_ok=True)
+        allowance = self.allowance if self.allowance is not None else self.config.timeout - self.config.budget
+        spec = RunSpec(train_py=self.git.show(att.commit or "", EDITABLE), exp_dir=exp_dir, budget=self.config.budget,
+                       timeout=self.config.timeout, seed=self.seed(att.n, run), startup_allowance=allowance,
+                       splits=("val", "holdout") if "holdout.txt" in self.pinned else ("val",))
+        return Job(att.n, run, att.commit or "", spec)
 
-        def evaluating(partial: RunOutcome) -> None:
-            self.journal.append("evaluating", n=n, train_seconds=round(partial.train_seconds, 3), summary=partial.summary)
-            self.write_state(n, "evaluating")
+    def make_runner(self, job: Job) -> Runner:
+        return Runner(self.repo, self.pinned, self.cancel, self.on_line(job))
 
-        outcome = runner.run(train_py, exp_dir, evaluating)
-        self.previous_killed = outcome.killed
+    # --- 5. evaluate (events from the slots) ------------------------------------------------------------
+    def handle(self, event: object) -> None:
+        if isinstance(event, ProposalReady):
+            self.on_proposal(event)
+        elif isinstance(event, ProposalError):
+            self.on_proposal_error(event)
+        elif isinstance(event, AgentWaiting):
+            self.waiting_since = self.waiting_since if self.waiting else time.time()
+            self.waiting = f"{event.error} (retry in {event.retry_in:.0f}s)"
+            self.journal.append("agent_waiting", n=event.request.n, error=event.error, retry_in=event.retry_in)
+            self.display.say(f"agent unavailable: {event.error}; retrying in {event.retry_in:.0f}s")
+        elif isinstance(event, AgentBroken):
+            error = event.error
+            self.fail(error if isinstance(error, AutoresearchError) else
+                      SetupError(f"the agent failed: {type(error).__name__}: {error}"))
+        elif isinstance(event, Started):
+            self.journal.append("started", n=event.job.n, run=event.job.run, slot=event.slot, device=event.device,
+                                host=event.host)
+            self.slot_view[event.slot] = {"n": event.job.n, "run": event.job.run, "phase": "training",
+                                          "since": time.time(), "device": event.device, "loss": None}
+        elif isinstance(event, TrainingEnded):
+            out = event.outcome
+            self.busy_seconds[event.slot] = self.busy_seconds.get(event.slot, 0.0) + out.train_seconds
+            self.slot_view[event.slot] = {}
+            if not out.reason:
+                self.journal.append("evaluating", n=event.job.n, run=event.job.run,
+                                    train_seconds=round(out.train_seconds, 3), summary=out.summary)
+                self.attempts[event.job.n].running[event.job.run] = "evaluating"
+                self.eval_since[event.job.key] = time.time()
+        elif isinstance(event, Finished):
+            self.on_finished(event.job, event.slot, event.outcome)
+        elif isinstance(event, Lost):
+            self.journal.append("lost", n=event.job.n, run=event.job.run, slot=event.slot, why=event.why)
+            att = self.attempts[event.job.n]
+            att.running.pop(event.job.run, None)
+            att.queued_runs.insert(0, event.job.run)
+
+    def on_finished(self, job: Job, slot: str, outcome: RunOutcome) -> None:
+        att = self.attempts[job.n]
+        att.running.pop(job.run, None)
+        self.eval_since.pop(job.key, None)
         for sub in ("train", "eval", "home", "tmp"):  # keep logs and the checkpoint, not scratch copies
-            shutil.rmtree(exp_dir / sub, ignore_errors=True)
-        violations = guard.check_tree(self.repo, self.protected) + self.check_git(commit)
-        if violations and not outcome.interrupted:
-            outcome.val_bpb, outcome.reason, outcome.simple_crash = None, f"guard: {violations[0]}", False
-        self.journal.append("evaluated", n=n, val_bpb=outcome.val_bpb, reason=outcome.reason, summary=outcome.summary,
+            shutil.rmtree(job.spec.exp_dir / sub, ignore_errors=True)
+        if outcome.interrupted:
+            self.journal.append("interrupted", n=job.n, run=job.run, phase="running")
+            if not att.running:
+                self.journal.append("interrupted", n=job.n, phase="running")
+                self.attempts.pop(job.n, None)
+            return
+        violations = guard.check_tree(self.repo, self.protected) + self.check_git()
+        if violations:
+            outcome.scores, outcome.reason, outcome.simple_crash = {}, f"guard: {violations[0]}", False
+        _check_metric(outcome)
+        self.journal.append("evaluated", n=job.n, run=job.run, slot=slot, val_bpb=outcome.val_bpb,
+                            scores=outcome.scores, reason=outcome.reason, summary=outcome.summary,
                             peak_vram_mb=outcome.peak_vram_mb, train_seconds=round(outcome.train_seconds, 3),
-                            eval_seconds=round(outcome.eval_seconds, 3))
-        return outcome
+                            eval_seconds=round(outcome.eval_seconds, 3), timings=outcome.timings,
+                            hardware=outcome.hardware)
+        att.outcomes[job.run] = outcome
+        if outcome.reason and att.kind == "agent" and outcome.simple_crash and att.fix_attempt < self.config.fix_attempts:
+            self.request_fix(att, outcome)
+            return
+        if att.running or att.queued_runs:
+            return  # wait for the experiment's other runs
+        self.decide(att)
 
-    def check_git(self, commit: str) -> list[str]:
-        """The run must not have moved the branch, HEAD or the experiment refs, or edited the tree."""
-        found = []
-        if self.git.current_branch() != self.branch:
-            found.append(f"the run switched branches (now {self.git.current_branch()})")
-            self.git.checkout(self.branch)
-        if self.git.head() != commit:
-            found.append("the run moved the branch")
-        if self.git.dirty():
-            found.append(f"the run changed tracked files: {', '.join(self.git.dirty()[:3])}")
-        if found:
-            self.git.reset_hard(commit)
-        return found
+    def request_fix(self, att: Attempt, outcome: RunOutcome) -> None:
+        """A simple crash (syntax, import, shape) goes back to the agent; it costs no row."""
+        attempt = att.fix_attempt + 1
+        crashed = self.git.show(att.commit or "", EDITABLE).decode(errors="replace")
+        self.journal.append("fix_requested", n=att.n, attempt=attempt, reason=outcome.reason)
+        self.attempts[att.n] = Attempt(att.n, "agent", self.best_commit(), fix_attempt=attempt)
+        self.to_ask.insert(0, (att.n, attempt, outcome.log_tail, crashed))
 
-    def decide(self, n: int, commit: str, parent: str, outcome: RunOutcome, best: float | None) -> str:
-        if outcome.val_bpb is None:
-            status = "crash"
-        elif best is None or outcome.val_bpb < best - self.config.min_delta:
-            status = "keep"
+    # --- 6-7. decide and record ------------------------------------------------------------------------
+    def decide(self, att: Attempt) -> None:
+        crashed = next((o for _, o in sorted(att.outcomes.items()) if o.reason), None)
+        scores = [o.val_bpb for _, o in sorted(att.outcomes.items()) if o.val_bpb is not None]
+        best_before = self.best_mean()
+        if crashed is not None or not scores:
+            status, reason = "crash", crashed.reason if crashed else "no score"
+        elif att.kind == "baseline":
+            status, reason = "keep", ""
         else:
-            status = "discard"
-        self.git.reset_hard(commit if status == "keep" else parent)
-        best_after = outcome.val_bpb if status == "keep" else best
-        self.journal.append("decided", n=n, status=status, reason=outcome.reason, best_before=best,
-                            best_after=best_after, tip=self.git.head())
-        return status
+            verdict = self.policy.decide(scores, self.best_scores(), self.noise())
+            if verdict == "confirm":
+                run = max(att.outcomes) + 1
+                self.journal.append("confirming", n=att.n, run=run, scores=scores)
+                att.runs_wanted += 1
+                att.queued_runs.append(run)
+                return
+            status, reason = verdict, ""
+        mean = fmean(scores) if scores and status != "crash" else None
+        if status == "keep":
+            self.git.set_branch(self.branch, att.commit or "", [EDITABLE])
+        self.finish(att, None, status=status, reason=reason, mean=mean, best_before=best_before, runs=len(scores))
+        if status == "discard" and att.kind == "agent" and mean is not None:
+            self.maybe_combine(att, mean)
 
-    def record(self, n: int, status: str) -> None:
-        rec = next(e for e in fold(self.journal.events()).experiments if e.n == n)
+    def finish(self, att: Attempt, guard_outcome: RunOutcome | None, status: str = "crash", reason: str = "",
+               mean: float | None = None, best_before: float | None = None, runs: int = 0) -> None:
+        """Journal the decision, append the row, and tidy the experiment's directory."""
+        if guard_outcome is not None:
+            reason, best_before = guard_outcome.reason, self.best_mean()
+            self.journal.append("evaluated", n=att.n, run=0, val_bpb=None, scores={}, reason=reason, summary={},
+                                peak_vram_mb=0.0, train_seconds=0.0, eval_seconds=0.0, timings={}, hardware={})
+        best_after = mean if status == "keep" else best_before
+        self.journal.append("decided", n=att.n, status=status, reason=reason, best_before=best_before,
+                            best_after=best_after, tip=self.git.ref_sha(self.branch), val_bpb=mean, runs=runs)
+        self.attempts.pop(att.n, None)
+        self.refresh()
+        rec = next(e for e in self.run.experiments if e.n == att.n)
         append_result(self.results, rec)
-        self.journal.append("recorded", n=n)
-        self.write_state(n, "recorded")
-        self.display.finished(n, status, rec.val_bpb, rec.best_before, time.time() - (rec.started_at or time.time()), rec.description)
+        self.journal.append("recorded", n=att.n)
+        self.tidy_checkpoints(att.n, status)
+        wall = time.time() - (rec.started_at or time.time())
+        self.display.finished(att.n, status, mean, best_before, wall,
+                              att.description + (f" ({reason})" if status == "crash" and reason else "")
+                              + (f" (mean of {runs})" if runs > 1 and att.kind != "baseline" else ""))
+        if att.kind == "baseline" and status == "crash":
+            self.stopping = "baseline crashed"
+            self.fatal = BaselineCrashed(reason)
+        if att.kind == "baseline" and status == "keep":
+            self.measure_allowance()
 
-    def begin(self, hardware: dict) -> None:
+    def maybe_combine(self, att: Attempt, mean: float) -> None:
+        """A change that beat its own parent but not a best that moved on while it ran is rebased onto
+        the new best and tried once more, as a "combine" experiment."""
+        if att.parent_score is None or mean >= att.parent_score - self.config.min_delta:
+            return
+        best = self.best_commit()
+        if att.parent == best or att.commit is None:
+            return
+        text = self.git.show(att.commit, EDITABLE)
+        merged, conflicts = self.git.rebase_text(att.parent, best, EDITABLE, text)
+        if conflicts:
+            return
+        n = self.next_n
+        self.next_n += 1
+        description = f"combine: {att.description}"
+        self.journal.append("proposed", n=n, parent=best, description=description, hypothesis=att.hypothesis,
+                            usage=Usage(), agent_seconds=0.0, fix_attempt=0, combine_of=att.n)
+        (self.exp_dir(n)).mkdir(parents=True, exist_ok=True)
+        (self.exp_dir(n) / _proposal_name(0)).write_bytes(merged)
+        self.attempts[n] = Attempt(n, "combine", best, description, att.hypothesis,
+                                   proposal=merged.decode("utf-8", errors="replace"))
+
+    # --- start and resume ---------------------------------------------------------------------------------
+    def begin(self, hardware: dict, floor: float | None = None) -> None:
         """Journal the start of a new run: what it is, where it branched, what must not change."""
         self.protected = guard.protected_hashes(self.repo)
         self.journal.append("run_started", tag=self.config.tag, branch=self.branch, base_commit=self.git.head(),
-                            protected=self.protected, agent=self.agent.name, config=asdict(self.config), hardware=hardware)
+                            protected=self.protected, agent=self.agent.name, config=asdict(self.config),
+                            hardware=hardware, floor=floor, slots=[asdict(s) for s in self.slots])
 
-    # --- resume -----------------------------------------------------------------------------------
-    def reconcile(self) -> RunRecord:
-        """Make journal, git and results.tsv agree before the loop starts (fresh run or resume)."""
-        run = fold(self.journal.events())
+    def load(self) -> None:
+        """Make journal, git and results.tsv agree, and pick up every undecided experiment where it was."""
+        events, problems = read_events_checked(self.journal.path)
+        for line in problems:
+            self.display.say(f"warning: {line}")
+        run = fold(events)
         meta = run.meta
         self.protected = meta.get("protected") or guard.protected_hashes(self.repo)
-        self.pinned = {name: (self.repo / name).read_bytes() for name in ("prepare.py", "val.txt")}
+        self.pinned = {name: (self.repo / name).read_bytes() for name in PINNED if (self.repo / name).is_file()}
+        secret_index = getattr(guard, "SecretIndex", None)
+        self.secrets = secret_index.build([self.pinned[k] for k in ("val.txt", "holdout.txt") if k in self.pinned]) if secret_index else None
         for rec in run.experiments:
-            if rec.status in ("keep", "discard", "crash") and not rec.recorded:
+            if rec.status in STATUSES and not rec.recorded:
                 self.journal.append("recorded", n=rec.n)  # the row is rebuilt below
-            elif rec.status is None and rec.phase == "evaluated":
-                outcome = RunOutcome(val_bpb=rec.val_bpb, reason=rec.reason)
-                self.decide(rec.n, rec.commit or "", rec.parent or "", outcome, run.best.val_bpb if run.best else None)
-                self.journal.append("recorded", n=rec.n)
-        run = fold(self.journal.events())
-        rebuild_results(self.results, run)
-        tip = run.best.commit if run.best else meta.get("base_commit")
+        self.run = fold(self.journal.events())
+        rebuild_results(self.results, self.run)
+        self.best = self.run.best
+        tip = self.best.commit if self.best else meta.get("base_commit")
         if tip:
             self.git.checkout(self.branch)
-            self.git.reset_hard(tip)
+            self.git.set_branch(self.branch, tip, [EDITABLE])
+        self.next_n = max((e.n for e in self.run.experiments), default=-1) + 1
+        self.run_usage = self.run.total_usage
+        self.conflicts: dict[int, str] = {}
+        baseline = next((e for e in self.run.experiments if e.n == 0), None)
+        if baseline is None:
+            self.attempts[0] = Attempt(0, "baseline", meta.get("base_commit") or self.git.head(), "baseline",
+                                       commit=meta.get("base_commit") or self.git.head())
+            self.next_n = 1
+        elif baseline.status == "keep":
+            self.measure_allowance()
+        for rec in self.run.experiments:
+            if rec.status is None:
+                self.resume_experiment(rec)
+        if self.attempts.get(0) and self.attempts[0].commit and 0 not in [e.n for e in self.run.experiments]:
+            att = self.attempts[0]
+            att.runs_wanted = self.baseline_runs()
+            att.queued_runs = list(range(att.runs_wanted))
+            self.journal.append("proposed", n=0, parent=att.commit, description="baseline", hypothesis="",
+                                usage=Usage(), agent_seconds=0.0, fix_attempt=0)
+            self.journal.append("committed", n=0, commit=att.commit, parent=att.commit,
+                                ref=self.ref(0, 0), kind="baseline")
+            self.git.pin(self.ref(0, 0), att.commit or "")
         if run.experiments:
             self.journal.append("run_resumed", tag=self.config.tag, config=asdict(self.config))
-        self.run_started_at = run.started_at or time.time()
-        return run
 
-    # --- helpers ----------------------------------------------------------------------------------
-    def history(self, run: RunRecord) -> list[HistoryItem]:
-        decided = [e for e in run.experiments if e.status in ("keep", "discard", "crash")]
+    def resume_experiment(self, rec: ExperimentRecord) -> None:
+        """An undecided experiment resumes from its commit (or its saved proposal): the agent's work,
+        and its cost, are not thrown away."""
+        kind = rec.kind or ("baseline" if rec.n == 0 else "agent")
+        att = Attempt(rec.n, kind, rec.parent or self.best_commit(), rec.description, rec.hypothesis,
+                      fix_attempt=rec.fix_attempts)
+        if rec.commit is not None:
+            att.commit = rec.commit
+            done = {r: _outcome_of(fields) for r, fields in rec.runs.items() if fields.get("phase") == "evaluated"}
+            wanted = max([r + 1 for r in rec.runs] + [self.baseline_runs() if kind == "baseline" else 1])
+            att.outcomes, att.runs_wanted = done, wanted
+            att.queued_runs = [r for r in range(wanted) if r not in done]
+            self.display.say(f"resuming experiment {rec.n} from its commit {rec.commit[:7]}")
+            self.attempts[rec.n] = att
+            if not att.queued_runs:
+                self.decide(att)
+            return
+        saved = self.exp_dir(rec.n) / _proposal_name(rec.fix_attempts)
+        if rec.phase in ("proposed", "running") and saved.exists():
+            att.proposal = saved.read_text(encoding="utf-8")
+            self.attempts[rec.n] = att
+        elif rec.n > 0:
+            self.to_ask.append((rec.n, rec.fix_attempts, "", ""))
+
+    # --- limits and views ------------------------------------------------------------------------------
+    def limit_reached(self) -> str:
+        c = self.config
+        if self.stop.requested:
+            return "stop requested"
+        if c.max_experiments is not None and self.decided_count() >= c.max_experiments:
+            return f"reached --max-experiments {c.max_experiments}"
+        if c.max_hours is not None and time.time() - (self.run.started_at or time.time()) >= c.max_hours * 3600:
+            return f"reached --max-hours {c.max_hours:g}"
+        if c.max_cost is not None:
+            costs = [e.usage.cost_usd for e in self.run.experiments[-10:]]
+            if self.run_usage.cost_usd + max(costs, default=0.0) > c.max_cost:
+                return f"the next proposal could exceed --max-cost ${c.max_cost:.2f} (spent ${self.run_usage.cost_usd:.2f})"
+        if shutil.disk_usage(self.repo).free < MIN_FREE_DISK_BYTES:
+            self.fatal = BudgetExhausted(f"less than {MIN_FREE_DISK_BYTES >> 30} GiB of free disk at {self.repo}: "
+                                         f"free some space, then `autoresearch resume --tag {c.tag}`")
+            return "out of disk"
+        return ""
+
+    def room_for_more(self) -> bool:
+        limit = self.config.max_experiments
+        return limit is None or self.decided_count() + self.experiments_in_flight() < limit
+
+    def decided_count(self) -> int:
+        return sum(1 for e in self.run.experiments if e.n > 0 and e.status in STATUSES)
+
+    def experiments_in_flight(self) -> int:
+        """Experiments proposed, asked for or running (not the baseline)."""
+        asked = self.proposer.in_flight() | {n for n, *_ in self.to_ask}
+        return len({n for n in self.attempts if n > 0} | asked)
+
+    def runs_in_flight(self) -> bool:
+        return any(att.running for att in self.attempts.values())
+
+    def baseline_decided(self) -> bool:
+        return 0 not in self.attempts
+
+    def fail(self, error: AutoresearchError) -> None:
+        """Wind down: no new work, the runs in flight finish and are recorded, then the error ends the run."""
+        self.fatal = self.fatal or error
+        self.stopping = self.stopping or str(error)
+
+    def context(self, n: int, last_failure: str, crashed: str) -> Context:
+        train_py = self.git.show(self.best_commit(), EDITABLE).decode("utf-8", errors="replace")
+        in_flight = tuple(InFlight(a.n, _state_of(a), a.description, a.hypothesis)
+                          for a in sorted(self.attempts.values(), key=lambda a: a.n) if a.n != n and a.n > 0)
+        in_flight += tuple(InFlight(m, "proposing") for m in sorted(self.proposer.in_flight()) if m != n)
+        conflict = self.conflicts.pop(n, "")
+        return Context(
+            repo=self.repo, program=_read(self.repo / "program.md"), train_py=train_py,
+            history=tuple(self.history()), best_val_bpb=self.best_mean(), notes_path=self.dir / "notes.md",
+            run_dir=self.exp_dir(n), last_failure=last_failure, fix_of=crashed if last_failure else "",
+            budget_seconds=self.config.budget, in_flight=in_flight, conflict=conflict,
+            remaining_cost_usd=None if self.config.max_cost is None else self.config.max_cost - self.run_usage.cost_usd)
+
+    def history(self) -> list[HistoryItem]:
+        decided = self.run.decided
         recent = {e.n for e in decided[-DIFFS_IN_HISTORY:]}
         return [HistoryItem(number=e.n, commit=(e.commit or "")[:7], status=e.status or "", val_bpb=e.val_bpb,
                             best_before=e.best_before, memory_gb=e.memory_gb, description=e.description,
                             hypothesis=e.hypothesis, reason=e.reason,
-                            diff=_read(experiment_dir(self.repo, self.config.tag, e.n) / "diff.patch") if e.n in recent else "")
+                            diff=_read(self.exp_dir(e.n) / "diff.patch") if e.n in recent else "")
                 for e in decided]
 
-    def next_number(self, run: RunRecord) -> int:
-        pending = [e.n for e in run.experiments if e.status is None]
-        if pending:
-            return min(pending)
-        return max((e.n for e in run.experiments), default=-1) + 1
+    def refresh(self) -> None:
+        """Re-fold the journal after a decision (decisions are rare next to everything else)."""
+        events, _ = read_events_checked(self.journal.path)
+        self.run = fold(events)
+        self.best = self.run.best
 
-    def limit_reached(self, run: RunRecord) -> str:
-        c = self.config
-        done = len([e for e in run.experiments if e.n > 0 and e.status in ("keep", "discard", "crash")])
-        if self.stop.requested:
-            return "stop requested"
-        if c.max_experiments is not None and done >= c.max_experiments:
-            return f"reached --max-experiments {c.max_experiments}"
-        if c.max_hours is not None and time.time() - self.run_started_at >= c.max_hours * 3600:
-            return f"reached --max-hours {c.max_hours:g}"
-        if c.max_cost is not None:
-            costs = [e.usage.cost_usd for e in run.experiments[-10:]]
-            if run.total_usage.cost_usd + max(costs, default=0.0) > c.max_cost:
-                return f"the next proposal could exceed --max-cost ${c.max_cost:.2f} (spent ${run.total_usage.cost_usd:.2f})"
-        if shutil.disk_usage(self.repo).free < MIN_FREE_DISK_BYTES:
-            raise BudgetExhausted(f"less than {MIN_FREE_DISK_BYTES >> 30} GiB of free disk at {self.repo}: free some space, then `autoresearch resume --tag {c.tag}`")
-        return ""
+    def best_commit(self) -> str:
+        if self.best is not None and self.best.commit:
+            return self.best.commit
+        return self.run.meta.get("base_commit") or self.git.head()
 
-    def sleep(self, seconds: float) -> None:
-        end = time.monotonic() + seconds
-        while time.monotonic() < end and not self.stop.requested:
-            time.sleep(min(0.2, end - time.monotonic()))
+    def best_scores(self) -> list[float]:
+        return self.best.scores() if self.best is not None else []
 
-    def on_line(self, n: int):
-        started = time.monotonic()
-        loss: list[str | None] = [None]
+    def best_mean(self) -> float | None:
+        return self.best.val_bpb if self.best is not None else None
 
+    def noise(self) -> Noise:
+        return Noise.pooled(e.scores() for e in self.run.experiments if e.status in ("keep", "discard"))
+
+    def baseline_runs(self) -> int:
+        if self.config.baseline_runs is not None:
+            return self.config.baseline_runs
+        return 3 if len(self.slot_view) > 1 else 2
+
+    def measure_allowance(self) -> None:
+        """Start-up allowance for every later run: twice the baseline's own start-up, plus a margin."""
+        base = next((e for e in self.run.experiments if e.n == 0), None)
+        overheads = []
+        for fields in (base.runs.values() if base else ()):
+            wall, reported = fields.get("train_seconds"), (fields.get("summary") or {}).get("training_seconds")
+            if isinstance(wall, (int, float)) and isinstance(reported, (int, float)):
+                overheads.append(max(0.0, wall - reported))
+        if overheads:
+            self.allowance = min(2 * max(overheads) + ALLOWANCE_FLOOR_S, self.config.timeout - self.config.budget)
+
+    def seed(self, n: int, run: int) -> int:
+        """The harness's seed for one run: fixed by tag, experiment and run, different for every run."""
+        return zlib.crc32(f"{self.config.tag}/{n}/{run}".encode()) & 0x7FFFFFFF
+
+    def tidy_checkpoints(self, n: int, status: str) -> None:
+        keep = self.config.keep_checkpoints
+        if keep == "all" or (keep == "kept" and status == "keep"):
+            return
+        for ckpt in self.exp_dir(n).glob("**/ckpt"):
+            shutil.rmtree(ckpt, ignore_errors=True)
+
+    def check_git(self) -> list[str]:
+        """The run must not have moved the branch or HEAD, or edited the tree."""
+        found = []
+        if self.git.current_branch() != self.branch:
+            found.append(f"the run switched branches (now {self.git.current_branch()})")
+            self.git.checkout(self.branch)
+        if self.git.head() != self.best_commit() and self.best is not None:
+            found.append("the run moved the branch")
+        if dirty := self.git.dirty():
+            found.append(f"the run changed tracked files: {', '.join(dirty[:3])}")
+        if found:
+            self.git.reset_hard(self.best_commit())
+        return found
+
+    def ref(self, n: int, attempt: int) -> str:
+        return f"{gitops.REF_PREFIX}{self.config.tag}/{n:04d}" + (f".fix{attempt}" if attempt else "")
+
+    def exp_dir(self, n: int) -> Path:
+        return experiment_dir(self.repo, self.config.tag, n)
+
+    def on_line(self, job: Job):
         def watch(line: str) -> None:
-            loss[0] = last_loss(line) or loss[0]
-            self.last_loss = loss[0]
-            self.display.live(n, "training", time.monotonic() - started, self.config.budget, loss[0])
+            if (loss := last_loss(line)) is not None:
+                for view in self.slot_view.values():
+                    if view.get("n") == job.n and view.get("run") == job.run:
+                        view["loss"] = loss
 
         return watch
 
-    def write_state(self, n: int | None, phase: str, waiting: str = "") -> None:
+    def write_state(self, phase: str = "") -> None:
         """The live view `status` reads: cheap, atomic, never the source of truth."""
-        self.phase_started = time.time()
+        now = time.time()
+        if not phase and now - self.state_written < STATE_EVERY_S:
+            return
+        self.state_written = now
+        since = self.first_dispatch or now
+        slots = [{"slot": name, **view, "busy_share": round(self.busy_seconds.get(name, 0.0) / max(now - since, 1e-9), 3)}
+                 for name, view in self.slot_view.items()]
+        evaluating = [{"n": n, "run": r, "since": t} for (n, r), t in sorted(self.eval_since.items())]
         atomic_write(self.state_path, json.dumps({
-            "pid": os.getpid(), "tag": self.config.tag, "n": n, "phase": phase, "since": self.phase_started,
-            "waiting": waiting, "budget": self.config.budget, "last_loss": self.last_loss}))
+            "pid": os.getpid(), "tag": self.config.tag, "phase": phase or ("stopping" if self.stopping else "running"),
+            "updated": now, "budget": self.config.budget, "slots": slots, "evaluating": evaluating,
+            "proposing": sorted(self.proposer.in_flight()), "waiting": self.waiting,
+            "waiting_since": self.waiting_since, "first_dispatch": self.first_dispatch,
+            "graceful_stop": self.stop.graceful, "stopping": self.stopping}))
+        if self.display.tty:
+            live = [v for v in self.slot_view.values() if v]
+            if live:
+                v = live[0]
+                self.display.live(v["n"], v["phase"], now - v["since"], self.config.budget, v.get("loss"))
+
+
+class BaselineCrashed(AutoresearchError):
+    """The unmodified experiment did not run: nothing can be compared until it does."""
+
+    exit_code = 10
+
+
+def _check_metric(outcome: RunOutcome) -> None:
+    """A score that is not a finite number is a crash of the experiment, never of the daemon."""
+    for split, value in list(outcome.scores.items()):
+        if not isinstance(value, (int, float)) or value != value or value in (float("inf"), float("-inf")) or value < 0:
+            outcome.scores, outcome.reason = {}, f"eval: impossible {split} score {value!r}"
+            return
+
+
+def _outcome_of(fields: dict[str, Any]) -> RunOutcome:
+    """A run's outcome as the journal recorded it (on resume)."""
+    scores = fields.get("scores") or ({"val": fields["val_bpb"]} if fields.get("val_bpb") is not None else {})
+    return RunOutcome(scores=dict(scores), reason=fields.get("reason", ""), summary=fields.get("summary") or {},
+                      train_seconds=float(fields.get("train_seconds") or 0.0),
+                      eval_seconds=float(fields.get("eval_seconds") or 0.0))
+
+
+def _state_of(att: Attempt) -> str:
+    if any(p == "training" or p == "running" for p in att.running.values()):
+        return "running"
+    if att.running:
+        return "evaluating"
+    return "queued"
+
+
+def _proposal_name(attempt: int) -> str:
+    return f"proposal{'' if not attempt else f'.fix{attempt}'}.py"
+
+
+def _next_event(events: queue.Queue, timeout: float) -> object | None:
+    try:
+        return events.get(timeout=timeout)
+    except queue.Empty:
+        return None
 
 
 def _read(path: Path) -> str:
@@ -368,3 +737,6 @@ def _read(path: Path) -> str:
         return path.read_text(encoding="utf-8", errors="replace")
     except OSError:
         return ""
+
+
+__all__ = ["BaselineCrashed", "Daemon", "Stop", "replace"]

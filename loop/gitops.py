@@ -199,6 +199,13 @@ class Git:
             return theirs, False
         return merged, status == 0
 
+    def rebase_text(self, old_parent: str, new_parent: str, path: str, text: bytes) -> tuple[bytes, bool]:
+        """Move a change of one file, made on old_parent, onto new_parent: (merged, conflicted)."""
+        base = self.file_at(old_parent, path) or b""
+        ours = self.file_at(new_parent, path) or b""
+        merged, clean = self.merge_file(base, ours, text)
+        return merged, not clean
+
     def rebase_files(self, old_parent: str, commit: str, new_parent: str,
                      relpaths: list[str]) -> tuple[dict[str, bytes], list[str]]:
         """`commit`'s version of each path, made on `old_parent`, merged onto `new_parent`'s.
@@ -246,6 +253,12 @@ class Git:
             self.cmd.checkout_index("-f", "-q", "--", *present)
 
     # -- the working tree (the single-experiment loop) --------------------------------------------
+
+    def delete_branch(self, name: str) -> None:
+        self.cmd.branch("-q", "-D", name)
+
+    def delete_ref(self, ref: str) -> None:
+        self.cmd.update_ref("-d", ref)
 
     def checkout_new_branch(self, name: str) -> None:
         self.cmd.checkout("-q", "-b", name)

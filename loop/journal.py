@@ -13,11 +13,16 @@ carries `n`, the experiment number; the baseline is experiment 0):
   agent_waiting n, error, retry_in                the agent is unavailable; backing off
   proposal_failed n, error, usage                 the agent produced nothing usable (no experiment)
   proposed      n, description, hypothesis, usage, agent_seconds, fix_attempt
-  committed     n, commit, parent, ref
-  running       n, commit
-  evaluating    n, train_seconds, summary
-  evaluated     n, val_bpb (None on crash), reason, summary, peak_vram_mb, train_seconds, eval_seconds
-  decided       n, status (keep|discard|crash), reason, best_before, best_after, tip
+  committed     n, commit, parent, ref, kind (baseline|agent|combine), rebased_from (when rebased)
+  running       n, run, commit, seed                a run was handed to the executor
+  started       n, run, slot, device, host          it has a slot (training starts now)
+  evaluating    n, run, train_seconds, summary      training ended; the slot is free again
+  evaluated     n, run, val_bpb, scores, reason, summary, peak_vram_mb, train_seconds, eval_seconds,
+                timings, hardware, slot             one run's outcome (val_bpb None on crash)
+  confirming    n, run, reason                      the policy asked for one more run
+  fix_requested n, attempt, reason                  a simple crash goes back to the agent
+  decided       n, status (keep|discard|crash), reason, best_before, best_after, tip, val_bpb
+                (the mean that decided), runs
   recorded      n                                 results.tsv row written
   interrupted   n, phase                          `stop --now` or a kill: not a crash, no row
   run_stopped   reason
@@ -111,19 +116,31 @@ def _jsonable(value: Any) -> Any:
 
 
 def read_events(path: Path) -> list[dict[str, Any]]:
-    """All complete events of a journal; a torn or garbled line (a kill mid-write) is skipped."""
+    """All complete events of a journal; a torn last line (a kill mid-write) is ignored."""
+    return read_events_checked(path)[0]
+
+
+def read_events_checked(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """The events, and one line per garbled line that had to be skipped (which line, what it held).
+
+    A torn last line is the normal trace of a kill mid-write and is not a problem; a garbled line
+    in the middle means the file was damaged, and whoever reads the journal must say so.
+    """
     if not path.exists():
-        return []
-    events = []
+        return [], []
+    events, problems = [], []
     with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
+        for number, line in enumerate(f, start=1):
             if not line.endswith("\n"):
                 break
             try:
-                events.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return events
+                event = json.loads(line)
+                if not isinstance(event, dict):
+                    raise ValueError("not an object")
+                events.append(event)
+            except ValueError:
+                problems.append(f"{path}: line {number} is garbled and was skipped ({line.strip()[:60]!r})")
+    return events, problems
 
 
 @dataclass
@@ -152,6 +169,14 @@ class ExperimentRecord:
     train_seconds: float | None = None
     eval_seconds: float | None = None
     recorded: bool = False
+    kind: str = ""  # baseline | agent | combine
+    runs: dict[int, dict[str, Any]] = field(default_factory=dict)  # run index -> its fields, as journaled
+    decided_order: int | None = None  # results.tsv lists experiments in the order they were decided
+
+    def scores(self, split: str = "val") -> list[float]:
+        """The split's score of every run that finished with one, in run order."""
+        return [r["scores"][split] for _, r in sorted(self.runs.items())
+                if isinstance(r.get("scores"), dict) and r["scores"].get(split) is not None]
 
     @property
     def is_experiment(self) -> bool:
@@ -171,7 +196,7 @@ class ExperimentRecord:
 
 @dataclass
 class RunRecord:
-    """A whole run folded from its journal."""
+    """A whole run folded from its journal (`problems`: garbled lines skipped on the way)."""
 
     tag: str = ""
     meta: dict[str, Any] = field(default_factory=dict)  # the latest run_started/run_resumed fields
@@ -179,6 +204,13 @@ class RunRecord:
     stopped_at: float | None = None
     stop_reason: str = ""
     experiments: list[ExperimentRecord] = field(default_factory=list)  # by n, pending ones too
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def decided(self) -> list[ExperimentRecord]:
+        """Decided experiments in the order they were decided."""
+        done = [e for e in self.experiments if e.status in STATUSES]
+        return sorted(done, key=lambda e: (e.decided_order if e.decided_order is not None else -1, e.n))
 
     @property
     def finished(self) -> list[ExperimentRecord]:
@@ -201,6 +233,7 @@ def fold(events: list[dict[str, Any]]) -> RunRecord:
     """Fold a journal's events into one record per experiment number."""
     run = RunRecord()
     by_n: dict[int, ExperimentRecord] = {}
+    decisions = 0
     for ev in events:
         name = ev.get("event", "")
         ts = ev.get("ts")
@@ -218,6 +251,8 @@ def fold(events: list[dict[str, Any]]) -> RunRecord:
             continue
         rec = by_n.setdefault(ev["n"], ExperimentRecord(n=ev["n"]))
         _apply(rec, name, ev)
+        if name == "decided":
+            rec.decided_order, decisions = decisions, decisions + 1
     run.experiments = [by_n[n] for n in sorted(by_n)]
     return run
 
@@ -229,6 +264,9 @@ def _apply(rec: ExperimentRecord, name: str, ev: dict[str, Any]) -> None:
         rec.started_at = ts
     if "usage" in ev:
         rec.usage = rec.usage + Usage.from_dict(ev["usage"])
+    if "run" in ev and name in ("running", "started", "evaluating", "evaluated", "interrupted"):
+        fields = {k: v for k, v in ev.items() if k not in ("event", "n", "run")}
+        rec.runs.setdefault(int(ev["run"]), {}).update(fields, phase=name, **{f"{name}_at": ts})
     if name == "proposal_failed":
         rec.failed_proposals += 1
     elif name == "proposed":
@@ -238,6 +276,8 @@ def _apply(rec: ExperimentRecord, name: str, ev: dict[str, Any]) -> None:
         rec.fix_attempts = max(rec.fix_attempts, int(ev.get("fix_attempt", 0)))
     elif name == "committed":
         rec.commit, rec.parent = ev.get("commit"), ev.get("parent", rec.parent)
+        rec.kind = ev.get("kind", rec.kind or ("baseline" if rec.n == 0 else "agent"))
+        rec.runs = {}  # a fix attempt is a new commit: its runs start afresh
     elif name == "proposing":
         rec.parent = ev.get("parent", rec.parent)
     elif name == "evaluating":
@@ -254,17 +294,20 @@ def _apply(rec: ExperimentRecord, name: str, ev: dict[str, Any]) -> None:
         rec.status = ev.get("status")
         rec.reason = ev.get("reason", "") or rec.reason
         rec.best_before, rec.best_after = ev.get("best_before"), ev.get("best_after")
+        if "val_bpb" in ev:
+            rec.val_bpb = ev["val_bpb"]
         if rec.status == "crash":
             rec.val_bpb = None
     elif name == "recorded":
         rec.recorded, rec.finished_at = True, ts
-    elif name == "interrupted":
+    elif name == "interrupted" and "run" not in ev:
         rec.status, rec.finished_at = "interrupted", ts
 
 
 def load_run(repo: Path, tag: str) -> RunRecord:
-    run = fold(read_events(run_dir(repo, tag) / JOURNAL_NAME))
-    run.tag = run.tag or tag
+    events, problems = read_events_checked(run_dir(repo, tag) / JOURNAL_NAME)
+    run = fold(events)
+    run.tag, run.problems = run.tag or tag, problems
     return run
 
 
@@ -283,9 +326,8 @@ def results_row(rec: ExperimentRecord) -> str:
 
 
 def results_rows(run: RunRecord) -> Iterator[str]:
-    for rec in run.experiments:
-        if rec.status in STATUSES:
-            yield results_row(rec)
+    for rec in run.decided:
+        yield results_row(rec)
 
 
 def rebuild_results(path: Path, run: RunRecord) -> None:

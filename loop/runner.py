@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -33,7 +34,7 @@ PASSED_ENV = ("PATH", "LANG", "LC_ALL", "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_
 
 @dataclass
 class RunOutcome:
-    val_bpb: float | None = None
+    scores: dict[str, float] = field(default_factory=dict)  # split -> bits per byte
     reason: str = ""  # empty when it worked; one line otherwise
     simple_crash: bool = False  # a crash the agent can likely fix (syntax, import, shape)
     interrupted: bool = False  # cancelled by a stop --now: not the experiment's fault
@@ -42,6 +43,13 @@ class RunOutcome:
     train_seconds: float = 0.0  # the daemon's own clock for the training process
     eval_seconds: float = 0.0
     log_tail: str = ""
+
+    timings: dict[str, float] = field(default_factory=dict)  # time.time() at started, training_ended, evaluated
+    hardware: dict = field(default_factory=dict)
+
+    @property
+    def val_bpb(self) -> float | None:
+        return self.scores.get("val")
 
     @property
     def peak_vram_mb(self) -> float:
@@ -54,47 +62,69 @@ def data_dir() -> Path:
     return Path(os.environ.get("AUTORESEARCH_CACHE", Path.home() / ".cache" / "autoresearch")).expanduser()
 
 
+@dataclass(frozen=True)
+class RunSpec:
+    train_py: bytes
+    exp_dir: Path
+    budget: float
+    timeout: float  # hard wall-clock cap on the training process
+    seed: int = 0  # exported as AUTORESEARCH_SEED to training
+    device: str | None = None  # GPU index for CUDA_VISIBLE_DEVICES; None: CPU or all devices
+    startup_allowance: float = STARTUP_ALLOWANCE_S
+    splits: tuple[str, ...] = ("val",)
+
+
 class Runner:
-    def __init__(self, repo: Path, pinned: dict[str, bytes], budget: float, timeout: float,
-                 cancel: Cancel | None = None, on_line: Callable[[str], None] | None = None) -> None:
-        self.repo, self.pinned, self.budget, self.timeout = repo, pinned, budget, timeout
+    def __init__(self, repo: Path, pinned: dict[str, bytes], cancel: Cancel | None = None,
+                 on_line: Callable[[str], None] | None = None) -> None:
+        self.repo, self.pinned = repo, pinned
         self.cancel = cancel or Cancel()
         self.on_line = on_line
         self.data = data_dir().resolve()
         self.gpu = sandbox.gpu_present()
 
-    def run(self, train_py: bytes, exp_dir: Path, on_evaluating: Callable[[RunOutcome], None] | None = None) -> RunOutcome:
-        dirs = {name: exp_dir / name for name in ("train", "ckpt", "home", "tmp", "eval")}
+    def run(self, spec: RunSpec) -> RunOutcome:
+        out = self.train(spec)
+        return out if out.reason else self.evaluate(spec, out)
+
+    def _dirs(self, exp_dir: Path) -> dict[str, Path]:
+        return {name: exp_dir / name for name in ("train", "ckpt", "home", "tmp", "eval")}
+
+    def train(self, spec: RunSpec) -> RunOutcome:
+        self.budget, self.timeout = spec.budget, spec.timeout
+        dirs = self._dirs(spec.exp_dir)
         for d in dirs.values():
             shutil.rmtree(d, ignore_errors=True)  # a re-run after resume starts fresh too
             d.mkdir(parents=True)
-        (dirs["train"] / "train.py").write_bytes(train_py)
+        (dirs["train"] / "train.py").write_bytes(spec.train_py)
         (dirs["train"] / "prepare.py").write_bytes(self.pinned["prepare.py"])
         out = RunOutcome()
-
-        env = self._env(dirs["home"], dirs["tmp"])
-        env.update(AUTORESEARCH_OUT=str(dirs["ckpt"]), AUTORESEARCH_TIME_BUDGET=f"{self.budget:g}", AUTORESEARCH_CACHE=str(self.data))
-        spec = sandbox.SandboxSpec(workdir=dirs["train"], writable=(dirs["ckpt"], dirs["home"], dirs["tmp"]),
-                                   readonly=(self.data,), hide=(self.repo,), gpu=self.gpu)
-        train = self._contained(["train.py"], spec, env, self.timeout, exp_dir / "train.log", self._watch)
+        out.timings["started"] = time.time()
+        env = self._env(dirs["home"], dirs["tmp"], spec.device)
+        env.update(AUTORESEARCH_OUT=str(dirs["ckpt"]), AUTORESEARCH_TIME_BUDGET=f"{spec.budget:g}",
+                   AUTORESEARCH_CACHE=str(self.data), AUTORESEARCH_SEED=str(spec.seed))
+        box = sandbox.SandboxSpec(workdir=dirs["train"], writable=(dirs["ckpt"], dirs["home"], dirs["tmp"]),
+                                  readonly=(self.data,), hide=(self.repo,), gpu=self.gpu)
+        train = self._contained(["train.py"], box, env, spec.timeout, spec.exp_dir / "train.log", self._watch)
+        out.timings["training_ended"] = time.time()
         out.train_seconds = train.wall_seconds
         out.log_tail = tail(train.log_path)
         out.summary = parse_summary(out.log_tail)
         out.killed = train.timed_out or train.cancelled
-        if failure := self._training_failure(train, out):
-            out.reason = failure
-            return out
+        out.reason = self._training_failure(train, out)
+        return out
 
-        if on_evaluating is not None:
-            on_evaluating(out)
+    def evaluate(self, spec: RunSpec, out: RunOutcome) -> RunOutcome:
+        dirs = self._dirs(spec.exp_dir)
         for name in ("train.py", "prepare.py", "val.txt"):
-            (dirs["eval"] / name).write_bytes(train_py if name == "train.py" else self.pinned[name])
-        env = self._env(dirs["home"], dirs["tmp"])
+            (dirs["eval"] / name).write_bytes(spec.train_py if name == "train.py" else self.pinned[name])
+        env = self._env(dirs["home"], dirs["tmp"], spec.device)
         env.pop("AUTORESEARCH_VAL", None)
-        spec = sandbox.SandboxSpec(workdir=dirs["eval"], writable=(dirs["tmp"],), readonly=(dirs["ckpt"],),
-                                   hide=(self.repo,), gpu=self.gpu)
-        ev = self._contained(["prepare.py", "eval", "--take-val", "--checkpoint", str(dirs["ckpt"])], spec, env,
-                             EVAL_TIMEOUT_S, exp_dir / "eval.log", None)
+        box = sandbox.SandboxSpec(workdir=dirs["eval"], writable=(dirs["tmp"],), readonly=(dirs["ckpt"],),
+                                  hide=(self.repo,), gpu=self.gpu)
+        ev = self._contained(["prepare.py", "eval", "--take-val", "--checkpoint", str(dirs["ckpt"])], box, env,
+                             EVAL_TIMEOUT_S, spec.exp_dir / "eval.log", None)
+        out.timings["evaluated"] = time.time()
         out.eval_seconds = ev.wall_seconds
         out.killed = out.killed or ev.timed_out or ev.cancelled
         ev_text = tail(ev.log_path, 2000)
@@ -109,11 +139,11 @@ class Runner:
             out.reason = "eval: " + (lines[-1].removeprefix("eval: ") if lines else f"exit {ev.returncode}")[:200]
         else:
             # The evaluator prints its two trusted lines last; anything earlier may be train.py's.
-            match = re.fullmatch(r"val_bpb: ([0-9.]+)", lines[-2]) if len(lines) >= 2 else None
+            match = re.fullmatch(r"val_bpb: ([0-9]+\.[0-9]+)", lines[-2]) if len(lines) >= 2 else None
             if match is None or not lines[-1].startswith("eval_seconds:"):
                 out.reason = "eval: no val_bpb line at the end of the evaluator's output"
             else:
-                out.val_bpb = float(match.group(1))
+                out.scores["val"] = float(match.group(1))
         return out
 
     def _training_failure(self, train: ProcResult, out: RunOutcome) -> str:
@@ -145,9 +175,11 @@ class Runner:
         return run_contained(argv, cwd=spec.workdir, env=env, timeout=timeout, log_path=log,
                              on_line=on_line, cancel=self.cancel, preexec=sandbox.limits_preexec(spec))
 
-    def _env(self, home: Path, tmp: Path) -> dict[str, str]:
+    def _env(self, home: Path, tmp: Path, device: str | None) -> dict[str, str]:
         # A clean environment: no API keys or tokens of the daemon's reach the experiment.
         env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
+        if device is not None:
+            env["CUDA_VISIBLE_DEVICES"] = device
         env.update(HOME=str(home), TMPDIR=str(tmp), PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1",
                    PYTHONNOUSERSITE="1")
         return env

@@ -183,7 +183,7 @@ def queue_proposal(queue: Path, name: str, train_py: str, description: str | Non
 def assert_invariants(repo: Path, tag: str) -> None:
     """results.tsv == the journal's decided experiments, refs exist, tree clean, tip == best kept."""
     run = fold(journal_events(repo, tag))
-    decided = [e for e in run.experiments if e.status in ("keep", "discard", "crash")]
+    decided = run.decided  # rows are in the order experiments were decided
     rows = read_results(repo)
     assert len(rows) == len(decided), (rows, [e.n for e in decided])
     for row, rec in zip(rows, decided):

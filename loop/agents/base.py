@@ -63,6 +63,16 @@ class HistoryItem:
 
 
 @dataclass(frozen=True)
+class InFlight:
+    """An experiment proposed, queued or running while this one is proposed: do not duplicate it."""
+
+    number: int
+    state: str  # proposing | queued | running | evaluating
+    description: str = ""
+    hypothesis: str = ""
+
+
+@dataclass(frozen=True)
 class Context:
     """Everything an agent may know when it proposes the next experiment."""
 
@@ -77,6 +87,8 @@ class Context:
     fix_of: str = ""  # train.py text that crashed, when this is a fix attempt
     budget_seconds: float = 300.0
     remaining_cost_usd: float | None = None  # None: no cost cap
+    in_flight: tuple[InFlight, ...] = ()  # other experiments under way right now
+    conflict: str = ""  # set when the agent's last proposal no longer merges onto a new best
 
 
 @dataclass(frozen=True)

@@ -41,12 +41,26 @@ def recent_diffs(history: tuple[HistoryItem, ...]) -> str:
     return "\n\n".join(parts) or "(none)"
 
 
+def in_flight_list(context: Context) -> str:
+    if not context.in_flight:
+        return ""
+    rows = [f"- #{f.number} ({f.state}): {f.description or 'being proposed'}" + (f" - {f.hypothesis}" if f.hypothesis else "")
+            for f in context.in_flight]
+    return ("## Experiments under way now (their results are not in yet: propose something different)\n\n"
+            + "\n".join(rows) + "\n\n")
+
+
 def first_message(context: Context, notes: str) -> list[dict]:
     best = f"{context.best_val_bpb:.6f}" if context.best_val_bpb is not None else "none yet"
     stable = (f"## History of this run (best val_bpb so far: {best})\n\n{history_table(context.history)}\n\n"
               f"## Diffs of the most recent experiments\n\n{recent_diffs(context.history)}\n\n"
               f"## Your research notes\n\n{notes or '(empty: keep notes with write_notes)'}")
     now = f"## Current train.py (the best kept version)\n\n```python\n{context.train_py}\n```\n\n"
+    now += in_flight_list(context)
+    if context.conflict:
+        now += ("## Your last proposal no longer applies\n\nThe best train.py changed while it waited, and your change "
+                "conflicts with it. Make your change again on the current train.py above.\n```\n"
+                + context.conflict[-FAILURE_CHARS:] + "\n```\n\n")
     if context.last_failure:
         now += ("## The last attempt crashed; fix it\n\nIts train.py:\n```python\n" + context.fix_of +
                 "\n```\nThe end of its log:\n```\n" + context.last_failure[-FAILURE_CHARS:] + "\n```\n\n")

@@ -1,0 +1,186 @@
+"""`autoresearch start` and `resume`: the refusals, in the order a user would fix them, then the
+daemon in the foreground (or detached).
+
+Everything that can be checked is checked before the branch is made: a refused start leaves
+nothing behind, and a baseline that cannot run never uses up the tag.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from loop import gitops, sandbox
+from loop.agents import AgentOptions, default_agent_name, make_agent
+from loop.agents.base import Agent
+from loop.commands.common import LAST_TAG, last_tag, lock_path
+from loop.config import Config
+from loop.daemon import BaselineCrashed, Daemon
+from loop.display import Display
+from loop.errors import AlreadyRunning, SetupError
+from loop.journal import JOURNAL_NAME, load_run, run_dir, state_dir
+from loop.lock import RepoLock, read_holder
+
+PREPARE_CHECK_TIMEOUT_S = 300
+
+
+def start(repo: Path, config: Config, detach: bool, argv: list[str]) -> int:
+    git = gitops.Git(repo)
+    preflight(git, config.tag)
+    agent = checked_agent(git.root, config)
+    if detach:
+        return _detach(git.root, [a for a in argv if a != "--detach"])
+    lock = RepoLock(lock_path(git.root))
+    lock.acquire(config.tag)
+    try:
+        _archive_results(git.root)
+        home = git.current_branch()
+        git.checkout_new_branch(gitops.BRANCH_PREFIX + config.tag)
+        try:
+            return _run_daemon(git.root, config, agent, begin=True)
+        except BaselineCrashed as e:
+            raise _give_back_tag(git, config.tag, home, e) from None
+    finally:
+        lock.release()
+
+
+def resume(repo: Path, tag: str, overrides: dict) -> int:
+    git = gitops.Git(repo)
+    journal = run_dir(git.root, tag) / JOURNAL_NAME
+    if not journal.exists() or git.ref_sha(gitops.BRANCH_PREFIX + tag) is None:
+        raise SetupError(f"no run tagged {tag} to resume here: `autoresearch start --tag {tag}` starts one")
+    if holder := read_holder(lock_path(git.root)):
+        raise AlreadyRunning(f"another autoresearch daemon runs in this repository (pid {holder['pid']}, "
+                             f"tag {holder['tag']}): `autoresearch stop` it first")
+    if git.current_branch() != gitops.BRANCH_PREFIX + tag and git.dirty():
+        raise SetupError(f"the working tree has uncommitted changes on {git.current_branch()}: commit or stash them first")
+    run = load_run(git.root, tag)
+    config = Config.from_saved(run.meta.get("config", {}), overrides)
+    agent = checked_agent(git.root, config)
+    lock = RepoLock(lock_path(git.root))
+    lock.acquire(tag)
+    try:
+        base = run.meta.get("base_commit")
+        try:
+            return _run_daemon(git.root, config, agent, begin=False)
+        except BaselineCrashed as e:
+            raise _give_back_tag(git, tag, base, e) from None
+    finally:
+        lock.release()
+
+
+def preflight(git: gitops.Git, tag: str) -> None:
+    """The refusals of `start`, in the order a user would fix them."""
+    if holder := read_holder(lock_path(git.root)):
+        raise AlreadyRunning(f"another autoresearch daemon runs in this repository (pid {holder['pid']}, "
+                             f"tag {holder['tag']}): `autoresearch stop` it first")
+    if dirty := git.dirty():
+        raise SetupError(f"the working tree has uncommitted changes ({', '.join(dirty[:3])}): commit or stash them first")
+    if git.ref_sha(gitops.BRANCH_PREFIX + tag) is not None:
+        raise SetupError(f"branch {gitops.BRANCH_PREFIX}{tag} already exists: choose a new --tag, "
+                         f"or `autoresearch resume --tag {tag}`")
+    check_harness(git.root)
+
+
+def check_harness(root: Path) -> None:
+    """The experiment's files are there, its data is prepared, and a sandboxed Python runs."""
+    if not (root / "prepare.py").exists() or not (root / "train.py").exists():
+        raise SetupError(f"{root} has no prepare.py and train.py: run autoresearch in an experiment repository")
+    check = subprocess.run([sys.executable, "prepare.py", "check"], cwd=root, capture_output=True, text=True,
+                           timeout=PREPARE_CHECK_TIMEOUT_S)
+    if check.returncode != 0:
+        lines = (check.stdout + check.stderr).strip().splitlines() or ["prepare.py check failed"]
+        raise SetupError(lines[-1])
+    self_check = getattr(sandbox, "self_check", None)
+    if self_check is not None and (problem := self_check()):
+        raise SetupError(problem)
+
+
+def checked_agent(root: Path, config: Config) -> Agent:
+    """The agent, made and asked whether it can work, before anything is spent."""
+    options = AgentOptions(queue_dir=Path(config.queue) if config.queue else None, model=config.model,
+                           on_gpu=sandbox.gpu_present())
+    if "secret_paths" in AgentOptions.__dataclass_fields__:
+        cache = Path(os.environ.get("AUTORESEARCH_CACHE", Path.home() / ".cache" / "autoresearch")).expanduser()
+        options.secret_paths = (root / "val.txt", root / "holdout.txt", cache)  # type: ignore[attr-defined]
+    agent = make_agent(config.agent, options)
+    check = getattr(agent, "check", None)
+    if callable(check):
+        check()
+    return agent
+
+
+def _run_daemon(root: Path, config: Config, agent: Agent, begin: bool) -> int:
+    (state_dir(root) / LAST_TAG).write_text(config.tag)
+    display = Display()
+    _banner(display, config)
+    daemon = Daemon(root, config, agent, display)
+    if hasattr(agent, "should_stop"):
+        agent.should_stop = lambda: daemon.stop.requested or bool(daemon.stopping)  # type: ignore[attr-defined]
+    if begin:
+        daemon.begin(hardware())
+    reason = daemon.run_loop()
+    if 0 in daemon.attempts:  # stopped before the baseline was decided
+        display.say(f"stopped ({reason}) before the baseline finished: `autoresearch resume --tag {config.tag}` runs it")
+    else:
+        display.say(f"stopped: {reason}")
+    return 0
+
+
+def _give_back_tag(git: gitops.Git, tag: str, home: str | None, error: BaselineCrashed) -> SetupError:
+    """A baseline that crashed leaves no branch behind: the same `start` works once the cause is fixed.
+    Its logs are kept beside the runs, under a name of their own."""
+    runs = run_dir(git.root, tag)
+    kept = runs.with_name(f"{tag}.failed-{time.strftime('%Y%m%d-%H%M%S')}")
+    if home and home != "HEAD":
+        git.checkout(home)
+    git.delete_branch(gitops.BRANCH_PREFIX + tag)
+    for ref in git.refs(f"{gitops.REF_PREFIX}{tag}/"):
+        git.delete_ref(ref)
+    if runs.exists():
+        shutil.move(str(runs), kept)
+    return SetupError(f"the baseline crashed ({error}); nothing was kept and the tag is free again: "
+                      f"see {kept / '0000'}, fix the cause, then run the same `autoresearch start --tag {tag}`")
+
+
+def hardware() -> dict:
+    info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()}
+    if shutil.which("nvidia-smi"):
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30).stdout.strip()
+        info["gpus"] = out.splitlines()
+    return info
+
+
+def _banner(display: Display, config: Config) -> None:
+    if config.agent == "search" and default_agent_name() == "search":
+        display.say("agent: search (offline hyperparameter search; set ANTHROPIC_API_KEY to research with Claude)")
+    if warning := sandbox.warning():
+        display.say(warning)
+    display.say(f"run {config.tag}: budget {config.budget:g}s per experiment; results in results.tsv")
+
+
+def _archive_results(root: Path) -> None:
+    results = root / "results.tsv"
+    previous = last_tag(root)
+    if results.exists() and previous:
+        dest = run_dir(root, previous) / "results.tsv"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(results), dest)
+
+
+def _detach(root: Path, argv: list[str]) -> int:
+    log = state_dir(root) / "daemon.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        child = subprocess.Popen([sys.executable, "-m", "loop.cli", *argv], cwd=root, stdin=subprocess.DEVNULL,
+                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    time.sleep(1.0)
+    if child.poll() not in (None, 0):  # a refusal or a crash at start-up; 0 is a run that already ended
+        raise SetupError(f"the daemon exited at once (code {child.returncode}): see {log}")
+    print(f"started in the background (pid {child.pid}); follow it with `tail -f results.tsv` or `tail -f {log}`")
+    return 0

@@ -1,0 +1,82 @@
+"""`autoresearch status [--tag T]`: what the daemon is doing now and how the run goes, truthfully.
+
+The live part comes from the daemon's state file (refreshed every second while it runs); the
+counts, the best and the spend from the journal, which is the source of truth.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from loop import gitops
+from loop.commands.common import last_tag, lock_path, read_json, state_path
+from loop.journal import STATUSES, load_run
+from loop.lock import read_holder
+from loop.policy import Noise
+
+RATE_AFTER_S = 600.0  # experiments per hour is shown once the run has this much history ...
+RATE_AFTER_EXPERIMENTS = 5  # ... or this many decided experiments
+
+
+def status(repo: Path, tag: str | None = None) -> int:
+    root = gitops.Git(repo).root
+    holder = read_holder(lock_path(root))
+    tag = tag or (holder["tag"] if holder else last_tag(root))
+    if tag is None:
+        print("not running; no run yet: `autoresearch start --tag NAME`")
+        return 0
+    running = bool(holder) and holder.get("tag") == tag
+    run = load_run(root, tag)
+    print(f"{'running' if running else 'not running'} (tag {tag}{', pid ' + str(holder['pid']) if running else ''})")
+    if running:
+        _live(read_json(state_path(root)), tag)
+    elif run.stop_reason:
+        print(f"stopped: {run.stop_reason}")
+    for problem in run.problems:
+        print(f"warning: {problem}")
+    done = run.finished
+    counts = {s: sum(e.status == s for e in done) for s in STATUSES}
+    print(f"experiments: {len(done)} (keep {counts['keep']}, discard {counts['discard']}, crash {counts['crash']})")
+    baseline = next((e for e in done if e.n == 0), None)
+    if baseline and baseline.val_bpb is not None:
+        print(f"baseline val_bpb: {baseline.val_bpb:.6f} ({(baseline.commit or '')[:7]})")
+    if run.best:
+        print(f"best val_bpb: {run.best.val_bpb:.6f} ({(run.best.commit or '')[:7]}: {run.best.description})")
+    noise = Noise.pooled(e.scores() for e in done if e.status in ("keep", "discard"))
+    if noise.sigma is not None:
+        print(f"run-to-run noise: {noise.sigma:.6f} (standard deviation, {noise.degrees} degrees of freedom)")
+    experiments = [e for e in done if e.n > 0]
+    if run.started_at:
+        elapsed = (time.time() if running else (run.stopped_at or time.time())) - run.started_at
+        if elapsed >= RATE_AFTER_S or len(experiments) >= RATE_AFTER_EXPERIMENTS:
+            print(f"experiments per hour: {len(experiments) / (elapsed / 3600):.1f}")
+        else:
+            print(f"experiments per hour: too early to say ({len(experiments)} in {elapsed:.0f}s)")
+    usage = run.total_usage
+    tokens_in = usage.input_tokens + usage.cache_read_tokens + usage.cache_write_5m_tokens + usage.cache_write_1h_tokens
+    print(f"spend: ${usage.cost_usd:.2f} ({tokens_in:,} input, {usage.output_tokens:,} output tokens)")
+    return 0
+
+
+def _live(state: dict, tag: str) -> None:
+    if state.get("tag") != tag:
+        return
+    now = time.time()
+    budget = float(state.get("budget") or 0)
+    if state.get("graceful_stop") or state.get("stopping"):
+        print(f"stopping: {state.get('stopping') or 'stop requested'}; the experiments in flight finish first")
+    for slot in state.get("slots", []):
+        device = f" (GPU {slot['device']})" if slot.get("device") is not None else ""
+        busy = f", busy {slot.get('busy_share', 0):.0%}" if state.get("first_dispatch") else ""
+        if slot.get("n") is None:
+            print(f"slot {slot['slot']}{device}: idle{busy}")
+            continue
+        loss = f", loss {slot['loss']}" if slot.get("loss") else ""
+        print(f"slot {slot['slot']}{device}: experiment {slot['n']} training for {now - slot['since']:.0f}s "
+              f"of {budget:.0f}s{loss}{busy}")
+    for ev in state.get("evaluating", []):
+        print(f"experiment {ev['n']}: evaluating for {now - ev['since']:.0f}s")
+    if state.get("proposing"):
+        print(f"agent proposing: experiment(s) {', '.join(str(n) for n in state['proposing'])}")
+    if state.get("waiting"):
+        print(f"waiting for the agent for {now - float(state.get('waiting_since') or now):.0f}s: {state['waiting']}")

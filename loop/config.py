@@ -1,0 +1,73 @@
+"""The run's settings and their defaults, in one place.
+
+`Config` is what `start` records in the journal and `resume` reads back, so a resumed run needs no
+flags. The command line builds it (cli.py takes its defaults from here), and nothing else in the
+daemon writes a default of its own.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+from loop.errors import UsageError
+
+KEEP_CHECKPOINTS = ("all", "kept", "none")
+CONFIRM_MODES = ("auto", "never", "always")
+
+
+@dataclass(frozen=True)
+class Config:
+    tag: str
+    agent: str
+    budget: float = 300.0  # training seconds per run
+    timeout: float = 600.0  # hard wall-clock limit on a training process
+    min_delta: float = 0.0  # keep only improvements larger than this
+    max_experiments: int | None = None  # the baseline not counted
+    max_hours: float | None = None
+    max_cost: float | None = None  # USD of agent spend
+    fix_attempts: int = 2  # chances the agent gets to fix a simple crash (no row)
+    queue: str | None = None  # the queue agent's folder
+    model: str | None = None  # the LLM agents' model
+    gpus: str = "all"  # all | N | 0,2,5: which GPUs get a slot
+    slots: int | None = None  # CPU slots (machines without GPUs, tests); None: one
+    lookahead: int | None = None  # proposals asked ahead of free slots; None: one per slot
+    keep_checkpoints: str = "kept"  # all | kept | none: checkpoints left on disk after a decision
+    keep_z: float = 2.0  # standard errors of the difference a keep must clear
+    confirm: str = "auto"  # auto | never | always: rerun grey-zone results with a fresh seed
+    baseline_runs: int | None = None  # None: 3 with spare slots at start, else 2
+
+    def __post_init__(self) -> None:
+        """Bad numbers are found at start, not after a baseline has spent its budget."""
+        positive = {"budget": self.budget, "timeout": self.timeout}
+        for name, value in positive.items():
+            if not value > 0:
+                raise UsageError(f"--{name} {value:g}: must be a positive number of seconds")
+        if self.timeout < self.budget:
+            raise UsageError(f"--timeout {self.timeout:g} is shorter than --budget {self.budget:g}: "
+                             "the hard limit must leave room for the whole budget")
+        for name in ("max_experiments", "max_hours", "max_cost", "slots", "baseline_runs"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise UsageError(f"--{name.replace('_', '-')} {value}: must be positive")
+        for name in ("min_delta", "fix_attempts", "keep_z"):
+            if getattr(self, name) < 0:
+                raise UsageError(f"--{name.replace('_', '-')} {getattr(self, name)}: must not be negative")
+        if self.lookahead is not None and self.lookahead < 0:
+            raise UsageError(f"--lookahead {self.lookahead}: must not be negative")
+        if self.keep_checkpoints not in KEEP_CHECKPOINTS:
+            raise UsageError(f"--keep-checkpoints {self.keep_checkpoints}: choose one of {', '.join(KEEP_CHECKPOINTS)}")
+        if self.confirm not in CONFIRM_MODES:
+            raise UsageError(f"--confirm {self.confirm}: choose one of {', '.join(CONFIRM_MODES)}")
+
+    @classmethod
+    def from_saved(cls, saved: dict[str, Any], overrides: dict[str, Any]) -> Config:
+        """The config a run was started with, fields it did not know at its default, plus overrides."""
+        known = {f.name for f in fields(cls)}
+        merged = {k: v for k, v in saved.items() if k in known}
+        merged.update({k: v for k, v in overrides.items() if v is not None and k in known})
+        return cls(**merged)
+
+
+def default(name: str) -> Any:
+    """The default of one Config field, for the command line's help and arguments."""
+    return next(f.default for f in fields(Config) if f.name == name)

@@ -1,0 +1,178 @@
+"""Where runs execute: slots, each running one experiment's training at a time on its own device.
+
+The controller hands an Executor a `Job` (everything one run needs) and hears back through one
+queue of events: `Started` (the run has a slot), `TrainingEnded` (the slot's device is free for
+the next run while this one is evaluated), `Finished` (the outcome) or `Lost` (the worker vanished:
+not the experiment's fault, it goes back in the queue). `LocalExecutor` runs slots as threads on
+this machine; a cluster executor implements the same protocol.
+
+On a slot, the next run may start while the previous one is being evaluated: evaluation happens
+on a thread of its own, so a slot's device trains all the time the controller has work for it.
+"""
+from __future__ import annotations
+
+import os
+import queue
+import socket
+import threading
+from dataclasses import dataclass, replace
+from typing import Callable, Protocol, Union
+
+from loop import gpu
+from loop.errors import UsageError
+from loop.procs import Cancel
+from loop.runner import RunOutcome, Runner, RunSpec
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run of one experiment: the experiment's number, which repeat, and the run's spec."""
+
+    n: int
+    run: int  # 0 for the first run of a commit; repeats (confirmations, baseline runs) count up
+    commit: str
+    spec: RunSpec
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return (self.n, self.run)
+
+
+@dataclass(frozen=True)
+class Started:
+    job: Job
+    slot: str
+    device: str | None
+    host: str
+
+
+@dataclass(frozen=True)
+class TrainingEnded:
+    job: Job
+    slot: str
+    outcome: RunOutcome  # training's part: summary, train_seconds, reason if training failed
+
+
+@dataclass(frozen=True)
+class Finished:
+    job: Job
+    slot: str
+    outcome: RunOutcome
+
+
+@dataclass(frozen=True)
+class Lost:
+    job: Job
+    slot: str
+    why: str
+
+
+RunEvent = Union[Started, TrainingEnded, Finished, Lost]
+
+
+class Executor(Protocol):
+    def free_slots(self) -> int: ...
+
+    def slot_names(self) -> list[str]: ...
+
+    def submit(self, job: Job) -> None: ...
+
+    def shutdown(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Slot:
+    name: str  # "gpu0", "cpu0"
+    device: str | None  # CUDA device index, None on CPU
+
+
+def visible_gpus() -> list[str]:
+    """GPU indices this process may use: CUDA_VISIBLE_DEVICES if set, else the GPUs nvidia-smi lists."""
+    if (env := os.environ.get("CUDA_VISIBLE_DEVICES")) is not None:
+        return [d.strip() for d in env.split(",") if d.strip() and d.strip() != "-1"]
+    return [str(i) for i in range(gpu.count())]
+
+
+def plan_slots(gpus: str, slots: int | None) -> list[Slot]:
+    """The slots for `--gpus all|N|0,2,5` (N alone is a count) and `--slots N` (CPU machines, tests)."""
+    available = visible_gpus()
+    if slots is not None or not available:
+        return [Slot(f"cpu{i}", None) for i in range(slots or 1)]
+    if gpus == "all":
+        chosen = available
+    elif gpus.isdigit():
+        if not 0 < int(gpus) <= len(available):
+            raise UsageError(f"--gpus {gpus}: {len(available)} GPU(s) are visible here")
+        chosen = available[: int(gpus)]
+    else:
+        chosen = [g.strip() for g in gpus.split(",") if g.strip()]
+        if unknown := [g for g in chosen if g not in available]:
+            raise UsageError(f"--gpus {gpus}: no GPU {', '.join(unknown)} here (visible: {', '.join(available)})")
+    return [Slot(f"gpu{d}", d) for d in chosen]
+
+
+class LocalExecutor:
+    """Slots as threads on this machine; every run goes through the contained Runner."""
+
+    def __init__(self, slots: list[Slot], make_runner: Callable[[Job], Runner], events: queue.Queue,
+                 cancel: Cancel) -> None:
+        self.slots, self.make_runner, self.events, self.cancel = slots, make_runner, events, cancel
+        self.host = socket.gethostname()
+        self._free = list(slots)
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._killed: set[str] = set()  # slots whose last run was killed: wait for their GPU memory
+
+    def slot_names(self) -> list[str]:
+        return [s.name for s in self.slots]
+
+    def free_slots(self) -> int:
+        with self._lock:
+            return len(self._free)
+
+    def submit(self, job: Job) -> None:
+        with self._lock:
+            slot = self._free.pop(0)
+        thread = threading.Thread(target=self._run, args=(slot, job), name=f"slot-{slot.name}", daemon=True)
+        self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+        thread.start()
+
+    def _run(self, slot: Slot, job: Job) -> None:
+        spec = replace(job.spec, device=slot.device)
+        evaluating = False
+        try:
+            if slot.name in self._killed and slot.device is not None:
+                gpu.wait_for_free_memory(device=slot.device)
+            self._killed.discard(slot.name)
+            runner = self.make_runner(job)
+            self.events.put(Started(job, slot.name, slot.device, self.host))
+            trained = runner.train(spec)
+            if trained.killed:
+                self._killed.add(slot.name)
+            self.events.put(TrainingEnded(job, slot.name, trained))
+            if trained.reason:
+                self._release(slot)
+                self.events.put(Finished(job, slot.name, trained))
+                return
+            # The device is free for the next run while this one is scored.
+            self._release(slot)
+            evaluating = True
+            outcome = runner.evaluate(spec, trained)
+            if outcome.killed:
+                self._killed.add(slot.name)
+            self.events.put(Finished(job, slot.name, outcome))
+        except Exception as e:  # nothing a run does may end the daemon: a bug here is the run's crash
+            if not evaluating:
+                self._release(slot)
+            self.events.put(Finished(job, slot.name, RunOutcome(reason=f"internal error in slot {slot.name}: {e!r}")))
+
+    def _release(self, slot: Slot) -> None:
+        with self._lock:
+            if slot not in self._free:
+                self._free.append(slot)
+                self._free.sort(key=self.slots.index)
+
+    def shutdown(self) -> None:
+        """Wait for the slots' threads (the caller cancels runs first when it must stop now)."""
+        for t in self._threads:
+            t.join(timeout=60)
