@@ -1,0 +1,162 @@
+"""Many experiments in flight: slots, proposals ahead, rebasing onto a moving best, combine
+experiments, kill -9 and stops with several runs in flight. Real git, real subprocesses, the CLI."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+from daemon_kit import (assert_invariants, git, journal_events, make_repo, queue_proposal, read_results, run_cli,
+                        start_background, wait_for_event)
+from loop.journal import fold
+
+BASE = ("--budget", "2", "--baseline-runs", "1")
+
+
+def _train(repo: Path, **changes: str) -> str:
+    """train.py of the fake harness with some constants replaced (`LR="0.01"`)."""
+    text = (repo / "train.py").read_text()
+    for name, value in changes.items():
+        line = next(line for line in text.splitlines() if line.startswith(f"{name} = "))
+        text = text.replace(line, f"{name} = {value}" + line[line.index("  #"):] if "  #" in line else f"{name} = {value}")
+    return text
+
+
+def _events(repo: Path, tag: str, name: str) -> list[dict]:
+    return [e for e in journal_events(repo, tag) if e["event"] == name]
+
+
+def test_four_slots_twenty_experiments(tmp_path: Path) -> None:
+    repo, env = make_repo(tmp_path, sleep=0.3)
+    done = run_cli(repo, "start", "--tag", "s4", "--slots", "4", "--max-experiments", "20", *BASE, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert len(read_results(repo)) == 21
+    assert_invariants(repo, "s4")
+    started = _events(repo, "s4", "started")
+    assert {e["slot"] for e in started} == {"cpu0", "cpu1", "cpu2", "cpu3"}
+    for e in _events(repo, "s4", "evaluated"):
+        assert {"started", "training_ended", "evaluated"} <= set(e["timings"])
+    # Several experiments really were in flight at once: some run started before another ended.
+    runs = fold(journal_events(repo, "s4")).experiments
+    spans = sorted((r["started_at"], r["evaluated_at"]) for e in runs for r in e.runs.values() if "evaluated_at" in r)
+    assert any(b[0] < a[1] for a, b in zip(spans, spans[1:]))
+
+
+def test_stale_proposal_is_rebased_onto_the_new_best(tmp_path: Path) -> None:
+    repo, env = make_repo(tmp_path)
+    queue = tmp_path / "queue"
+    queue_proposal(queue, "a", _train(repo, LR="0.01"), "lower LR")
+    daemon = start_background(repo, "start", "--tag", "rb", "--agent", "queue", "--queue", str(queue),
+                              "--max-experiments", "2", *BASE, env=env)
+    wait_for_event(repo, "rb", "proposing", n=2)  # asked on the baseline while experiment 1 runs
+    wait_for_event(repo, "rb", "decided", n=1)
+    queue_proposal(queue, "b", _train(repo, WIDTH="16"), "wider")  # made on the baseline's train.py
+    assert daemon.wait(timeout=300) == 0
+    committed = next(e for e in _events(repo, "rb", "committed") if e["n"] == 2)
+    first = next(e for e in _events(repo, "rb", "committed") if e["n"] == 1)
+    assert committed["rebased_from"] is not None and committed["parent"] == first["commit"]
+    text = git(repo, "show", f"{committed['commit']}:train.py")
+    assert "LR = 0.01" in text and "WIDTH = 16" in text  # what ran holds both changes
+    assert_invariants(repo, "rb")
+
+
+def test_result_beaten_while_running_is_combined_once(tmp_path: Path) -> None:
+    repo, env = make_repo(tmp_path)
+    queue = tmp_path / "queue"
+    queue_proposal(queue, "a", _train(repo, LR="0.005"), "best LR")  # the bigger gain, fast
+    queue_proposal(queue, "b", _train(repo, WIDTH="16", sleep_s="2.0"), "wider")  # smaller gain, slow
+    done = run_cli(repo, "start", "--tag", "cb", "--agent", "queue", "--queue", str(queue), "--slots", "2",
+                   "--max-experiments", "3", *BASE, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr + done.stdout
+    rows = read_results(repo)
+    assert [r[4] for r in rows] == ["baseline", "best LR", "wider", "combine: wider"]
+    assert [r[3] for r in rows] == ["keep", "keep", "discard", "keep"]
+    text = git(repo, "show", f"{rows[3][0]}:train.py")
+    assert "LR = 0.005" in text and "WIDTH = 16" in text
+    assert_invariants(repo, "cb")
+
+
+def test_conflict_goes_back_to_the_agent_once(tmp_path: Path) -> None:
+    repo, env = make_repo(tmp_path)
+    queue = tmp_path / "queue"
+    queue_proposal(queue, "a", _train(repo, LR="0.01"), "lower LR")
+    daemon = start_background(repo, "start", "--tag", "cf", "--agent", "queue", "--queue", str(queue),
+                              "--max-experiments", "2", *BASE, env=env)
+    wait_for_event(repo, "cf", "proposing", n=2)
+    wait_for_event(repo, "cf", "decided", n=1)
+    queue_proposal(queue, "b", _train(repo, LR="0.005"), "even lower LR")  # same line as the new best
+    wait_for_event(repo, "cf", "proposal_failed", n=2)
+    queue_proposal(queue, "c", _train(repo, LR="0.005"), "even lower LR, again on the new best")
+    assert daemon.wait(timeout=300) == 0
+    failed = [e for e in _events(repo, "cf", "proposal_failed") if e["n"] == 2]
+    assert len(failed) == 1 and failed[0]["conflict"] is True
+    asks = [e for e in _events(repo, "cf", "proposing") if e["n"] == 2]
+    assert len(asks) == 2 and asks[1]["parent"] != asks[0]["parent"]  # asked again on the new best
+    assert read_results(repo)[-1][4] == "even lower LR, again on the new best"
+    assert_invariants(repo, "cf")
+
+
+def test_kill_with_four_in_flight_then_resume(tmp_path: Path) -> None:
+    repo, env = make_repo(tmp_path, sleep=2.0)
+    daemon = start_background(repo, "start", "--tag", "k4", "--slots", "4", "--max-experiments", "8", *BASE, env=env)
+    deadline = time.monotonic() + 120
+    while len([e for e in _events(repo, "k4", "started") if e["n"] > 0]) < 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(daemon.pid, signal.SIGKILL)
+    daemon.wait()
+    in_flight = {e.n for e in fold(journal_events(repo, "k4")).experiments if e.status is None and e.commit}
+    assert len(in_flight) >= 4
+    done = run_cli(repo, "resume", "--tag", "k4", env=env, timeout=600)
+    assert done.returncode == 0, done.stderr + done.stdout
+    for n in in_flight:
+        assert f"resuming experiment {n} from its commit" in done.stdout
+    assert len(read_results(repo)) == 9  # baseline + 8: nothing lost, nothing twice
+    assert_invariants(repo, "k4")
+
+
+def test_hanging_run_does_not_hold_up_other_slots(tmp_path: Path) -> None:
+    repo, env = make_repo(tmp_path)
+    queue = tmp_path / "queue"
+    queue_proposal(queue, "a", _train(repo, sleep_s="600"), "hangs")
+    for i, lr in enumerate(("0.01", "0.005", "0.015")):
+        queue_proposal(queue, f"b{i}", _train(repo, LR=lr), f"LR {lr}")
+    done = run_cli(repo, "start", "--tag", "hg", "--agent", "queue", "--queue", str(queue), "--slots", "2",
+                   "--max-experiments", "4", "--budget", "2", "--timeout", "20", "--baseline-runs", "1",
+                   env=env, timeout=300)
+    assert done.returncode == 0, done.stderr + done.stdout
+    decided = [e["n"] for e in _events(repo, "hg", "decided")]
+    assert decided.index(1) == len(decided) - 1  # the hanging experiment was decided last ...
+    assert set(decided) == {0, 1, 2, 3, 4}  # ... while the other slot ran the other three
+    hang = fold(journal_events(repo, "hg")).experiments[1]
+    assert hang.status == "crash" and hang.reason.startswith("timeout"), hang.reason
+    assert_invariants(repo, "hg")
+
+
+def test_stop_and_stop_now_with_several_in_flight(tmp_path: Path) -> None:
+    repo, env = make_repo(tmp_path, sleep=3.0)
+    daemon = start_background(repo, "start", "--tag", "st", "--slots", "3", *BASE, env=env)
+    wait_for_event(repo, "st", "started", n=3, timeout=120)
+    stopped = run_cli(repo, "stop", env=env)
+    assert stopped.returncode == 0, stopped.stderr
+    assert daemon.wait(timeout=120) == 0
+    run = fold(journal_events(repo, "st"))
+    started = {e["n"] for e in _events(repo, "st", "started")}
+    assert all(e.status in ("keep", "discard", "crash") for e in run.experiments if e.n in started)
+    assert_invariants(repo, "st")
+
+    daemon = start_background(repo, "resume", "--tag", "st", env=env)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        run = fold(journal_events(repo, "st"))
+        if len([e for e in run.experiments if e.status is None and e.runs]) >= 3:
+            break
+        time.sleep(0.05)
+    rows_before = len(read_results(repo))
+    now = run_cli(repo, "stop", "--now", env=env)
+    assert now.returncode == 0, now.stderr
+    assert daemon.wait(timeout=120) == 0
+    run = fold(journal_events(repo, "st"))
+    assert len([e for e in run.experiments if e.status == "interrupted"]) >= 2
+    assert len(read_results(repo)) <= rows_before + 1  # interrupted runs are not rows
+    assert_invariants(repo, "st")
