@@ -109,7 +109,7 @@ def read_run(repo: Path, tag: str) -> RunView:
         elif ev.get("event") == "decided" and _number(ev.get("ts")) is not None:
             decided_at[ev["n"]] = float(ev["ts"])
     _score_by_mean(run, repeats)
-    return RunView(tag=run.tag, run=run, events=events, problems=problems, repeats=dict(repeats), decided_at=decided_at)
+    return RunView(tag=tag, run=run, events=events, problems=problems, repeats=dict(repeats), decided_at=decided_at)
 
 
 def _score_by_mean(run: RunRecord, repeats: dict[int, list[Repeat]]) -> None:
@@ -385,7 +385,7 @@ def plot_progress(view: RunView, s: Summary, path: Path, x_axis: str = "experime
     layout.labels = _place_labels(fig, ax, [(x_of(n), bpb, desc) for n, _, desc, bpb, _ in s.kept], legend)
     if strip is not None:
         fig.canvas.draw()
-        layout.crash_strip_below = strip.get_window_extent().y1 <= ax.get_window_extent().y0
+        layout.crash_strip_below = bool(strip.get_window_extent().y1 <= ax.get_window_extent().y0)
     fig.savefig(path)
     plt.close(fig)
     return layout
@@ -461,7 +461,8 @@ def _place_labels(fig: Any, ax: Any, points: list[tuple[float, float, str]],
         box = label.get_window_extent(renderer)
         taken.append(box)
         corners = ax.transAxes.inverted().transform([[box.x0, box.y0], [box.x1, box.y1]])
-        placed.append((text, (corners[0][0], corners[0][1], corners[1][0], corners[1][1]), spot is None))
+        (x0, y0), (x1, y1) = corners.tolist()
+        placed.append((text, (x0, y0, x1, y1), spot is None))
     return placed
 
 
