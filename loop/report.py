@@ -340,13 +340,13 @@ def plot_progress(view: RunView, s: Summary, path: Path, x_axis: str = "experime
         strip = None
     ax.set_ylim(bottom, top)
     for status, color, size in (("discard", "#b0b0b0", 22), ("keep", "#2ca02c", 46)):
-        pts = [(x_of(e.n), min(e.val_bpb, top)) for e in scored if e.status == status]  # type: ignore[type-var]
+        pts = [(x_of(e.n), e.val_bpb) for e in scored if e.status == status and e.val_bpb <= top]  # type: ignore[operator]
         if pts:
             ax.scatter(*zip(*pts), c=color, s=size, zorder=3, label=status, edgecolors="none")
     clipped = [x_of(e.n) for e in scored if e.val_bpb > top]  # type: ignore[operator]
-    if clipped:
-        ax.scatter(clipped, [top] * len(clipped), marker="^", c="#b0b0b0", s=30, zorder=3, clip_on=False,
-                   label="worse, off the scale")
+    if clipped:  # just under the top edge, so the whole marker shows
+        edge = top - (top - bottom) * 0.015
+        ax.scatter(clipped, [edge] * len(clipped), marker="^", c="#b0b0b0", s=30, zorder=3, label="worse, off the scale")
     if s.kept:
         end = max(x_of(e.n) for e in done)
         layout.best_line = [(x_of(k[0]), k[3]) for k in s.kept] + [(end, s.kept[-1][3])]
@@ -355,9 +355,9 @@ def plot_progress(view: RunView, s: Summary, path: Path, x_axis: str = "experime
             line = holdout_line + [(end, holdout_line[-1][1])]
             ax.step(*zip(*line), where="post", c="#1f5fa8", lw=1.3, ls="--", zorder=2, label="kept line on holdout")
     if floor is not None and floor_drawn == "line":
-        ax.axhline(floor, c="#6a3d9a", lw=1.0, ls=":", zorder=1, label=f"entropy floor {floor:.4f}")
+        ax.axhline(floor, c="#6a3d9a", lw=1.4, ls=":", zorder=1, label=f"entropy floor {floor:.4f}")
     elif floor is not None:
-        ax.plot([], [], c="#6a3d9a", lw=1.0, ls=":", label=f"entropy floor {floor:.4f} (below the axis)")
+        ax.plot([], [], c="#6a3d9a", lw=1.4, ls=":", label=f"entropy floor {floor:.4f} (below the axis)")
     layout.pauses = _draw_pauses(ax, view, x_axis, origin)
     if strip is not None:
         xs = [x_of(e.n) for e in crashes]
