@@ -180,7 +180,8 @@ def summarize(run: RunRecord, now: float | None = None) -> Summary:
         improvement=improvement,
         improvement_pct=100 * improvement / baseline if improvement is not None and baseline else None,
         cost_usd=usage.cost_usd,
-        tokens={"input": usage.input_tokens, "output": usage.output_tokens, "cache_write_5m": usage.cache_write_5m_tokens,
+        tokens={"input": usage.input_tokens, "output": usage.output_tokens,
+                "cache_write_5m": usage.cache_write_5m_tokens,
                 "cache_write_1h": usage.cache_write_1h_tokens, "cache_read": usage.cache_read_tokens},
         interrupted=sum(e.status == "interrupted" for e in run.experiments),
         failed_proposals=sum(e.failed_proposals for e in run.experiments),
@@ -265,7 +266,8 @@ def format_summary(s: Summary) -> str:
 def tables_markdown(s: Summary) -> str:
     out = ["| # | commit | description | val_bpb | delta |", "|---|---|---|---|---|"]
     for n, commit, desc, bpb, delta in s.kept:
-        out.append(f"| {n} | {commit} | {desc.replace('|', '/')} | {bpb:.6f} | {'' if delta is None else f'{delta:+.6f}'} |")
+        change = "" if delta is None else f"{delta:+.6f}"
+        out.append(f"| {n} | {commit} | {desc.replace('|', '/')} | {bpb:.6f} | {change} |")
     out += ["", "| crash kind | count | experiments |", "|---|---|---|"]
     for kind, ns in s.crashes.items():
         out.append(f"| {kind.replace('|', '/')} | {len(ns)} | {', '.join(map(str, ns))} |")
@@ -300,16 +302,16 @@ class PlotLayout:
     crash_strip_below: bool = False  # the crash strip lies wholly under the score axes
     floor: float | None = None
     floor_drawn: str = ""  # "line", or "noted" when it lies too far below the scores
-    labels: list[tuple[str, tuple[float, float, float, float], bool]] = field(default_factory=list)  # text, box, clipped
+    # text, its box in fractions of the score axes (x0, y0, x1, y1), and whether it had to be clipped
+    labels: list[tuple[str, tuple[float, float, float, float], bool]] = field(default_factory=list)
     pauses: list[tuple[float, float]] = field(default_factory=list)  # in x units
     legend: list[str] = field(default_factory=list)
 
 
 # Where a kept change's label may go, tried in order: below-left of its point first, since
 # everything left of a new best scored worse, so that corner is empty (offsets in points).
-LABEL_SPOTS = [(-5, -5, "right", "top"), (5, -5, "left", "top"), (-5, 5, "right", "bottom"), (5, 5, "left", "bottom"),
-               (-5, -19, "right", "top"), (5, -19, "left", "top"), (-5, 19, "right", "bottom"), (5, 19, "left", "bottom"),
-               (-5, -33, "right", "top"), (5, -33, "left", "top"), (-5, 33, "right", "bottom"), (5, 33, "left", "bottom")]
+LABEL_SPOTS = [spot for dy in (5, 19, 33) for spot in ((-5, -dy, "right", "top"), (5, -dy, "left", "top"),
+                                                      (-5, dy, "right", "bottom"), (5, dy, "left", "bottom"))]
 
 
 def plot_progress(view: RunView, s: Summary, path: Path, x_axis: str = "experiment") -> PlotLayout:
@@ -325,12 +327,13 @@ def plot_progress(view: RunView, s: Summary, path: Path, x_axis: str = "experime
     def x_of(n: int) -> float:
         return n if x_axis == "experiment" else ((view.finished_ts(n) or origin) - origin) / 3600
 
-    scored = [e for e in done if e.val_bpb is not None]
+    scored = [(e, e.val_bpb) for e in done if e.val_bpb is not None]
     holdout_line = [(x_of(n), h) for n, *_ in s.kept if (h := view.holdout(n)) is not None]
     floor = _number(run.meta.get("floor"))
-    bottom, top, floor_drawn = _value_range([e.val_bpb for e in scored] + [h for _, h in holdout_line],  # type: ignore[misc]
+    bottom, top, floor_drawn = _value_range([v for _, v in scored] + [h for _, h in holdout_line],
                                             s.baseline, view.holdout(0), floor)
-    layout = PlotLayout(x_axis=x_axis, ylim=(bottom, top), floor=floor, floor_drawn=floor_drawn, holdout_line=holdout_line)
+    layout = PlotLayout(x_axis=x_axis, ylim=(bottom, top), floor=floor, floor_drawn=floor_drawn,
+                        holdout_line=holdout_line)
     crashes = [e for e in done if e.status == "crash"]
     if crashes:
         fig, (ax, strip) = plt.subplots(2, 1, sharex=True, figsize=(12, 7), dpi=110,
@@ -340,13 +343,14 @@ def plot_progress(view: RunView, s: Summary, path: Path, x_axis: str = "experime
         strip = None
     ax.set_ylim(bottom, top)
     for status, color, size in (("discard", "#b0b0b0", 22), ("keep", "#2ca02c", 46)):
-        pts = [(x_of(e.n), e.val_bpb) for e in scored if e.status == status and e.val_bpb <= top]  # type: ignore[operator]
+        pts = [(x_of(e.n), v) for e, v in scored if e.status == status and v <= top]
         if pts:
             ax.scatter(*zip(*pts), c=color, s=size, zorder=3, label=status, edgecolors="none")
-    clipped = [x_of(e.n) for e in scored if e.val_bpb > top]  # type: ignore[operator]
+    clipped = [x_of(e.n) for e, v in scored if v > top]
     if clipped:  # just under the top edge, so the whole marker shows
         edge = top - (top - bottom) * 0.015
-        ax.scatter(clipped, [edge] * len(clipped), marker="^", c="#b0b0b0", s=30, zorder=3, label="worse, off the scale")
+        ax.scatter(clipped, [edge] * len(clipped), marker="^", c="#b0b0b0", s=30, zorder=3,
+                   label="worse, off the scale")
     if s.kept:
         end = max(x_of(e.n) for e in done)
         layout.best_line = [(x_of(k[0]), k[3]) for k in s.kept] + [(end, s.kept[-1][3])]

@@ -12,8 +12,8 @@ import pytest
 
 from loop.errors import UsageError
 from loop.journal import JOURNAL_NAME, fold, read_events, read_events_checked, run_dir
-from loop.report import (CRASH_STRIP, LABEL_CHARS, PlotLayout, crash_kind, experiments_frame, holdout_gap, plot_progress,
-                         read_run, report_command, summarize)
+from loop.report import (CRASH_STRIP, LABEL_CHARS, PlotLayout, crash_kind, experiments_frame, holdout_gap,
+                         plot_progress, read_run, report_command, summarize)
 
 T0 = 1_700_000_000.0
 CHECKOUT = Path(__file__).resolve().parents[1]
@@ -30,7 +30,8 @@ def journal_events(tag: str, experiments: list[tuple], stopped: bool = True) -> 
     events: list[dict] = [{"event": "run_started", "ts": T0, "tag": tag}]
     for n, (status, bpb, desc, reason, cost, tokens, train_s) in enumerate(experiments):
         start = T0 + n * 600  # one experiment every ten minutes
-        usage = {"input_tokens": tokens, "output_tokens": tokens // 10, "cache_read_tokens": 5 * tokens, "cost_usd": cost}
+        usage = {"input_tokens": tokens, "output_tokens": tokens // 10, "cache_read_tokens": 5 * tokens,
+                 "cost_usd": cost}
         events += [
             {"event": "proposing", "ts": start, "n": n},
             {"event": "proposed", "ts": start + 30, "n": n, "description": desc, "usage": usage},
@@ -188,7 +189,8 @@ def test_hours_axis_shows_a_stop_and_a_kill_as_gaps(tmp_path: Path) -> None:
                {"event": "run_resumed", "ts": killed_at + 3600, "tag": "gaps"}]
     write_events(tmp_path, "gaps", events)
     layout = render(tmp_path, "gaps", "hours")
-    expected = [((stopped_at - T0) / 3600, (resumed_at - T0) / 3600), ((killed_at - T0) / 3600, (killed_at + 3600 - T0) / 3600)]
+    expected = [((stopped_at - T0) / 3600, (resumed_at - T0) / 3600),
+                ((killed_at - T0) / 3600, (killed_at + 3600 - T0) / 3600)]
     assert [x for span in layout.pauses for x in span] == pytest.approx([x for span in expected for x in span])
     assert layout.best_line[-1][0] > expected[0][1]  # the experiments after the stop sit after the gap
     by_number = render(tmp_path, "gaps", "experiment")

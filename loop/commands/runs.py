@@ -43,7 +43,8 @@ class RunLine:
                 f"{self.crash:>5}  {best:<9} {desc}")
 
 
-HEADER = f"{'tag':<16} {'state':<8} {'started':<16} {'exps':>5} {'keep':>5} {'discard':>7} {'crash':>5}  {'best':<9} description"
+HEADER = (f"{'tag':<16} {'state':<8} {'started':<16} {'exps':>5} {'keep':>5} {'discard':>7} {'crash':>5}  "
+          f"{'best':<9} description")
 
 
 def run_line(view: RunView, running_tag: str | None) -> RunLine:
