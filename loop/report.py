@@ -20,7 +20,8 @@ from typing import Any
 import pandas as pd
 
 from loop.errors import SetupError, UsageError
-from loop.journal import JOURNAL_NAME, STATUSES, RunRecord, fold, read_events, read_events_checked, run_dir, state_dir
+from loop.journal import (JOURNAL_NAME, STATUSES, ExperimentRecord, RunRecord, fold, read_events, read_events_checked,
+                          run_dir, state_dir)
 
 LABEL_CHARS = 34  # kept changes are labelled with this much of their description
 X_AXES = ("experiment", "hours")
@@ -72,11 +73,9 @@ class RunView:
             previous = ts
         return spans
 
-    def finished_ts(self, n: int) -> float | None:
-        rec = next((e for e in self.run.experiments if e.n == n), None)
-        if rec is None:
-            return None
-        return self.decided_at.get(n) or rec.finished_at or rec.started_at
+    def finished_ts(self, rec: ExperimentRecord) -> float | None:
+        """When the experiment was decided (or, failing that, recorded, or begun)."""
+        return self.decided_at.get(rec.n) or rec.finished_at or rec.started_at
 
 
 def _number(value: Any) -> float | None:
@@ -302,16 +301,19 @@ class PlotLayout:
     crash_strip_below: bool = False  # the crash strip lies wholly under the score axes
     floor: float | None = None
     floor_drawn: str = ""  # "line", or "noted" when it lies too far below the scores
-    # text, its box in fractions of the score axes (x0, y0, x1, y1), and whether it had to be clipped
-    labels: list[tuple[str, tuple[float, float, float, float], bool]] = field(default_factory=list)
+    # n, text, its box in fractions of the score axes (x0, y0, x1, y1); kept changes with no room for a label
+    labels: list[tuple[int, str, tuple[float, float, float, float]]] = field(default_factory=list)
+    unlabelled: list[int] = field(default_factory=list)
     pauses: list[tuple[float, float]] = field(default_factory=list)  # in x units
     legend: list[str] = field(default_factory=list)
 
 
 # Where a kept change's label may go, tried in order: below-left of its point first, since
 # everything left of a new best scored worse, so that corner is empty (offsets in points).
-LABEL_SPOTS = [spot for dy in (5, 19, 33) for spot in ((-5, -dy, "right", "top"), (5, -dy, "left", "top"),
-                                                      (-5, dy, "right", "bottom"), (5, dy, "left", "bottom"))]
+LABEL_GAP = 5
+LABEL_SPOTS = [spot for dy in (LABEL_GAP, LABEL_GAP + 14, LABEL_GAP + 28)
+               for spot in ((-LABEL_GAP, -dy, "right", "top"), (LABEL_GAP, -dy, "left", "top"),
+                            (-LABEL_GAP, dy, "right", "bottom"), (LABEL_GAP, dy, "left", "bottom"))]
 
 
 def plot_progress(view: RunView, s: Summary, path: Path, x_axis: str = "experiment") -> PlotLayout:
@@ -322,40 +324,33 @@ def plot_progress(view: RunView, s: Summary, path: Path, x_axis: str = "experime
 
     run = view.run
     done = run.finished
-    origin = run.started_at or min((view.finished_ts(e.n) or 0.0 for e in done), default=0.0)
+    when = {e.n: view.finished_ts(e) for e in done}
+    origin = run.started_at or min((t for t in when.values() if t is not None), default=0.0)
 
     def x_of(n: int) -> float:
-        return n if x_axis == "experiment" else ((view.finished_ts(n) or origin) - origin) / 3600
+        return n if x_axis == "experiment" else ((when.get(n) or origin) - origin) / 3600
 
-    scored = [(e, e.val_bpb) for e in done if e.val_bpb is not None]
+    scored = [(x_of(e.n), e.status or "", e.val_bpb) for e in done if e.val_bpb is not None]
     holdout_line = [(x_of(n), h) for n, *_ in s.kept if (h := view.holdout(n)) is not None]
     floor = _number(run.meta.get("floor"))
-    bottom, top, floor_drawn = _value_range([v for _, v in scored] + [h for _, h in holdout_line],
+    bottom, top, floor_drawn = _value_range([v for *_, v in scored] + [h for _, h in holdout_line],
                                             s.baseline, view.holdout(0), floor)
     layout = PlotLayout(x_axis=x_axis, ylim=(bottom, top), floor=floor, floor_drawn=floor_drawn,
                         holdout_line=holdout_line)
-    crashes = [e for e in done if e.status == "crash"]
-    if crashes:
+    crashes = [e.n for e in done if e.status == "crash"]
+    if crashes:  # crashes have no score: they get a strip of their own under the score axes
         fig, (ax, strip) = plt.subplots(2, 1, sharex=True, figsize=(12, 7), dpi=110,
                                         gridspec_kw={"height_ratios": [14, 1], "hspace": 0.04})
     else:
         fig, ax = plt.subplots(figsize=(12, 6.5), dpi=110)
         strip = None
     ax.set_ylim(bottom, top)
-    for status, color, size in (("discard", "#b0b0b0", 22), ("keep", "#2ca02c", 46)):
-        pts = [(x_of(e.n), v) for e, v in scored if e.status == status and v <= top]
-        if pts:
-            ax.scatter(*zip(*pts), c=color, s=size, zorder=3, label=status, edgecolors="none")
-    clipped = [x_of(e.n) for e, v in scored if v > top]
-    if clipped:  # just under the top edge, so the whole marker shows
-        edge = top - (top - bottom) * 0.015
-        ax.scatter(clipped, [edge] * len(clipped), marker="^", c="#b0b0b0", s=30, zorder=3,
-                   label="worse, off the scale")
+    _draw_scores(ax, scored, bottom, top)
     if s.kept:
         end = max(x_of(e.n) for e in done)
         layout.best_line = [(x_of(k[0]), k[3]) for k in s.kept] + [(end, s.kept[-1][3])]
         ax.step(*zip(*layout.best_line), where="post", c="#2ca02c", lw=1.6, zorder=2, label="best so far (val)")
-        if len(holdout_line) >= 2 or (holdout_line and len(s.kept) == 1):
+        if holdout_line:
             line = holdout_line + [(end, holdout_line[-1][1])]
             ax.step(*zip(*line), where="post", c="#1f5fa8", lw=1.3, ls="--", zorder=2, label="kept line on holdout")
     if floor is not None and floor_drawn == "line":
@@ -364,35 +359,53 @@ def plot_progress(view: RunView, s: Summary, path: Path, x_axis: str = "experime
         ax.plot([], [], c="#6a3d9a", lw=1.4, ls=":", label=f"entropy floor {floor:.4f} (below the axis)")
     layout.pauses = _draw_pauses(ax, view, x_axis, origin)
     if strip is not None:
-        xs = [x_of(e.n) for e in crashes]
-        strip.scatter(xs, [0.5] * len(xs), marker="x", c="#d62728", s=30, zorder=3, label="crash (no score)")
-        strip.set_ylim(0, 1)
-        strip.set_yticks([])
-        strip.set_ylabel("crash", rotation=0, ha="right", va="center", fontsize=8)
-        strip.grid(axis="x", alpha=0.25)
-        layout.crashes = [(e.n, x, CRASH_STRIP) for e, x in zip(crashes, xs)]
-    bottom_ax = strip if strip is not None else ax
-    bottom_ax.set_xlabel("experiment" if x_axis == "experiment" else "wall-clock hours since the run started")
-    title = f"autoresearch run {s.tag}: {s.experiments} experiments, {s.counts['keep']} kept"
-    if s.improvement is not None and s.baseline is not None and s.best is not None and s.improvement_pct is not None:
-        title += f"; val_bpb {s.baseline:.4f} → {s.best:.4f} ({-s.improvement_pct:+.2f}%)"
-    ax.set_title(title)
+        layout.crashes = _draw_crash_strip(strip, crashes, x_of)
+    (strip or ax).set_xlabel("experiment" if x_axis == "experiment" else "wall-clock hours since the run started")
+    ax.set_title(_title(s))
     ax.set_ylabel("val_bpb (lower is better)")
     ax.grid(alpha=0.25)
-    handles, names = ax.get_legend_handles_labels()
+    handles, layout.legend = ax.get_legend_handles_labels()
     if strip is not None:
         more, more_names = strip.get_legend_handles_labels()
-        handles, names = handles + more, names + more_names
-    legend = ax.legend(handles, names, loc="upper right", fontsize=8)
-    layout.legend = names
+        handles, layout.legend = handles + more, layout.legend + more_names
+    legend = ax.legend(handles, layout.legend, loc="upper right", fontsize=8)
     fig.subplots_adjust(left=0.07, right=0.98, top=0.94, bottom=0.09)
-    layout.labels = _place_labels(fig, ax, [(x_of(n), bpb, desc) for n, _, desc, bpb, _ in s.kept], legend)
+    layout.labels, layout.unlabelled = _place_labels(fig, ax, s.kept, x_of, legend)
     if strip is not None:
-        fig.canvas.draw()
         layout.crash_strip_below = bool(strip.get_window_extent().y1 <= ax.get_window_extent().y0)
     fig.savefig(path)
     plt.close(fig)
     return layout
+
+
+def _draw_scores(ax: Any, scored: list[tuple[float, str, float]], bottom: float, top: float) -> None:
+    """Kept and discarded experiments at their score; those worse than the axis shows, at its top edge."""
+    for status, color, size in (("discard", "#b0b0b0", 22), ("keep", "#2ca02c", 46)):
+        pts = [(x, v) for x, st, v in scored if st == status and v <= top]
+        if pts:
+            ax.scatter(*zip(*pts), c=color, s=size, zorder=3, label=status, edgecolors="none")
+    clipped = [x for x, _, v in scored if v > top]
+    if clipped:  # just under the top edge, so the whole marker shows
+        edge = top - (top - bottom) * 0.015
+        ax.scatter(clipped, [edge] * len(clipped), marker="^", c="#b0b0b0", s=30, zorder=3,
+                   label="worse, off the scale")
+
+
+def _draw_crash_strip(strip: Any, crashes: list[int], x_of: Any) -> list[tuple[int, float, str]]:
+    xs = [x_of(n) for n in crashes]
+    strip.scatter(xs, [0.5] * len(xs), marker="x", c="#d62728", s=30, zorder=3, label="crash (no score)")
+    strip.set_ylim(0, 1)
+    strip.set_yticks([])
+    strip.set_ylabel("crash", rotation=0, ha="right", va="center", fontsize=8)
+    strip.grid(axis="x", alpha=0.25)
+    return [(n, x, CRASH_STRIP) for n, x in zip(crashes, xs)]
+
+
+def _title(s: Summary) -> str:
+    title = f"autoresearch run {s.tag}: {s.experiments} experiments, {s.counts['keep']} kept"
+    if s.baseline is not None and s.best is not None and s.improvement_pct is not None:
+        title += f"; val_bpb {s.baseline:.4f} → {s.best:.4f} ({-s.improvement_pct:+.2f}%)"
+    return title
 
 
 def _value_range(values: list[float], baseline: float | None, baseline_holdout: float | None,
@@ -430,44 +443,43 @@ def _draw_pauses(ax: Any, view: RunView, x_axis: str, origin: float) -> list[tup
     return spans
 
 
-def _place_labels(fig: Any, ax: Any, points: list[tuple[float, float, str]],
-                  legend: Any) -> list[tuple[str, tuple[float, float, float, float], bool]]:
-    """Label kept changes where the label stays inside the axes and clear of the legend and the
-    other labels; a label with no such spot is clipped at the axes rather than left outside."""
+def _place_labels(fig: Any, ax: Any, kept: list[tuple[int, str, str, float, float | None]], x_of: Any,
+                  legend: Any) -> tuple[list[tuple[int, str, tuple[float, float, float, float]]], list[int]]:
+    """Label kept changes, the baseline and the largest gains first, each where it stays inside the
+    axes and clear of the legend and the labels before it; a change with no such spot goes
+    unlabelled (the kept table lists them all). Returns the labels placed and the ones left out."""
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     frame = ax.get_window_extent(renderer)
     taken = [legend.get_window_extent(renderer)]
-    placed = []
-    for x, y, desc in points:
+    placed, left_out = [], []
+    for n, _, desc, bpb, delta in sorted(kept, key=lambda k: (k[4] is not None, k[4] or 0.0)):
         text = desc if len(desc) <= LABEL_CHARS else desc[: LABEL_CHARS - 1] + "…"
-        label = ax.annotate(text, (x, y), xytext=(0, 0), textcoords="offset points", fontsize=7.5, color="#1b5e20",
-                            annotation_clip=False)
-        inside_spot = clear_spot = None
+        label = ax.annotate(text, (x_of(n), bpb), xytext=(0, 0), textcoords="offset points", fontsize=7.5,
+                            color="#1b5e20", annotation_clip=False)
+        box = None
         for dx, dy, ha, va in LABEL_SPOTS:
             label.set_position((dx, dy))
             label.set_ha(ha)
             label.set_va(va)
-            box = label.get_window_extent(renderer)
-            if box.x0 >= frame.x0 and box.x1 <= frame.x1 and box.y0 >= frame.y0 and box.y1 <= frame.y1:
-                inside_spot = inside_spot or (dx, dy, ha, va)
-                if not any(box.overlaps(other) for other in taken):
-                    clear_spot = (dx, dy, ha, va)
-                    break
-        spot = clear_spot or inside_spot
-        if spot is None:
-            label.set_clip_box(ax.bbox)
-            label.set_clip_on(True)
-        else:
-            label.set_position(spot[:2])
-            label.set_ha(spot[2])
-            label.set_va(spot[3])
-        box = label.get_window_extent(renderer)
+            candidate = label.get_window_extent(renderer)
+            inside = frame.x0 <= candidate.x0 and candidate.x1 <= frame.x1 and frame.y0 <= candidate.y0 \
+                and candidate.y1 <= frame.y1
+            if inside and not any(candidate.overlaps(other) for other in taken):
+                box = candidate
+                break
+        label.remove()
+        if box is None:
+            left_out.append(n)
+            continue
+        # A label moved away from its point gets a thin leader so it still reads as that point's.
+        leader = {"arrowstyle": "-", "color": "#9ccc9c", "lw": 0.6} if abs(dy) > LABEL_GAP else None
+        ax.annotate(text, (x_of(n), bpb), xytext=(dx, dy), textcoords="offset points", fontsize=7.5, ha=ha, va=va,
+                    color="#1b5e20", annotation_clip=False, arrowprops=leader)
         taken.append(box)
-        corners = ax.transAxes.inverted().transform([[box.x0, box.y0], [box.x1, box.y1]])
-        (x0, y0), (x1, y1) = corners.tolist()
-        placed.append((text, (x0, y0, x1, y1), spot is None))
-    return placed
+        (x0, y0), (x1, y1) = ax.transAxes.inverted().transform([[box.x0, box.y0], [box.x1, box.y1]]).tolist()
+        placed.append((n, text, (x0, y0, x1, y1)))
+    return sorted(placed), sorted(left_out)
 
 
 def plot_compare(runs: list[RunRecord], path: Path) -> None:

@@ -155,10 +155,34 @@ def test_labels_stay_inside_the_axes(tmp_path: Path) -> None:
     write_journal(tmp_path, "edges", kept + [("discard", 1.2, "far worse", "", 0.0, 0, 300.0)]
                   + [("keep", 0.9, long, "", 0.0, 0, 300.0)])
     layout = render(tmp_path, "edges")
-    assert len(layout.labels) == 7
-    for text, (x0, y0, x1, y1), clipped in layout.labels:
-        assert not clipped and 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1, (text, (x0, y0, x1, y1))
-    assert all(len(text) <= LABEL_CHARS for text, _, _ in layout.labels)
+    assert [n for n, _, _ in layout.labels] == [0, 1, 2, 3, 4, 5, 7] and not layout.unlabelled
+    assert_clear(layout)
+    assert all(len(text) <= LABEL_CHARS for _, text, _ in layout.labels)
+
+
+def assert_clear(layout: PlotLayout) -> None:
+    """Every label inside the score axes, none over another."""
+    boxes = [box for _, _, box in layout.labels]
+    for x0, y0, x1, y1 in boxes:
+        assert 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1, (x0, y0, x1, y1)
+    for i, (ax0, ay0, ax1, ay1) in enumerate(boxes):
+        for bx0, by0, bx1, by1 in boxes[i + 1:]:
+            assert ax1 <= bx0 or bx1 <= ax0 or ay1 <= by0 or by1 <= ay0
+
+
+def test_crowded_labels_give_way_biggest_gains_first(tmp_path: Path) -> None:
+    gains = [0.001 * (1 + n % 7) for n in range(80)]  # many kept changes: not all can be labelled
+    gains[39] = 0.02  # experiment 40 makes the largest gain
+    values = [1.0 - sum(gains[:n]) for n in range(80)]
+    write_journal(tmp_path, "crowd", [("keep", v, f"change {n} of the schedule", "", 0.0, 0, 300.0)
+                                      for n, v in enumerate(values)])
+    layout = render(tmp_path, "crowd")
+    assert_clear(layout)
+    labelled = {n for n, _, _ in layout.labels}
+    assert layout.unlabelled and labelled | set(layout.unlabelled) == set(range(80)) and 0 in labelled
+    assert 40 in labelled  # the baseline and the largest gain are labelled first, so they always find room
+    mean_gain = [sum(gains[n - 1] for n in ns) / len(ns) for ns in (labelled - {0}, layout.unlabelled)]
+    assert mean_gain[0] > mean_gain[1]
 
 
 def test_entropy_floor_line_or_note(tmp_path: Path) -> None:
