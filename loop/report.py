@@ -20,8 +20,17 @@ from typing import Any
 import pandas as pd
 
 from loop.errors import SetupError, UsageError
-from loop.journal import (JOURNAL_NAME, STATUSES, ExperimentRecord, RunRecord, fold, read_events, read_events_checked,
-                          run_dir, state_dir)
+from loop.journal import (
+    JOURNAL_NAME,
+    STATUSES,
+    ExperimentRecord,
+    RunRecord,
+    fold,
+    read_events,
+    read_events_checked,
+    run_dir,
+    state_dir,
+)
 
 LABEL_CHARS = 34  # kept changes are labelled with this much of their description
 X_AXES = ("experiment", "hours")
@@ -99,7 +108,8 @@ def read_run(repo: Path, tag: str) -> RunView:
         if "n" not in ev:
             continue
         if ev.get("event") == "evaluated":
-            scores = ev.get("scores") if isinstance(ev.get("scores"), dict) else {}
+            given = ev.get("scores")
+            scores: dict[str, Any] = given if isinstance(given, dict) else {}
             val = _number(ev.get("val_bpb"))
             repeats[ev["n"]].append(Repeat(
                 seed=ev.get("seed"), val=val if val is not None else _number(scores.get("val")),
@@ -428,7 +438,7 @@ def _value_range(values: list[float], baseline: float | None, baseline_holdout: 
 def _draw_pauses(ax: Any, view: RunView, x_axis: str, origin: float) -> list[tuple[float, float]]:
     """Shade the spans when no daemon ran (a stop or a kill, then a resume) on the hours axis;
     on the experiment axis, a line where the run resumed."""
-    spans = []
+    spans: list[tuple[float, float]] = []
     for i, (paused, resumed) in enumerate(view.pauses):
         if x_axis == "hours":
             span = ((paused - origin) / 3600, (resumed - origin) / 3600)

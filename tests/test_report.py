@@ -12,8 +12,18 @@ import pytest
 
 from loop.errors import UsageError
 from loop.journal import JOURNAL_NAME, fold, read_events, read_events_checked, run_dir
-from loop.report import (CRASH_STRIP, LABEL_CHARS, PlotLayout, crash_kind, experiments_frame, holdout_gap,
-                         plot_progress, read_run, report_command, summarize)
+from loop.report import (
+    CRASH_STRIP,
+    LABEL_CHARS,
+    PlotLayout,
+    crash_kind,
+    experiments_frame,
+    holdout_gap,
+    plot_progress,
+    read_run,
+    report_command,
+    summarize,
+)
 
 T0 = 1_700_000_000.0
 CHECKOUT = Path(__file__).resolve().parents[1]
@@ -22,7 +32,8 @@ CHECKOUT = Path(__file__).resolve().parents[1]
 def cli(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
     """The CLI as a subprocess, running this checkout's code."""
     env = {**os.environ, "PYTHONPATH": str(CHECKOUT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.run([sys.executable, "-m", "loop.cli", *argv], cwd=cwd, env=env, capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "loop.cli", *argv], cwd=cwd, env=env, capture_output=True, text=True,
+                          check=False)
 
 
 def journal_events(tag: str, experiments: list[tuple], stopped: bool = True) -> list[dict]:

@@ -7,12 +7,12 @@ import time
 from pathlib import Path
 
 import pytest
+from test_report import CHECKOUT, KNOWN, T0, journal_events, write_events, write_journal
 
-from loop.errors import SetupError, UsageError
-from loop.journal import experiment_dir, state_dir
 from loop.commands.runs import runs_command
 from loop.commands.show import LOG_TAIL_LINES, show_command
-from test_report import CHECKOUT, KNOWN, T0, journal_events, write_events, write_journal
+from loop.errors import SetupError, UsageError
+from loop.journal import experiment_dir, state_dir
 
 
 def started(ts: float) -> str:
