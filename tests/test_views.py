@@ -94,8 +94,11 @@ def test_show_one_experiment(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert "+OPT = 'muon'" in out
     assert f"step {49}" in out and f"step {50 - LOG_TAIL_LINES}\n" in out and f"step {49 - LOG_TAIL_LINES}\n" not in out
     assert "--- eval.log: none" in out
-    assert show_command(tmp_path, 1, "older") == 0
-    assert "experiment 1 of run older: discard" in capsys.readouterr().out
+    experiment_dir(tmp_path, "older", 0).mkdir(parents=True)
+    (experiment_dir(tmp_path, "older", 0) / "diff.patch").write_text("")  # the baseline changes nothing
+    assert show_command(tmp_path, 0, "older") == 0
+    out = capsys.readouterr().out
+    assert "experiment 0 of run older: keep" in out and "diff.patch: empty" in out
 
 
 def test_show_refusals(tmp_path: Path) -> None:

@@ -86,6 +86,8 @@ def file_section(path: Path, limit: int, head: bool) -> list[str]:
     if not path.exists():
         return [f"--- {path.name}: none"]
     lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    if not lines:
+        return [f"--- {path}: empty"]  # the baseline's diff, a run that printed nothing
     if len(lines) <= limit:
         return [f"--- {path}", *lines]
     if head:
