@@ -40,7 +40,6 @@ HOLDOUT_GAP_SHARE = 0.25
 # The entropy floor gets its own line when it lies within this many data spans below the lowest
 # score; further down it would squash every experiment into a sliver, so it is noted instead.
 FLOOR_REACH_SPANS = 1.5
-CRASH_STRIP = "crash strip"
 
 
 @dataclass
@@ -307,7 +306,9 @@ class PlotLayout:
     ylim: tuple[float, float]
     best_line: list[tuple[float, float]] = field(default_factory=list)
     holdout_line: list[tuple[float, float]] = field(default_factory=list)
-    crashes: list[tuple[int, float, str]] = field(default_factory=list)  # n, x, the axes its marker sits on
+    # n, x, and the height of its marker as a fraction of the score axes, measured on the drawn
+    # figure: below 0 is under the score axes, where no score can be read into it
+    crashes: list[tuple[int, float, float]] = field(default_factory=list)
     crash_strip_below: bool = False  # the crash strip lies wholly under the score axes
     floor: float | None = None
     floor_drawn: str = ""  # "line", or "noted" when it lies too far below the scores
@@ -369,7 +370,7 @@ def plot_progress(view: RunView, s: Summary, path: Path, x_axis: str = "experime
         ax.plot([], [], c="#6a3d9a", lw=1.4, ls=":", label=f"entropy floor {floor:.4f} (below the axis)")
     layout.pauses = _draw_pauses(ax, view, x_axis, origin)
     if strip is not None:
-        layout.crashes = _draw_crash_strip(strip, crashes, x_of)
+        _draw_crash_strip(strip, crashes, x_of)
     (strip or ax).set_xlabel("experiment" if x_axis == "experiment" else "wall-clock hours since the run started")
     ax.set_title(_title(s))
     ax.set_ylabel("val_bpb (lower is better)")
@@ -383,6 +384,7 @@ def plot_progress(view: RunView, s: Summary, path: Path, x_axis: str = "experime
     layout.labels, layout.unlabelled = _place_labels(fig, ax, s.kept, x_of, legend)
     if strip is not None:
         layout.crash_strip_below = bool(strip.get_window_extent().y1 <= ax.get_window_extent().y0)
+        layout.crashes = _crash_heights(ax, strip, crashes)
     fig.savefig(path)
     plt.close(fig)
     return layout
@@ -401,14 +403,21 @@ def _draw_scores(ax: Any, scored: list[tuple[float, str, float]], bottom: float,
                    label="worse, off the scale")
 
 
-def _draw_crash_strip(strip: Any, crashes: list[int], x_of: Any) -> list[tuple[int, float, str]]:
+def _draw_crash_strip(strip: Any, crashes: list[int], x_of: Any) -> None:
     xs = [x_of(n) for n in crashes]
     strip.scatter(xs, [0.5] * len(xs), marker="x", c="#d62728", s=30, zorder=3, label="crash (no score)")
     strip.set_ylim(0, 1)
     strip.set_yticks([])
     strip.set_ylabel("crash", rotation=0, ha="right", va="center", fontsize=8)
     strip.grid(axis="x", alpha=0.25)
-    return [(n, x, CRASH_STRIP) for n, x in zip(crashes, xs)]
+
+
+def _crash_heights(ax: Any, strip: Any, crashes: list[int]) -> list[tuple[int, float, float]]:
+    """Where the crash markers landed, read back from the drawn strip, in the score axes' fractions."""
+    offsets = strip.collections[0].get_offsets()
+    display = strip.transData.transform(offsets)
+    fractions = ax.transAxes.inverted().transform(display)
+    return [(n, float(x), float(y)) for n, (x, _), (_, y) in zip(crashes, offsets.tolist(), fractions.tolist())]
 
 
 def _title(s: Summary) -> str:
