@@ -120,29 +120,6 @@ def read_events(path: Path) -> list[dict[str, Any]]:
     return read_events_checked(path)[0]
 
 
-def read_events_checked(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
-    """The events, and one line per garbled line that had to be skipped (which line, what it held).
-
-    A torn last line is the normal trace of a kill mid-write and is not a problem; a garbled line
-    in the middle means the file was damaged, and whoever reads the journal must say so.
-    """
-    if not path.exists():
-        return [], []
-    events, problems = [], []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.endswith("\n"):
-                break
-            try:
-                event = json.loads(line)
-                if not isinstance(event, dict):
-                    raise ValueError("not an object")
-                events.append(event)
-            except ValueError:
-                problems.append(f"{path}: line {number} is garbled and was skipped ({line.strip()[:60]!r})")
-    return events, problems
-
-
 @dataclass
 class ExperimentRecord:
     """One experiment folded from its events. Fields stay None until the event that sets them."""
@@ -339,3 +316,31 @@ def append_result(path: Path, rec: ExperimentRecord) -> None:
     if not path.exists() or path.stat().st_size == 0:
         atomic_write(path, RESULTS_HEADER)
     fsync_append(path, results_row(rec))
+
+
+def read_events_checked(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """The complete events of a journal, and one line per line that had to be skipped.
+
+    A torn last line (no newline: the daemon was killed mid-write) is normal and not reported.
+    Any other line that is not a JSON object with an `event` name (and an integer `n` when it has
+    one) is skipped and named by its line number, so a damaged journal never goes unnoticed.
+    """
+    if not path.exists():
+        return [], []
+    events: list[dict[str, Any]] = []
+    problems: list[str] = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.endswith("\n"):
+                break
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                event = None
+            n = event.get("n", 0) if isinstance(event, dict) else None
+            if not isinstance(event, dict) or not isinstance(event.get("event"), str) \
+                    or not isinstance(n, int) or isinstance(n, bool):
+                problems.append(f"{path.name} line {number}: garbled, skipped: {line.strip()[:60]!r}")
+                continue
+            events.append(event)
+    return events, problems

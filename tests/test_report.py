@@ -3,26 +3,45 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from loop.journal import JOURNAL_NAME, fold, read_events, run_dir
-from loop.report import crash_kind, summarize
+from loop.errors import UsageError
+from loop.journal import JOURNAL_NAME, fold, read_events, read_events_checked, run_dir
+from loop.report import (
+    LABEL_CHARS,
+    PlotLayout,
+    crash_kind,
+    experiments_frame,
+    holdout_gap,
+    plot_progress,
+    read_run,
+    report_command,
+    summarize,
+)
 
 T0 = 1_700_000_000.0
+CHECKOUT = Path(__file__).resolve().parents[1]
 
 
-def write_journal(repo: Path, tag: str, experiments: list[tuple], stopped: bool = True) -> Path:
+def cli(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """The CLI as a subprocess, running this checkout's code."""
+    env = {**os.environ, "PYTHONPATH": str(CHECKOUT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run([sys.executable, "-m", "loop.cli", *argv], cwd=cwd, env=env, capture_output=True, text=True,
+                          check=False)
+
+
+def journal_events(tag: str, experiments: list[tuple], stopped: bool = True) -> list[dict]:
     """experiments: (status, val_bpb, description, reason, cost_usd, input_tokens, train_seconds)."""
-    path = run_dir(repo, tag) / JOURNAL_NAME
-    path.parent.mkdir(parents=True, exist_ok=True)
-    events = [{"event": "run_started", "ts": T0, "tag": tag}]
+    events: list[dict] = [{"event": "run_started", "ts": T0, "tag": tag}]
     for n, (status, bpb, desc, reason, cost, tokens, train_s) in enumerate(experiments):
         start = T0 + n * 600  # one experiment every ten minutes
-        usage = {"input_tokens": tokens, "output_tokens": tokens // 10, "cache_read_tokens": 5 * tokens, "cost_usd": cost}
+        usage = {"input_tokens": tokens, "output_tokens": tokens // 10, "cache_read_tokens": 5 * tokens,
+                 "cost_usd": cost}
         events += [
             {"event": "proposing", "ts": start, "n": n},
             {"event": "proposed", "ts": start + 30, "n": n, "description": desc, "usage": usage},
@@ -35,8 +54,18 @@ def write_journal(repo: Path, tag: str, experiments: list[tuple], stopped: bool 
                        {"event": "recorded", "ts": start + 502, "n": n}]
     if stopped:
         events.append({"event": "run_stopped", "ts": T0 + len(experiments) * 600, "reason": "stop requested"})
+    return events
+
+
+def write_events(repo: Path, tag: str, events: list[dict]) -> Path:
+    path = run_dir(repo, tag) / JOURNAL_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(e) + "\n" for e in events))
     return path
+
+
+def write_journal(repo: Path, tag: str, experiments: list[tuple], stopped: bool = True) -> Path:
+    return write_events(repo, tag, journal_events(tag, experiments, stopped))
 
 
 KNOWN = [
@@ -78,7 +107,7 @@ def test_crash_kinds() -> None:
 
 def test_report_command_writes_files(tmp_path: Path) -> None:
     write_journal(tmp_path, "known", KNOWN)
-    done = subprocess.run([sys.executable, "-m", "loop.cli", "report"], cwd=tmp_path, capture_output=True, text=True)
+    done = cli(["report"], cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "experiments: 8 (keep 3 38%, discard 2 25%, crash 3 38%)" in done.stdout
     assert "improvement 0.100000 (10.00%)" in done.stdout and "spend: $2.00" in done.stdout
@@ -97,18 +126,181 @@ def test_growing_torn_and_crashed_runs(tmp_path: Path) -> None:
         f.write('{"event": "decided", "n": 3, "sta')  # the daemon is mid-write
     s = summarize(fold(read_events(path)), now=T0 + 3 * 600 + 100)
     assert s.running and s.experiments == 3 and s.hours == pytest.approx((3 * 600 + 100) / 3600)  # up to now
-    done = subprocess.run([sys.executable, "-m", "loop.cli", "report", "--tag", "live"], cwd=tmp_path, capture_output=True, text=True)
+    done = cli(["report", "--tag", "live"], cwd=tmp_path)
     assert done.returncode == 0 and "running (or killed)" in done.stdout
 
 
 def test_compare_and_no_run(tmp_path: Path) -> None:
     write_journal(tmp_path, "a", KNOWN)
     write_journal(tmp_path, "b", KNOWN[:4])
-    done = subprocess.run([sys.executable, "-m", "loop.cli", "report", "--compare", "a", "b", "--out", str(tmp_path / "cmp")],
-                          cwd=tmp_path, capture_output=True, text=True)
+    done = cli(["report", "--compare", "a", "b", "--out", str(tmp_path / "cmp")], cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "cmp" / "compare.png").exists() and "a\t8\t0.9" in done.stdout
     empty = tmp_path / "empty"
     empty.mkdir()
-    none = subprocess.run([sys.executable, "-m", "loop.cli", "report"], cwd=empty, capture_output=True, text=True)
+    none = cli(["report"], cwd=empty)
     assert none.returncode == 3 and "no run found" in none.stderr
+
+
+def render(repo: Path, tag: str, x_axis: str = "experiment") -> PlotLayout:
+    view = read_run(repo, tag)
+    return plot_progress(view, summarize(view.run), repo / f"{tag}-{x_axis}.png", x_axis)
+
+
+def test_crash_markers_sit_on_their_own_strip(tmp_path: Path) -> None:
+    write_journal(tmp_path, "known", KNOWN)
+    layout = render(tmp_path, "known")
+    crashed = [n for n, (status, *_) in enumerate(KNOWN) if status == "crash"]
+    assert [n for n, _, _ in layout.crashes] == crashed
+    assert [x for _, x, _ in layout.crashes] == crashed  # each at its own experiment
+    # Under the score axes, not on them, where a marker below the best line would read as a better score.
+    assert all(height < 0 for _, _, height in layout.crashes) and layout.crash_strip_below
+    assert "crash (no score)" in layout.legend
+    assert (tmp_path / "known-experiment.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_labels_stay_inside_the_axes(tmp_path: Path) -> None:
+    # Kept changes at both edges, with descriptions long enough to leave the plot if placed blindly.
+    long = "a description long enough to be cut at the label limit"
+    kept = [("keep", 1.0 - 0.01 * n, f"{long} {n}", "", 0.0, 0, 300.0) for n in range(6)]
+    write_journal(tmp_path, "edges", kept + [("discard", 1.2, "far worse", "", 0.0, 0, 300.0)]
+                  + [("keep", 0.9, long, "", 0.0, 0, 300.0)])
+    layout = render(tmp_path, "edges")
+    assert [n for n, _, _ in layout.labels] == [0, 1, 2, 3, 4, 5, 7] and not layout.unlabelled
+    assert_clear(layout)
+    assert all(len(text) <= LABEL_CHARS for _, text, _ in layout.labels)
+
+
+def assert_clear(layout: PlotLayout) -> None:
+    """Every label inside the score axes, none over another."""
+    boxes = [box for _, _, box in layout.labels]
+    for x0, y0, x1, y1 in boxes:
+        assert 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1, (x0, y0, x1, y1)
+    for i, (ax0, ay0, ax1, ay1) in enumerate(boxes):
+        for bx0, by0, bx1, by1 in boxes[i + 1:]:
+            assert ax1 <= bx0 or bx1 <= ax0 or ay1 <= by0 or by1 <= ay0
+
+
+def test_crowded_labels_give_way_biggest_gains_first(tmp_path: Path) -> None:
+    gains = [0.001 * (1 + n % 7) for n in range(80)]  # many kept changes: not all can be labelled
+    gains[39] = 0.02  # experiment 40 makes the largest gain
+    values = [1.0 - sum(gains[:n]) for n in range(80)]
+    write_journal(tmp_path, "crowd", [("keep", v, f"change {n} of the schedule", "", 0.0, 0, 300.0)
+                                      for n, v in enumerate(values)])
+    layout = render(tmp_path, "crowd")
+    assert_clear(layout)
+    labelled = {n for n, _, _ in layout.labels}
+    assert layout.unlabelled and labelled | set(layout.unlabelled) == set(range(80)) and 0 in labelled
+    assert 40 in labelled  # the baseline and the largest gain are labelled first, so they always find room
+    mean_gain = [sum(gains[n - 1] for n in ns) / len(ns) for ns in (labelled - {0}, layout.unlabelled)]
+    assert mean_gain[0] > mean_gain[1]
+
+
+def test_entropy_floor_line_or_note(tmp_path: Path) -> None:
+    events = journal_events("floor", KNOWN)
+    values = [bpb for _, bpb, *_ in KNOWN if bpb is not None]
+    span = KNOWN[0][1] - min(values)  # the axis spans the baseline down to the best
+    events[0]["floor"] = min(values) - span / 2  # within reach: drawn, and the axis reaches down to it
+    write_events(tmp_path, "floor", events)
+    layout = render(tmp_path, "floor")
+    assert layout.floor_drawn == "line" and layout.ylim[0] < events[0]["floor"] < layout.ylim[1]
+    events[0]["floor"] = min(values) - 10 * span  # too far: noted, the scores keep the axis
+    write_events(tmp_path, "floor", events)
+    far = render(tmp_path, "floor")
+    assert far.floor_drawn == "noted" and far.ylim[0] > events[0]["floor"]
+    assert any("below the axis" in name for name in far.legend)
+    write_journal(tmp_path, "none", KNOWN)
+    assert render(tmp_path, "none").floor_drawn == ""
+
+
+def test_hours_axis_shows_a_stop_and_a_kill_as_gaps(tmp_path: Path) -> None:
+    events = journal_events("gaps", KNOWN[:3])  # ends with run_stopped at T0 + 1800
+    stopped_at = events[-1]["ts"]
+    resumed_at = stopped_at + 2 * 3600
+    later = journal_events("gaps", KNOWN[:5], stopped=False)
+    shifted = [{**e, "ts": e["ts"] + 2 * 3600} for e in later if e.get("n", -1) >= 3]
+    killed_at = shifted[-1]["ts"]  # no run_stopped: the daemon was killed
+    events += [{"event": "run_resumed", "ts": resumed_at, "tag": "gaps"}, *shifted,
+               {"event": "run_resumed", "ts": killed_at + 3600, "tag": "gaps"}]
+    write_events(tmp_path, "gaps", events)
+    layout = render(tmp_path, "gaps", "hours")
+    expected = [((stopped_at - T0) / 3600, (resumed_at - T0) / 3600),
+                ((killed_at - T0) / 3600, (killed_at + 3600 - T0) / 3600)]
+    assert [x for span in layout.pauses for x in span] == pytest.approx([x for span in expected for x in span])
+    assert layout.best_line[-1][0] > expected[0][1]  # the experiments after the stop sit after the gap
+    by_number = render(tmp_path, "gaps", "experiment")
+    assert by_number.pauses == [(2.5, 2.5)]  # a line where the run resumed; the kill resumed no experiment
+    with pytest.raises(UsageError, match="--x 'minutes'"):
+        report_command(tmp_path, "gaps", None, [], "minutes")
+
+
+def test_garbled_line_is_reported_a_torn_tail_is_not(tmp_path: Path) -> None:
+    path = write_journal(tmp_path, "torn", KNOWN, stopped=False)
+    lines = path.read_text().splitlines(keepends=True)
+    garbled = 7
+    lines[garbled - 1] = '{"event": "evaluated", "n": 1, "val_b\n'
+    lines.insert(9, '["not", "an", "event"]\n')
+    path.write_text("".join(lines) + '{"event": "proposing", "n": 8, "t')  # and a kill mid-write at the end
+    events, problems = read_events_checked(path)
+    assert [p.split(":")[0] for p in problems] == [f"journal.jsonl line {garbled}", "journal.jsonl line 10"]
+    assert len(events) == len(lines) - 2
+    done = cli(["report", "--tag", "torn"], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert f"journal.jsonl line {garbled}: garbled, skipped" in done.stderr and done.stderr.count("garbled") == 2
+    md = (run_dir(tmp_path, "torn") / "report" / "report.md").read_text()
+    assert "## Journal lines skipped" in md and f"line {garbled}: garbled" in md
+
+
+def holdout_events(tag: str, holdout_drift: float) -> list[dict]:
+    """KNOWN with a holdout score beside val: it trails val by `holdout_drift` per kept step."""
+    events = journal_events(tag, KNOWN)
+    kept_so_far = 0
+    for ev in events:
+        if ev["event"] == "evaluated" and ev["val_bpb"] is not None:
+            if KNOWN[ev["n"]][0] == "keep":
+                kept_so_far += 1
+            ev["scores"] = {"val": ev["val_bpb"], "holdout": ev["val_bpb"] + 0.01 + holdout_drift * kept_so_far}
+    return events
+
+
+def test_holdout_line_and_gap_warning(tmp_path: Path) -> None:
+    write_events(tmp_path, "steady", holdout_events("steady", 0.0))
+    view = read_run(tmp_path, "steady")
+    gap = holdout_gap(view)
+    assert gap is not None and gap.growth == pytest.approx(0.0) and not gap.warns
+    layout = render(tmp_path, "steady")
+    kept = [n for n, (status, *_) in enumerate(KNOWN) if status == "keep"]
+    assert [y for _, y in layout.holdout_line] == pytest.approx([KNOWN[n][1] + 0.01 for n in kept])
+    assert "kept line on holdout" in layout.legend
+    val_gain = KNOWN[kept[0]][1] - KNOWN[kept[-1]][1]
+    drift = val_gain / (len(kept) - 1)  # the holdout keeps none of the val gain
+    write_events(tmp_path, "drifting", holdout_events("drifting", drift))
+    gap = holdout_gap(read_run(tmp_path, "drifting"))
+    assert gap is not None and gap.growth == pytest.approx(val_gain) and gap.warns
+    done = cli(["report", "--tag", "drifting"], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    md = (run_dir(tmp_path, "drifting") / "report" / "report.md").read_text()
+    assert "## Holdout" in md and "does not show on the holdout" in md
+    assert cli(["report", "--tag", "steady"], cwd=tmp_path).returncode == 0
+    assert "## Holdout" not in (run_dir(tmp_path, "steady") / "report" / "report.md").read_text()
+
+
+def test_unknown_events_fields_and_repeats(tmp_path: Path) -> None:
+    events = journal_events("future", KNOWN)
+    events.insert(1, {"event": "cluster_joined", "ts": T0, "host": "node-3", "hardware": {"gpus": ["H100"]}})
+    for ev in events:
+        ev.update({"slot": 1, "device": "cuda:1", "host": "node-3"} if "n" in ev else {})
+    # Experiment 5 was rerun with a second seed: it is scored by the mean of its runs.
+    second = next(i for i, ev in enumerate(events) if ev["event"] == "evaluated" and ev["n"] == 5)
+    rerun = {**events[second], "seed": 2, "val_bpb": None, "scores": {"val": 0.88}}
+    events.insert(second + 1, {"event": "measured_something_new", "ts": T0, "n": 5, "whatever": [1, 2]})
+    events.insert(second + 2, rerun)
+    write_events(tmp_path, "future", events)
+    view = read_run(tmp_path, "future")
+    assert not view.problems and len(view.repeats[5]) == 2
+    s = summarize(view.run)
+    assert s.best == pytest.approx((0.9 + 0.88) / 2) and s.experiments == len(KNOWN)
+    frame = experiments_frame(view)
+    assert frame.loc[5, "runs"] == 2 and frame.loc[5, "hosts"] == "node-3 node-3"
+    done = cli(["report", "--tag", "future"], cwd=tmp_path)
+    assert done.returncode == 0 and not done.stderr, done.stderr

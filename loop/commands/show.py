@@ -1,0 +1,95 @@
+"""`autoresearch show N [--tag T]`: one experiment in full, from its journal and its folder.
+
+What it tried (description, hypothesis), what came of it (status, reason, score, the best it had
+to beat), where the time went, its diff and the tail of its logs. The run defaults to the last
+one started in this repository.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from loop.errors import SetupError, UsageError
+from loop.journal import ExperimentRecord, experiment_dir, run_dir, state_dir
+from loop.report import RunView, latest_tag, read_run, warn
+
+LAST_TAG = "last_tag"  # written by `start`: the tag of the run started last
+LOG_TAIL_LINES = 20
+DIFF_LINES = 200  # a longer diff is cut; its file holds it all
+LOGS = ("train.log", "eval.log")
+
+
+def default_tag(repo: Path) -> str | None:
+    path = state_dir(repo) / LAST_TAG
+    if path.exists() and (tag := path.read_text(encoding="utf-8").strip()):
+        return tag
+    return latest_tag(repo)
+
+
+def show_command(repo: Path, number: int, tag: str | None) -> int:
+    tag = tag or default_tag(repo)
+    if tag is None:
+        raise SetupError("no run found in .autoresearch/runs: start one with `autoresearch start --tag NAME`")
+    if not (run_dir(repo, tag) / "journal.jsonl").exists():
+        raise SetupError(f"no run tagged {tag} in .autoresearch/runs: `autoresearch runs` lists them")
+    view = read_run(repo, tag)
+    warn(view.problems, tag)
+    rec = next((e for e in view.run.experiments if e.n == number), None)
+    if rec is None:
+        numbers = [e.n for e in view.run.experiments]
+        known = f"it has {min(numbers)} to {max(numbers)}" if numbers else "it has none yet"
+        raise UsageError(f"run {tag} has no experiment {number} ({known}): give one of those, or --tag another run")
+    print("\n".join(describe(view, rec)))
+    folder = experiment_dir(repo, tag, number)
+    print("\n".join(file_section(folder / "diff.patch", DIFF_LINES, head=True)))
+    for log in LOGS:
+        print("\n".join(file_section(folder / log, LOG_TAIL_LINES, head=False)))
+    return 0
+
+
+def describe(view: RunView, rec: ExperimentRecord) -> list[str]:
+    """The experiment's record, one fact a line."""
+    def bpb(x: float | None) -> str:
+        return f"{x:.6f}" if x is not None else "-"
+
+    def seconds(x: float | None) -> str:
+        return f"{x:.0f}s" if x is not None else "-"
+
+    status = rec.status or f"in progress ({rec.phase})"
+    lines = [f"experiment {rec.n} of run {view.tag}: {status}",
+             f"description: {' '.join(rec.description.split()) or '-'}",
+             f"hypothesis: {' '.join(rec.hypothesis.split()) or '-'}",
+             f"reason: {rec.reason or '-'}"]
+    score = f"val_bpb: {bpb(rec.val_bpb)}; best before: {bpb(rec.best_before)}"
+    if rec.val_bpb is not None and rec.best_before is not None:
+        score += f" ({rec.val_bpb - rec.best_before:+.6f})"
+    if (holdout := view.holdout(rec.n)) is not None:
+        score += f"; holdout: {bpb(holdout)}"
+    lines.append(score)
+    repeats = view.repeats.get(rec.n, [])
+    if len(repeats) > 1 or any(r.seed is not None or r.device is not None for r in repeats):
+        for i, r in enumerate(repeats, start=1):
+            where = " ".join(f"{k} {v}" for k, v in (("seed", r.seed), ("slot", r.slot), ("device", r.device),
+                                                      ("host", r.host)) if v is not None)
+            hold = f", holdout {bpb(r.holdout)}" if r.holdout is not None else ""
+            lines.append(f"  run {i}: val {bpb(r.val)}{hold}{'; ' + where if where else ''}")
+    lines.append(f"commit: {(rec.commit or '-')[:12]} (parent {(rec.parent or '-')[:12]})")
+    lines.append(f"times: agent {seconds(rec.agent_seconds)}, train {seconds(rec.train_seconds)}, "
+                 f"eval {seconds(rec.eval_seconds)}, wall {seconds(rec.wall_seconds)}")
+    if rec.usage.cost_usd or rec.usage.input_tokens:
+        lines.append(f"agent spend: ${rec.usage.cost_usd:.2f} ({rec.usage.input_tokens:,} input, "
+                     f"{rec.usage.output_tokens:,} output tokens)")
+    return lines
+
+
+def file_section(path: Path, limit: int, head: bool) -> list[str]:
+    """A file under its own heading: its first `limit` lines (head) or its last (tail)."""
+    if not path.exists():
+        return [f"--- {path.name}: none"]
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    if not lines:
+        return [f"--- {path}: empty"]  # the baseline's diff, a run that printed nothing
+    if len(lines) <= limit:
+        return [f"--- {path}", *lines]
+    if head:
+        return [f"--- {path} (first {limit} of {len(lines)} lines)", *lines[:limit]]
+    return [f"--- {path} (last {limit} of {len(lines)} lines)", *lines[-limit:]]
