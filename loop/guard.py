@@ -41,7 +41,8 @@ PROTECTED_DIRS = ("loop/", "scripts/")
 EDITABLE = "train.py"
 HARNESS_API = {"TIME_BUDGET", "MAX_SEQ_LEN", "VOCAB_SIZE", "train_batches", "data_dir"}
 FORBIDDEN_MODULES = {
-    "subprocess": "starts processes", "multiprocessing": "starts processes", "_thread": "runs code behind the evaluator's back",
+    "subprocess": "starts processes", "multiprocessing": "starts processes",
+    "_thread": "runs code behind the evaluator's back",
     "concurrent": "starts processes or threads", "pty": "starts processes", "_posixsubprocess": "starts processes",
     "asyncio.subprocess": "starts processes", "socket": "opens network connections", "ctypes": "pokes at memory",
     "importlib": "rewires imports", "inspect": "reaches into the evaluator's frames",
@@ -473,7 +474,8 @@ def check_command(repo: Path, rev: str | None) -> int:
         return 2
     commit_id = commit.stdout.strip()
     secrets = secret_index(repo)
-    parent = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{commit_id}^"], cwd=repo, capture_output=True, text=True)
+    parent = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{commit_id}^"],
+                            cwd=repo, capture_output=True, text=True)
     if parent.returncode != 0:  # a root commit: nothing to compare with, the lint and the secrets still apply
         text = subprocess.run(["git", "show", f"{commit_id}:{EDITABLE}"], cwd=repo, capture_output=True).stdout
         source = text.decode("utf-8", errors="replace")

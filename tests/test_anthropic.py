@@ -264,7 +264,8 @@ def test_check_up_front(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
         AnthropicAgent().check()  # busy is not broken: the run's backoff waits it out
         assert len(server.requests) == 1
-    for url, words in ((closed_port_url(), "Connection refused"), ("http://no-such-host.invalid", "no-such-host.invalid")):
+    unreachable = ((closed_port_url(), "Connection refused"), ("http://no-such-host.invalid", "no-such-host.invalid"))
+    for url, words in unreachable:
         monkeypatch.setenv("ANTHROPIC_BASE_URL", url)
         started = time.monotonic()
         with pytest.raises(AgentFatal, match="cannot reach") as raised:
@@ -290,7 +291,8 @@ def test_editor_never_shows_secrets(tmp_path: Path) -> None:
     import subprocess
 
     subprocess.run(["git", "add", "holdout.txt", "peek.txt", "data.txt"], cwd=repo, check=True)
-    work = Workspace(repo, "LR = 1\n", tmp_path / "notes.md", secret_paths=(repo / "val.txt", repo / "holdout.txt", cache))
+    secrets = (repo / "val.txt", repo / "holdout.txt", cache)
+    work = Workspace(repo, "LR = 1\n", tmp_path / "notes.md", secret_paths=secrets)
     for path in ("val.txt", "/repo/val.txt", str(repo / "val.txt"), "holdout.txt", "peek.txt", "data.txt",
                  "./notes/../val.txt", "../cache/train.bin", str(cache / "train.bin"), "prepare.py/../val.txt"):
         with pytest.raises(ToolError, match="not readable by agents|not a tracked file"):

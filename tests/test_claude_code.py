@@ -48,12 +48,14 @@ if mode in ("edit", "snoop"):
 elif mode == "cheat":
     pathlib.Path("prepare.py").write_text("# gone")
 if mode == "error":
-    print(json.dumps({{"type": "result", "subtype": "error_during_execution", "is_error": True, "result": "Invalid API key - please run /login"}}))
+    print(json.dumps({{"type": "result", "subtype": "error_during_execution", "is_error": True,
+                      "result": "Invalid API key - please run /login"}}))
 else:
     print(json.dumps({{"type": "result", "subtype": "success", "is_error": False, "num_turns": 3,
                       "result": "Widened the model.\\nDESCRIPTION: width 8 -> 16\\nHYPOTHESIS: more capacity helps",
                       "total_cost_usd": 0.0421, "usage": {{"input_tokens": 1200, "output_tokens": 300}},
-                      "tried": tried, "deny": settings["permissions"]["deny"], "cwd_files": sorted(p.name for p in pathlib.Path().iterdir())}}))
+                      "tried": tried, "deny": settings["permissions"]["deny"],
+                      "cwd_files": sorted(p.name for p in pathlib.Path().iterdir())}}))
 '''
 
 
@@ -61,7 +63,8 @@ def stand_in(tmp_path: Path, mode: str, probe: list[str] | None = None) -> Path:
     (tmp_path / "mode").write_text(mode)
     (tmp_path / "probe.json").write_text(json.dumps(probe or []))
     exe = tmp_path / "claude"
-    exe.write_text(STAND_IN.format(python=sys.executable, mode=str(tmp_path / "mode"), probe=str(tmp_path / "probe.json")))
+    exe.write_text(STAND_IN.format(python=sys.executable, mode=str(tmp_path / "mode"),
+                                   probe=str(tmp_path / "probe.json")))
     exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
     return exe
 
@@ -119,7 +122,8 @@ def test_claude_code_agent_direct(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("AUTORESEARCH_CLAUDE_BIN", str(stand_in(tmp_path, "edit")))
     train = (repo / "train.py").read_text()
     proposal = ClaudeCodeAgent(max_turns=5).propose(context_for(repo, tmp_path))
-    assert proposal.train_py.startswith(train.replace("WIDTH = 8", "WIDTH = 16")) and proposal.hypothesis == "more capacity helps"
+    assert proposal.train_py.startswith(train.replace("WIDTH = 8", "WIDTH = 16"))
+    assert proposal.hypothesis == "more capacity helps"
     assert proposal.usage.cost_usd == pytest.approx(0.0421) and proposal.usage.output_tokens == 300
     argv = json.loads((tmp_path / "exp/transcript.jsonl").read_text())["argv"]
     assert argv[argv.index("--max-budget-usd") + 1] == "1.5000" and argv[argv.index("--max-turns") + 1] == "5"
@@ -179,7 +183,8 @@ def snooping_model(targets: list[Path], seen: list[dict]):
         results = [b for m in body["messages"] if m["role"] == "user" and isinstance(m["content"], list)
                    for b in m["content"] if isinstance(b, dict) and b.get("type") == "tool_result"]
         seen[:] = results
-        work = re.search(r"(/[^\s\"']*autoresearch-claude-[^/\s\"']+/work|/[^\s\"']*/plain/work)", json.dumps(body)).group(1)
+        where = re.search(r"(/[^\s\"']*autoresearch-claude-[^/\s\"']+/work|/[^\s\"']*/plain/work)", json.dumps(body))
+        work = where.group(1)  # the scratch copy the CLI runs in, from its system prompt
         steps = [tool("Read", file_path=str(t)) for t in targets] + [
             tool("Grep", pattern="validation", path=str(targets[0].parent)),
             tool("Read", file_path=f"{work}/train.py"),
@@ -190,7 +195,7 @@ def snooping_model(targets: list[Path], seen: list[dict]):
     return brain
 
 
-@pytest.mark.skipif(REAL_CLI is None, reason="the real claude CLI is not installed here (AUTORESEARCH_REAL_CLAUDE names one)")
+@pytest.mark.skipif(REAL_CLI is None, reason="no real claude CLI here (on PATH, or named by AUTORESEARCH_REAL_CLAUDE)")
 def test_real_cli_cannot_read_the_secrets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The real CLI, driven by a model that Reads val.txt and the prepared data by absolute path:
     its own permission settings refuse them (checked without the sandbox), and so does the whole

@@ -174,7 +174,8 @@ def test_commit_carrying_validation_text_is_refused(tmp_path: Path) -> None:
         git(repo, "commit", "-qam", "memorise")
         found = check_commit(repo, "HEAD", parent, protected, secrets=index)
         assert any(line.startswith("train.py carries validation text") for line in found), found
-        assert not any("carries" in line for line in check_commit(repo, "HEAD", parent, protected))  # no index, no check
+        unchecked = check_commit(repo, "HEAD", parent, protected)  # no index, no check
+        assert not any("carries" in line for line in unchecked)
     (repo / "train.py").write_text(train.replace("LR = 0.02", "LR = 0.01"))
     git(repo, "commit", "-qam", "honest")
     assert check_commit(repo, "HEAD", parent, protected, secrets=index) == []

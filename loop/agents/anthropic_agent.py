@@ -76,7 +76,8 @@ class AnthropicAgent:
                     return
                 self._fatal(e, str(client.base_url))
             except anthropic.APIConnectionError as e:  # refused, no such host, or no answer in time
-                last = "no answer within {:.0f}s".format(CHECK_TIMEOUT_S) if isinstance(e, anthropic.APITimeoutError) else _cause(e)
+                timed_out = isinstance(e, anthropic.APITimeoutError)
+                last = f"no answer within {CHECK_TIMEOUT_S:.0f}s" if timed_out else _cause(e)
             if attempt + 1 < CHECK_TRIES:
                 time.sleep(CHECK_PAUSE_S)
         raise AgentFatal(f"anthropic: cannot reach {client.base_url} ({last}) after {CHECK_TRIES} tries: "
@@ -97,7 +98,8 @@ class AnthropicAgent:
             request = {"model": self.model, "max_tokens": self.max_tokens, "system": system, "tools": TOOLS, "messages": messages}
             response = self._call(client, request, usage)
             usage = usage + usage_of(self.model, response.usage)
-            line = json.dumps({"ts": time.time(), "request": request, "response": response.model_dump(mode="json")}) + "\n"
+            line = json.dumps({"ts": time.time(), "request": request,
+                               "response": response.model_dump(mode="json")}) + "\n"
             with _TRANSCRIPT_LOCK, open(transcript, "a", encoding="utf-8") as f:
                 f.write(line)
             if context.remaining_cost_usd is not None and usage.cost_usd > context.remaining_cost_usd:
@@ -123,8 +125,10 @@ class AnthropicAgent:
         if isinstance(e, anthropic.PermissionDeniedError):
             raise AgentFatal(f"anthropic: permission denied (403): {_message(e)}") from None
         if isinstance(e, anthropic.NotFoundError):
-            raise AgentFatal(f"anthropic: model {self.model!r} not found (404) at {base_url}: choose another with --model") from None
-        raise AgentFatal(f"anthropic: the API refused a request for model {self.model!r} ({e.status_code}): {_message(e)}") from None
+            raise AgentFatal(f"anthropic: model {self.model!r} not found (404) at {base_url}: "
+                             "choose another with --model") from None
+        raise AgentFatal(f"anthropic: the API refused a request for model {self.model!r} ({e.status_code}): "
+                         f"{_message(e)}") from None
 
     def _call(self, client: anthropic.Anthropic, request: dict, usage: Usage):
         try:

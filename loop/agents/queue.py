@@ -35,7 +35,8 @@ class QueueAgent:
         try:
             next(self.dir.iterdir(), None)
         except OSError as e:
-            raise AgentFatal(f"queue: cannot read {self.dir} ({e.strerror}): give a folder you can read with --queue") from None
+            raise AgentFatal(f"queue: cannot read {self.dir} ({e.strerror}): "
+                             "give a folder you can read with --queue") from None
 
     def propose(self, context: Context) -> Proposal:
         while True:

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 EDITABLE = "train.py"
-SECRET_REFUSAL = "{path} is held-out validation data or prepared data: not readable by agents (train.py is what to study)"
+SECRET_REFUSAL = ("{path} is held-out validation data or prepared data: not readable by agents "
+                  "(train.py is what to study)")
 NOT_VIEWABLE = ("val.txt", "holdout.txt")
 NOTES_CAP = 8000
 _NOTES_LOCK = threading.Lock()  # one writer at a time across concurrent proposals
