@@ -153,6 +153,8 @@ class SecretIndex:
 
     Built once per run (about 60 ms for the builtin 256 KB val.txt); `found_in` hashes every
     window of a few views of train.py, so its cost grows with train.py, not with the secrets.
+    CRC-32 is the window hash: fast, the same in every process (the index may be pickled), and
+    each hit is confirmed against the text itself, so its collisions cost time, never a verdict.
     """
 
     hashes: frozenset[int]
@@ -164,7 +166,8 @@ class SecretIndex:
         normal = tuple(t for t in (_normalised(raw) for raw in texts) if len(t) >= WINDOW)
         total = sum(len(t) - WINDOW + 1 for t in normal)
         step = max(1, -(-total // MAX_WINDOWS))
-        hashes = frozenset(hash(t[i:i + WINDOW]) for t in normal for i in range(0, len(t) - WINDOW + 1, step))
+        crc = zlib.crc32
+        hashes = frozenset(crc(t[i:i + WINDOW]) for t in normal for i in range(0, len(t) - WINDOW + 1, step))
         return cls(hashes, normal, step)
 
     def found_in(self, text: str) -> str | None:
@@ -182,10 +185,12 @@ class SecretIndex:
 
     def _longest_run(self, view: bytes) -> int:
         """Length in bytes of the longest stretch of consecutive windows that are secret text."""
-        longest, start, last = 0, -1, -2
+        longest, start, last = 0, 0, -len(view)
+        crc, hashes = zlib.crc32, self.hashes
         for i in range(len(view) - WINDOW + 1):
-            if hash(view[i:i + WINDOW]) in self.hashes and self._confirmed(view[i:i + WINDOW]):
-                start = i if last != i - 1 else start
+            window = view[i:i + WINDOW]
+            if crc(window) in hashes and self._confirmed(window):
+                start = i if i - last > self.step else start  # a sampled index hits every step bytes
                 last = i
                 longest = max(longest, i - start + WINDOW)
         return longest
