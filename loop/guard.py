@@ -1,26 +1,50 @@
 """The guard: what an experiment may not touch, checked after every proposal and every run.
 
-Three checks, each returning one line per violation (empty when clean):
-  check_commit  the commit changes train.py only, and train.py passes the lint;
+Four checks, each returning one line per violation (empty when clean):
+  check_commit  the commit changes train.py only, train.py passes the lint, and it carries no
+                validation or holdout text (SecretIndex);
   check_tree    the protected files still hash as at the run's start, and nothing new that could
                 shadow a module sits in the repository;
+  SecretIndex   hashed 32-byte windows of val.txt and holdout.txt, looked for in train.py's text,
+                its string and bytes literals joined in order, its integers read as bytes, and the
+                hex, base64, escaped and compressed forms found in them;
   lint_train_py static rules against the known ways to game the metric from inside train.py.
-The lint cannot prove good faith (Python is too dynamic); it closes the direct routes, and the
-sandbox and the separate evaluator process close the rest.
+
+The lint is advisory: an early, friendly warning that names the line, so that an honest agent
+learns at once and a careless one wastes no run. It cannot be the boundary, because Python is too
+dynamic to check statically (names built at run time, reflection, other modules' attributes).
+The boundary is elsewhere and does not trust train.py: the run's sandbox (no network, the
+repository, the home directory and val.txt hidden, private /proc and PID namespace, resource
+caps), the evaluator that scores in a separate process that never runs edited code, the hashes
+of the protected files, and the agents' own confinement (they never see val.txt, holdout.txt or
+the prepared data; SecretIndex refuses a train.py that carries the validation text anyway).
 """
 from __future__ import annotations
 
 import ast
+import base64
+import binascii
+import bz2
 import hashlib
+import lzma
+import re
 import subprocess
+import sys
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
-PROTECTED_FILES = ("prepare.py", "val.txt", "program.md", "pyproject.toml", ".gitignore")
+SECRET_FILES = ("val.txt", "holdout.txt")  # the splits that score: no agent or train.py may carry them
+PROTECTED_FILES = ("prepare.py", *SECRET_FILES, "program.md", "pyproject.toml", ".gitignore")
 PROTECTED_DIRS = ("loop/", "scripts/")
 EDITABLE = "train.py"
 HARNESS_API = {"TIME_BUDGET", "MAX_SEQ_LEN", "VOCAB_SIZE", "train_batches", "data_dir"}
 FORBIDDEN_MODULES = {
-    "subprocess": "starts processes", "socket": "opens network connections", "ctypes": "pokes at memory",
+    "subprocess": "starts processes", "multiprocessing": "starts processes",
+    "_thread": "runs code behind the evaluator's back",
+    "concurrent": "starts processes or threads", "pty": "starts processes", "_posixsubprocess": "starts processes",
+    "asyncio.subprocess": "starts processes", "socket": "opens network connections", "ctypes": "pokes at memory",
     "importlib": "rewires imports", "inspect": "reaches into the evaluator's frames",
     "gc": "reaches other objects through the collector", "builtins": "rebinds builtins",
     "__main__": "reaches the evaluator's module", "atexit": "runs code after the evaluator reports",
@@ -29,10 +53,16 @@ FORBIDDEN_MODULES = {
 }
 FORBIDDEN_CALLS = {"exec", "eval", "compile", "__import__", "globals", "setattr", "delattr", "breakpoint"}
 FORBIDDEN_OS = {"system", "popen", "fork", "forkpty", "kill", "killpg", "setsid", "remove", "unlink", "rename",
-                "replace", "_exit", "abort"}
+                "replace", "_exit", "abort", "posix_spawn", "posix_spawnp", "write", "dup2", "pidfd_open"}
+# Module attributes that are another module's handle on processes or the interpreter: a chain
+# through them (`shutil.os.kill`, `torch.sys.modules`) reaches what a direct import may not.
+REACH_THROUGH = {"os", "posix", "sys", "builtins", "subprocess", "importlib"}
+ASYNC_SPAWN = {"create_subprocess_exec", "create_subprocess_shell", "subprocess_exec", "subprocess_shell"}
 FORBIDDEN_STRINGS = {"val.txt": "reads the validation data", "bpb": "prints a metric line",
                      "eval_seconds": "prints a metric line", "AUTORESEARCH_VAL": "reads the validation data",
-                     "AUTORESEARCH_RUN_TOKEN": "reaches the run's process token", ".git": "touches git"}
+                     "AUTORESEARCH_RUN_TOKEN": "reaches the run's process token", ".git": "touches git",
+                     "holdout": "reads the holdout data", "/proc/": "reaches other processes through /proc",
+                     "/dev/fd": "writes to the evaluator's streams", "/dev/stdout": "writes to the evaluator's streams"}
 # Dunder routes around the import and attribute rules: builtins, globals, frames, code objects.
 ESCAPE_NAMES = {"__builtins__", "__loader__", "__spec__", "vars"}
 ESCAPE_ATTRS = {"__dict__", "__globals__", "__code__", "__closure__", "__subclasses__", "__builtins__",
@@ -63,12 +93,18 @@ def protected_hashes(repo: Path) -> dict[str, str]:
     return {p: sha256_file(repo / p) for p in _tracked(repo) if is_protected(p) and (repo / p).is_file()}
 
 
-def check_commit(repo: Path, commit: str, parent: str, protected: dict[str, str]) -> list[str]:
-    names = subprocess.run(["git", "diff", "--name-only", "--no-renames", parent, commit],
-                           cwd=repo, capture_output=True, text=True, check=True).stdout.split()
-    found = [f"{p} changed: only train.py may change" for p in names if p != EDITABLE]
+def check_commit(repo: Path, commit: str, parent: str, protected: dict[str, str],
+                 secrets: SecretIndex | None = None) -> list[str]:
+    """The commit changes train.py only; train.py passes the lint and carries no secret text."""
+    names = subprocess.run(["git", "diff", "--name-only", "--no-renames", "-z", parent, commit],
+                           cwd=repo, capture_output=True, text=True, check=True).stdout.split("\0")
+    found = [f"{p} changed: only train.py may change" for p in names if p and p != EDITABLE]
     text = subprocess.run(["git", "show", f"{commit}:{EDITABLE}"], cwd=repo, capture_output=True).stdout
-    found += lint_train_py(text.decode("utf-8", errors="replace"))
+    source = text.decode("utf-8", errors="replace")
+    found += lint_train_py(source)
+    carried = secrets.found_in(source) if secrets is not None else None
+    if carried:
+        found.append(f"{EDITABLE} {carried}")
     return found + _hash_changes(repo, protected)
 
 
@@ -97,6 +133,165 @@ def _hash_changes(repo: Path, protected: dict[str, str]) -> list[str]:
     return found
 
 
+WINDOW = 32  # bytes: any run this long of a secret text, found anywhere in train.py, refuses it
+MAX_WINDOWS = 2_000_000  # hashes kept per index; longer secrets keep every k-th window (runs >= WINDOW + k - 1)
+MAX_DECODED = 1 << 20  # bytes taken from one decompressed literal: enough to see text, not a bomb
+_SPACES = re.compile(rb"\s+")
+_HEX_RUN = re.compile(rb"(?:[0-9a-f]{2}[\s,:]?){%d,}" % WINDOW)
+_B64_RUN = re.compile(rb"[a-z0-9+/_-]{%d,}={0,2}" % (WINDOW * 4 // 3), re.IGNORECASE)
+_DECIMALS = re.compile(rb"\d{1,3}")
+
+
+def _normalised(data: bytes) -> bytes:
+    """Case and whitespace do not hide text: `.upper()` or rewrapped lines still match."""
+    return _SPACES.sub(b" ", data.lower())
+
+
+@dataclass(frozen=True)
+class SecretIndex:
+    """Hashed windows of the texts no editable file may carry (val.txt, holdout.txt).
+
+    Built once per run (about 60 ms for the builtin 256 KB val.txt); `found_in` hashes every
+    window of a few views of train.py, so its cost grows with train.py, not with the secrets.
+    CRC-32 is the window hash: fast, the same in every process (the index may be pickled), and
+    each hit is confirmed against the text itself, so its collisions cost time, never a verdict.
+    """
+
+    hashes: frozenset[int]
+    texts: tuple[bytes, ...]  # normalised, to confirm a hash hit is the real text
+    step: int
+
+    @classmethod
+    def build(cls, texts: Iterable[bytes]) -> SecretIndex:
+        normal = tuple(t for t in (_normalised(raw) for raw in texts) if len(t) >= WINDOW)
+        total = sum(len(t) - WINDOW + 1 for t in normal)
+        step = max(1, -(-total // MAX_WINDOWS))
+        crc = zlib.crc32
+        hashes = frozenset(crc(t[i:i + WINDOW]) for t in normal for i in range(0, len(t) - WINDOW + 1, step))
+        return cls(hashes, normal, step)
+
+    def found_in(self, text: str) -> str | None:
+        """Why `text` carries secret text (never quoting it), or None."""
+        if not self.hashes:
+            return None
+        best: tuple[int, str] = (0, "")
+        for where, view in _views(text):
+            run = self._longest_run(_normalised(view))
+            if run > best[0]:
+                best = (run, where)
+        if not best[0]:
+            return None
+        return f"carries validation text: a run of {best[0]} bytes of it in {best[1]}"
+
+    def _longest_run(self, view: bytes) -> int:
+        """Length in bytes of the longest stretch of consecutive windows that are secret text."""
+        longest, start, last = 0, 0, -len(view)
+        crc, hashes = zlib.crc32, self.hashes
+        for i in range(len(view) - WINDOW + 1):
+            window = view[i:i + WINDOW]
+            if crc(window) in hashes and self._confirmed(window):
+                start = i if i - last > self.step else start  # a sampled index hits every step bytes
+                last = i
+                longest = max(longest, i - start + WINDOW)
+        return longest
+
+    def _confirmed(self, window: bytes) -> bool:
+        return any(window in t for t in self.texts)
+
+
+def secret_index(repo: Path, names: Iterable[str] = SECRET_FILES) -> SecretIndex:
+    """The index of the repository's secret splits that exist (val.txt, holdout.txt)."""
+    return SecretIndex.build((repo / name).read_bytes() for name in names if (repo / name).is_file())
+
+
+def _views(text: str) -> list[tuple[str, bytes]]:
+    """train.py as the text a run could recover: the file itself, its literals joined in source
+    order, its integers as bytes, and the hex, base64, escaped, decimal and compressed forms."""
+    raw = text.encode("utf-8", errors="replace")
+    views = [("the file", raw)]
+    try:
+        tree = ast.parse(text)
+    except SyntaxError:
+        return views
+    literals: list[tuple[int, int, bytes]] = []
+    small, big_be, big_le = bytearray(), bytearray(), bytearray()
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Constant) or isinstance(node.value, bool):
+            continue
+        value = node.value
+        if isinstance(value, (str, bytes)):
+            data = value.encode("utf-8", errors="replace") if isinstance(value, str) else value
+            literals.append((node.lineno, node.col_offset, data))
+        elif isinstance(value, int) and 0 <= value <= 255:
+            small.append(value)
+        elif isinstance(value, int) and value > 255:
+            length = (value.bit_length() + 7) // 8
+            big_be += value.to_bytes(length, "big")
+            big_le += value.to_bytes(length, "little")
+    # ast.walk is breadth first: sort the literals back into source order (ints come close
+    # enough in walk order for lists and tuples, whose elements are siblings).
+    joined = b"".join(data for _, _, data in sorted(literals, key=lambda item: item[:2]))
+    views += [("its string literals", joined), ("its string literals reversed", joined[::-1]),
+              ("its integers read as bytes", bytes(small)),
+              ("its large integers read as bytes", bytes(big_be)), ("its large integers read as bytes", bytes(big_le))]
+    views += [(f"its string literals decoded ({kind})", data) for kind, data in _decoded(joined)]
+    return views
+
+
+def _decoded(joined: bytes) -> list[tuple[str, bytes]]:
+    """The forms a literal can hide text in, each decoded back to bytes."""
+    lower = joined.lower()
+    out = [("hex", b"".join(_unhex(m.group()) for m in _HEX_RUN.finditer(lower)))]
+    out.append(("escapes", joined.decode("unicode_escape", errors="ignore").encode("utf-8", errors="replace")))
+    out.append(("decimal numbers", bytes(int(d) for d in _DECIMALS.findall(joined) if int(d) <= 255)))
+    for m in _B64_RUN.finditer(joined):
+        data = _unbase64(m.group())
+        if data:
+            out.append(("base64", data))
+    for kind, data in [("bytes", joined)] + list(out):
+        unpacked = _decompressed(data)
+        if unpacked:
+            out.append((f"{kind}, decompressed", unpacked))
+    return [(kind, data) for kind, data in out if len(data) >= WINDOW]
+
+
+def _unhex(run: bytes) -> bytes:
+    digits = re.sub(rb"[^0-9a-f]", b"", run)
+    return binascii.unhexlify(digits[: len(digits) // 2 * 2])
+
+
+def _unbase64(run: bytes) -> bytes:
+    run = run.rstrip(b"=")
+    try:
+        return base64.b64decode(run + b"=" * (-len(run) % 4), altchars=b"-_" if b"-" in run or b"_" in run else None)
+    except (binascii.Error, ValueError):
+        return b""
+
+
+def _decompressed(data: bytes) -> bytes:
+    """zlib, gzip, bz2 or xz data inside `data`, inflated up to MAX_DECODED bytes."""
+    starts = {b"\x78": "zlib", b"\x1f\x8b": "gzip", b"BZh": "bz2", b"\xfd7zXZ": "xz"}
+    for magic in starts:
+        at = data.find(magic)
+        while at != -1:
+            out = _inflate(data[at:], magic)
+            if len(out) >= WINDOW:
+                return out
+            at = data.find(magic, at + 1)
+    return b""
+
+
+def _inflate(data: bytes, magic: bytes) -> bytes:
+    try:
+        if magic in (b"\x78", b"\x1f\x8b"):
+            return zlib.decompressobj(47).decompress(data, MAX_DECODED)  # 47: zlib or gzip header
+        if magic == b"BZh":
+            return bz2.BZ2Decompressor().decompress(data, MAX_DECODED)
+        return lzma.LZMADecompressor().decompress(data, MAX_DECODED)
+    except (zlib.error, OSError, EOFError, lzma.LZMAError, ValueError):
+        return b""
+
+
 def lint_train_py(text: str) -> list[str]:
     try:
         tree = ast.parse(text)
@@ -113,19 +308,8 @@ def lint_train_py(text: str) -> list[str]:
 
     for node in ast.walk(tree):
         if isinstance(node, (ast.Import, ast.ImportFrom)):
-            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
-            for name in names:
-                root = name.split(".")[0]
-                if root in FORBIDDEN_MODULES:
-                    add(node, f"imports {name}, which {FORBIDDEN_MODULES[root]}")
-            if isinstance(node, ast.ImportFrom) and node.module in ("os", "posix"):
-                for a in node.names:
-                    if a.name in FORBIDDEN_OS or a.name.startswith(("exec", "spawn")):
-                        add(node, f"imports {node.module}.{a.name}")
-            if isinstance(node, ast.ImportFrom) and node.module == "prepare":
-                for a in node.names:
-                    if a.name not in HARNESS_API:
-                        add(node, f"imports prepare.{a.name}: train.py may use only {', '.join(sorted(HARNESS_API))}")
+            for reason in _import_findings(node):
+                add(node, reason)
         elif isinstance(node, ast.Constant) and isinstance(node.value, str) or _is_str_concat(node):
             text = node.value if isinstance(node, ast.Constant) else _folded(node)
             for needle, reason in FORBIDDEN_STRINGS.items():
@@ -141,13 +325,14 @@ def lint_train_py(text: str) -> list[str]:
                 add(node, f"calls {fn.id}(), which can rebind or run arbitrary code")
             if _dotted(fn) in EXIT_CALLS and not _constant_failure(node.args) and id(node) not in main_block:
                 add(node, f"calls {_dotted(fn)}() without a constant non-zero status, which could end the evaluator early")
-            if (isinstance(fn, ast.Name) and fn.id in ("getattr", "hasattr") and len(node.args) >= 2
-                    and not isinstance(node.args[1], ast.Constant) and _dotted(node.args[0]).split(".")[0] in modules):
-                add(node, f"calls {fn.id}() on module {_dotted(node.args[0])} with a computed name")
-            called = _resolved(_dotted(fn), modules)
-            owner, _, attr = called.rpartition(".")
-            if owner in ("os", "posix") and (attr in FORBIDDEN_OS or attr.startswith(("exec", "spawn"))):
-                add(node, f"calls {called}")
+            if isinstance(fn, ast.Name) and fn.id in ("getattr", "hasattr") and len(node.args) >= 2 \
+                    and _dotted(node.args[0]).split(".")[0] in modules:
+                name = node.args[1]
+                if not (isinstance(name, ast.Constant) and isinstance(name.value, str)):
+                    add(node, f"calls {fn.id}() on module {_dotted(node.args[0])} with a computed name")
+                else:  # a constant name is an attribute by another spelling: the same rules apply
+                    for reason in _reference_findings(_resolved(f"{_dotted(node.args[0])}.{name.value}", modules)):
+                        add(node, reason)
         elif isinstance(node, ast.Attribute):
             dotted = _dotted(node)
             if node.attr in ESCAPE_ATTRS:
@@ -156,8 +341,9 @@ def lint_train_py(text: str) -> list[str]:
                 add(node, f"rebinds {dotted}")
             elif dotted in ("sys.modules", "sys._getframe"):
                 add(node, f"uses {dotted}, which reaches the evaluator's modules")
-            elif dotted.startswith("prepare.") and dotted.split(".")[1] not in HARNESS_API:
-                add(node, f"uses {dotted}: train.py may use only {', '.join(sorted(HARNESS_API))}")
+            if dotted.split(".")[0] in modules:
+                for reason in _reference_findings(_resolved(dotted, modules)):
+                    add(node, reason)
         if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Delete)):
             targets = node.targets if isinstance(node, (ast.Assign, ast.Delete)) else [node.target]
             for t in _flatten(targets):
@@ -169,6 +355,47 @@ def lint_train_py(text: str) -> list[str]:
                     if root in modules and not (modules[root] + dotted[len(root):]).startswith(ALLOWED_ATTR_PREFIXES):
                         add(node, f"assigns {dotted}: rebinding a library or harness attribute")
     return sorted(dict.fromkeys(found), key=lambda line: int(line.split(":")[1]))
+
+
+def _import_findings(node: ast.Import | ast.ImportFrom) -> list[str]:
+    """Forbidden modules, forbidden members of os, and members of prepare outside its API."""
+    if isinstance(node, ast.Import):
+        full = [a.name for a in node.names]
+    else:  # `from asyncio import subprocess` imports asyncio.subprocess
+        full = [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
+    found = []
+    for name in full:
+        for key in (name, name.split(".")[0]):
+            if key in FORBIDDEN_MODULES:
+                found.append(f"imports {name}, which {FORBIDDEN_MODULES[key]}")
+                break
+    if isinstance(node, ast.ImportFrom):
+        for a in node.names:
+            if node.module in ("os", "posix") and _forbidden_os(a.name) or a.name in ASYNC_SPAWN:
+                found.append(f"imports {node.module}.{a.name}")
+            if node.module == "prepare" and a.name not in HARNESS_API:
+                found.append(f"imports prepare.{a.name}: train.py may use only {', '.join(sorted(HARNESS_API))}")
+    return found
+
+
+def _reference_findings(resolved: str) -> list[str]:
+    """Rules on a module attribute by its resolved dotted name (`h.generate` -> `prepare.generate`)."""
+    parts = resolved.split(".")
+    found = []
+    if parts[0] == "prepare" and len(parts) > 1 and parts[1] not in HARNESS_API:
+        found.append(f"uses {'.'.join(parts[:2])}: train.py may use only {', '.join(sorted(HARNESS_API))}")
+    if parts[0] in ("os", "posix") and len(parts) == 2 and _forbidden_os(parts[1]):
+        found.append(f"uses {resolved}")
+    hop = next((i for i in range(1, len(parts)) if parts[i] in REACH_THROUGH), None)
+    if hop is not None:
+        found.append(f"reaches {parts[hop]} through {'.'.join(parts[:hop])}, around the import rules")
+    if parts[-1] in ASYNC_SPAWN or parts[-2:] == ["asyncio", "subprocess"]:
+        found.append(f"uses {resolved}, which starts processes")
+    return found
+
+
+def _forbidden_os(name: str) -> bool:
+    return name in FORBIDDEN_OS or name.startswith(("exec", "spawn"))
 
 
 def _is_main_guard(node: ast.stmt) -> bool:
@@ -245,14 +472,24 @@ def _flatten(targets: list[ast.expr]) -> list[ast.expr]:
 def check_command(repo: Path, rev: str | None) -> int:
     """`autoresearch check [REV]`: the commit guard of REV against its parent, as a command."""
     rev = rev or "HEAD"
-    parent = subprocess.run(["git", "rev-parse", f"{rev}^"], cwd=repo, capture_output=True, text=True)
-    if parent.returncode != 0:
-        text = (repo / EDITABLE).read_text() if (repo / EDITABLE).exists() else ""
-        found = lint_train_py(text)
+    commit = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"],
+                            cwd=repo, capture_output=True, text=True)
+    if commit.returncode != 0:
+        print(f"check: {rev} is not a commit of this repository: name one that exists (see `git log`)", file=sys.stderr)
+        return 2
+    commit_id = commit.stdout.strip()
+    secrets = secret_index(repo)
+    parent = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{commit_id}^"],
+                            cwd=repo, capture_output=True, text=True)
+    if parent.returncode != 0:  # a root commit: nothing to compare with, the lint and the secrets still apply
+        text = subprocess.run(["git", "show", f"{commit_id}:{EDITABLE}"], cwd=repo, capture_output=True).stdout
+        source = text.decode("utf-8", errors="replace")
+        carried = secrets.found_in(source)
+        found = lint_train_py(source) + ([f"{EDITABLE} {carried}"] if carried else [])
     else:
-        found = check_commit(repo, rev, parent.stdout.strip(), protected={})
+        found = check_commit(repo, commit_id, parent.stdout.strip(), protected={}, secrets=secrets)
     for line in found:
         print(line)
     if not found:
-        print(f"clean: {rev} changes only train.py and passes the lint")
+        print(f"clean: {rev} changes only train.py, passes the lint and carries no validation text")
     return 1 if found else 0

@@ -233,3 +233,102 @@ def test_long_outage_then_recovery_each_proposal_fresh(context: Context, monkeyp
     assert val["is_error"] and "validation data" in val["content"]
     assert untracked["is_error"] and "not a tracked file" in untracked["content"]
     assert "is_error" not in prepare and prepare["content"].startswith("     1\t")
+
+
+def closed_port_url() -> str:
+    """A loopback URL where nothing listens: connections are refused at once."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+def test_check_up_front(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    with pytest.raises(AgentFatal, match="ANTHROPIC_API_KEY is not set"):
+        AnthropicAgent().check()
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+    with FakeAnthropic() as server:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
+        AnthropicAgent().check()
+        assert server.requests[-1]["path"] == "/v1/models/claude-sonnet-5-5"
+        with pytest.raises(AgentFatal, match="--model"):
+            AnthropicAgent(model="claude-nonesuch-1").check()
+        monkeypatch.setenv("ANTHROPIC_API_KEY", "wrong-key")
+        with pytest.raises(AgentFatal, match="authentication failed"):
+            AnthropicAgent().check()
+    with FakeAnthropic(models_reply=error(529, "overloaded_error", "Overloaded")) as server:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
+        AnthropicAgent().check()  # busy is not broken: the run's backoff waits it out
+        assert len(server.requests) == 1
+    unreachable = ((closed_port_url(), "Connection refused"), ("http://no-such-host.invalid", "no-such-host.invalid"))
+    for url, words in unreachable:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", url)
+        started = time.monotonic()
+        with pytest.raises(AgentFatal, match="cannot reach") as raised:
+            AnthropicAgent().check()
+        assert words in str(raised.value) and "ANTHROPIC_BASE_URL" in str(raised.value)
+        assert time.monotonic() - started < 30  # a few quick tries, not an outage to wait out
+
+
+def test_refused_connection_during_the_run_is_an_outage(context: Context, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", closed_port_url())
+    with pytest.raises(AgentUnavailable, match="cannot reach the API"):
+        AnthropicAgent().propose(context)
+
+
+def test_editor_never_shows_secrets(tmp_path: Path) -> None:
+    from loop.agents.tools import ToolError, Workspace
+
+    repo, env = make_repo(tmp_path)
+    cache = Path(env["AUTORESEARCH_CACHE"])
+    (repo / "holdout.txt").write_text("holdout text\n")
+    (repo / "peek.txt").symlink_to(repo / "val.txt")
+    (repo / "data.txt").symlink_to(cache / "train.bin")
+    import subprocess
+
+    subprocess.run(["git", "add", "holdout.txt", "peek.txt", "data.txt"], cwd=repo, check=True)
+    secrets = (repo / "val.txt", repo / "holdout.txt", cache)
+    work = Workspace(repo, "LR = 1\n", tmp_path / "notes.md", secret_paths=secrets)
+    for path in ("val.txt", "/repo/val.txt", str(repo / "val.txt"), "holdout.txt", "peek.txt", "data.txt",
+                 "./notes/../val.txt", "../cache/train.bin", str(cache / "train.bin"), "prepare.py/../val.txt"):
+        with pytest.raises(ToolError, match="not readable by agents|not a tracked file"):
+            work.editor({"command": "view", "path": path})
+    assert "VAL_SHA256" in work.editor({"command": "view", "path": "prepare.py"})
+    outside = Workspace(repo, "", tmp_path / "notes.md")  # even with no secret paths given
+    for path in ("val.txt", "peek.txt", "data.txt"):
+        with pytest.raises(ToolError):
+            outside.editor({"command": "view", "path": path})
+
+
+def test_concurrent_proposals(context: Context, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Eight proposals at once on one agent: each gets its own edit, notes stay whole, transcript
+    lines stay whole."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    assert AnthropicAgent.concurrent is True
+
+    def brain(body: dict):
+        first = body["messages"][0]["content"][1]["text"]
+        tag = re.search(r"# worker (\d+)", first).group(1)
+        if len(body["messages"]) == 1:
+            return message([tool("str_replace_based_edit_tool", command="str_replace", path="train.py",
+                                 old_str="WIDTH = 8", new_str=f"WIDTH = {tag}"),
+                            tool("write_notes", notes=f"worker {tag} " * 500)])
+        return message([tool("submit_experiment", description=f"width {tag}", hypothesis="h")])
+
+    with FakeAnthropic(brain) as server:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
+        agent = AnthropicAgent(max_turns=4)
+        contexts = [Context(**{**context.__dict__, "train_py": TRAIN + f"# worker {n}\n"}) for n in range(8)]
+        with ThreadPoolExecutor(8) as pool:
+            proposals = list(pool.map(agent.propose, contexts))
+    for n, proposal in enumerate(proposals):
+        assert proposal.description == f"width {n}" and f"WIDTH = {n}\n" in proposal.train_py
+    notes = context.notes_path.read_text()
+    assert re.fullmatch(r"(worker (\d) )\1{499}", notes), notes[:80]
+    lines = (context.run_dir / "transcript.jsonl").read_text().splitlines()
+    assert len(lines) == 16 and all(json.loads(line) for line in lines)

@@ -1,12 +1,24 @@
-"""The guard on real commits: only train.py may change, protected files hash as at start, lint."""
+"""The guard on real commits: only train.py may change, protected files hash as at start, the
+lint, and the secret index that refuses a train.py carrying validation text however encoded."""
 from __future__ import annotations
 
+import base64
 import subprocess
 import sys
+import time
+import zlib
 from pathlib import Path
 
-from daemon_kit import MAIN, git, make_repo
-from loop.guard import check_commit, check_tree, lint_train_py, protected_hashes
+import pytest
+
+from daemon_kit import MAIN, git, make_repo, run_cli
+from loop.agents.base import Context, HistoryItem
+from loop.agents.search import SearchAgent
+from loop.guard import SecretIndex, check_commit, check_tree, lint_train_py, protected_hashes, secret_index
+
+VAL = (MAIN / "val.txt").read_bytes()
+PIECE = VAL[len(VAL) // 2:len(VAL) // 2 + 200]  # 200 bytes from the middle of the real val.txt
+TRAIN = (MAIN / "train.py").read_text()
 
 
 def test_commit_touching_the_harness_is_refused(tmp_path: Path) -> None:
@@ -68,7 +80,7 @@ if __name__ == "__main__":
 '''
     found = lint_train_py(spliced)
     for line, words in ((3, "imports os.system"), (5, "mentions 'bpb'"), (6, "mentions 'eval_seconds'"),
-                        (7, "calls os._exit"), (8, "on module _o with a computed name"), (9, "raises SystemExit with success"),
+                        (7, "uses os._exit"), (8, "on module _o with a computed name"), (9, "raises SystemExit with success"),
                         (10, "calls sys.exit() without a constant non-zero status"), (11, "uses .f_globals"), (12, "uses __builtins__")):
         assert any(f.startswith(f"train.py:{line}:") and words in f for f in found), (line, words, found)
     assert not any(f.startswith("train.py:14:") for f in found)
@@ -90,3 +102,124 @@ def test_check_script(tmp_path: Path) -> None:
     lines = dirty.stdout.strip().splitlines()
     assert "program.md changed: only train.py may change" in lines
     assert any("mentions 'bpb'" in line for line in lines)
+
+
+def carried(piece: bytes) -> dict[str, str]:
+    """train.py with `piece` hidden in it each way a run could recover it."""
+    text = piece.decode()
+    return {
+        "one string": f"NOTE = {text!r}\n",
+        "two strings": f"A = {text[:90]!r}\nB = 3\nC = {text[90:]!r}\n",
+        "many strings": "PARTS = [" + ", ".join(repr(text[i:i + 7]) for i in range(0, len(text), 7)) + "]\n",
+        "byte values": f"DATA = bytes({list(piece)})\n",
+        "tuple of ints": f"DATA = {tuple(piece)}\n",
+        "hex": f"DATA = bytes.fromhex({piece.hex()!r})\n",
+        "split hex": f"DATA = bytes.fromhex({piece.hex()[:101]!r} + {piece.hex()[101:]!r})\n",
+        "escaped": "DATA = '" + "".join(f"\\x{b:02x}" for b in piece) + "'\n",
+        "escaped twice": "DATA = r'" + "".join(f"\\x{b:02x}" for b in piece) + "'\n",
+        "base64": f"DATA = {base64.b64encode(piece).decode()!r}\n",
+        "compressed": f"DATA = {zlib.compress(piece)!r}\n",
+        "upper case": f"DATA = {text.upper()!r}\n",
+        "reversed": f"DATA = {text[::-1]!r}\n",
+        "comment": "# " + text.replace("\n", " ") + "\n",
+        "decimal text": "DATA = '" + ",".join(str(b) for b in piece) + "'\n",
+    }
+
+
+def test_secret_index_finds_validation_text_however_hidden() -> None:
+    index = SecretIndex.build([VAL])
+    assert index.found_in(TRAIN) is None
+    for way, addition in carried(PIECE).items():
+        reason = index.found_in(TRAIN + "\n" + addition)
+        assert reason and "carries validation text" in reason, way
+        assert PIECE.decode()[:20] not in reason  # the reason never quotes the secret back
+    other = SecretIndex.build([b"nothing like the validation split at all, " * 10])
+    assert all(other.found_in(TRAIN + "\n" + a) is None for a in carried(PIECE).values())
+    assert SecretIndex.build([]).found_in(TRAIN + carried(PIECE)["one string"]) is None
+
+
+def test_secret_index_passes_todays_train_py_and_search_proposals() -> None:
+    index = SecretIndex.build([VAL])
+    agent = SearchAgent(seed=3)
+    history: list[HistoryItem] = []
+    for n in range(40):
+        context = Context(repo=MAIN, program="", train_py=TRAIN, history=tuple(history), best_val_bpb=None,
+                          notes_path=MAIN / "notes.md", run_dir=MAIN)
+        proposal = agent.propose(context)
+        assert index.found_in(proposal.train_py) is None, proposal.description
+        history.append(HistoryItem(n, "abc1234", "discard", 1.0, 1.0, 0.0, proposal.description))
+
+
+def test_secret_index_is_fast() -> None:
+    index = SecretIndex.build([VAL])
+    text = TRAIN + carried(PIECE)["many strings"]
+    started = time.perf_counter()
+    for _ in range(5):
+        index.found_in(text)
+    per_check = (time.perf_counter() - started) / 5
+    assert per_check < 0.1, f"{per_check * 1000:.0f} ms per check; the guard's budget is 100 ms"
+
+
+def test_commit_carrying_validation_text_is_refused(tmp_path: Path) -> None:
+    repo, _ = make_repo(tmp_path)
+    (repo / "holdout.txt").write_text("the holdout split says something else entirely, line by line\n" * 5)
+    git(repo, "add", "holdout.txt")
+    git(repo, "commit", "-qm", "holdout")
+    protected, index = protected_hashes(repo), secret_index(repo)
+    parent = git(repo, "rev-parse", "HEAD")
+    val, holdout = (repo / "val.txt").read_text(), (repo / "holdout.txt").read_text()
+    train = (repo / "train.py").read_text()
+    for piece in (val[100:300], holdout[50:250]):
+        (repo / "train.py").write_text(train + f"\nMEMO = {list(piece.encode())}\n")
+        git(repo, "commit", "-qam", "memorise")
+        found = check_commit(repo, "HEAD", parent, protected, secrets=index)
+        assert any(line.startswith("train.py carries validation text") for line in found), found
+        unchecked = check_commit(repo, "HEAD", parent, protected)  # no index, no check
+        assert not any("carries" in line for line in unchecked)
+    (repo / "train.py").write_text(train.replace("LR = 0.02", "LR = 0.01"))
+    git(repo, "commit", "-qam", "honest")
+    assert check_commit(repo, "HEAD", parent, protected, secrets=index) == []
+
+
+BYPASSES = {  # each once passed the lint; the words its finding must contain
+    "import multiprocessing\n": "imports multiprocessing",
+    "from multiprocessing import Process\n": "imports multiprocessing",
+    "import _thread\n": "imports _thread",
+    "from concurrent.futures import ProcessPoolExecutor\n": "imports concurrent.futures",
+    "import pty\n": "imports pty",
+    "from asyncio import subprocess\n": "imports asyncio.subprocess",
+    "import asyncio\nasyncio.create_subprocess_exec('sh')\n": "asyncio.create_subprocess_exec, which starts processes",
+    "import os\ngetattr(os, 'system')('true')\n": "uses os.system",
+    "import os\nos.posix_spawn('/bin/sh', ['sh'], {})\n": "uses os.posix_spawn",
+    "from os import posix_spawnp\n": "imports os.posix_spawnp",
+    "import os\nos.write(1, b'x')\n": "uses os.write",
+    "import shutil\nshutil.os.kill(1, 9)\n": "reaches os through shutil",
+    "import torch\ntorch.sys.modules.clear()\n": "reaches sys through torch",
+    "import prepare as h\nh.generate()\n": "uses prepare.generate",
+    "import prepare\ngetattr(prepare, 'evaluate')\n": "uses prepare.evaluate",
+    "open('/proc/self/status')\n": "reaches other processes through /proc",
+    "open('holdout' + '.txt')\n": "reads the holdout data",
+}
+
+
+@pytest.mark.parametrize("source", list(BYPASSES))
+def test_lint_closes_known_bypasses(source: str) -> None:
+    found = lint_train_py(source)
+    assert any(BYPASSES[source] in line for line in found), found
+
+
+def test_lint_keeps_allowing_the_harness_api_by_any_spelling() -> None:
+    ok = ("import prepare as h\nimport os\nimport torch\nx = h.TIME_BUDGET + getattr(h, 'MAX_SEQ_LEN')\n"
+          "p = os.path.join(os.environ.get('AUTORESEARCH_OUT', 'out'), 'model.pt')\ntorch.nn.functional.relu\n")
+    assert lint_train_py(ok) == []
+
+
+def test_check_of_a_revision_that_does_not_exist(tmp_path: Path) -> None:
+    repo, env = make_repo(tmp_path)
+    for command in ([sys.executable, str(MAIN / "scripts" / "autoresearch-check"), "no-such-rev"],
+                    [sys.executable, "-m", "loop.cli", "check", "no-such-rev"]):
+        done = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True)
+        assert done.returncode != 0 and "no-such-rev is not a commit" in done.stderr, done.stdout + done.stderr
+        assert "clean" not in done.stdout
+    root = run_cli(repo, "check", "HEAD", env=env)  # a root commit: no parent, still checked
+    assert root.returncode == 0 and root.stdout.startswith("clean"), root.stdout + root.stderr

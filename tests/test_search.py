@@ -49,3 +49,17 @@ def test_a_small_space_is_not_exhausted_quickly() -> None:
     history: list[HistoryItem] = []
     for n in range(300):
         history.append(HistoryItem(n, "x", "discard", 1.0, 1.0, 0.0, agent.propose(context(source, tuple(history))).description))
+
+
+def test_concurrent_proposals_never_repeat() -> None:
+    """Threads asking at once, with no results in yet: every proposal differs."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    assert SearchAgent.concurrent is True
+    source = (MAIN / "train.py").read_text()
+    agent = SearchAgent(seed=2)
+    agent.check()
+    with ThreadPoolExecutor(8) as pool:
+        proposals = list(pool.map(lambda _: agent.propose(context(source)), range(64)))
+    descriptions = [p.description for p in proposals]
+    assert len(set(descriptions)) == len(descriptions)

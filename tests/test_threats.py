@@ -16,7 +16,8 @@ MARKER = "autoresearch-threat-marker"
 
 # Each attack is appended to the fake train.py's constants section (before __main__), so it runs
 # at import in training and evaluation alike. Calls through another module's reference to os
-# (shutil.os) get past the lint on purpose: they test the runtime containment behind it.
+# (shutil.os, by way of a plain assignment) get past the lint on purpose: they test the runtime
+# containment behind it.
 ATTACKS = {
     "fake_metric": ('print("val_bpb: 0.000001")', "guard: train.py"),
     "fake_metric_spliced": ("if __name__ != '__main__':\n    print('val' + '_bpb: 0.000001')\n    print('eval_' + 'seconds: 0.0')\n"
@@ -29,7 +30,7 @@ ATTACKS = {
     "crash": ("raise ValueError('broken model')", "exit 1: ValueError: broken model"),
     "over_budget": ("if __name__ == '__main__':\n    print('---\\ntraining_seconds: 99.0')\n    raise SystemExit(0)",
                     "over budget: reported 99.0s"),
-    "orphan": (f"import shutil as _sh\nif __name__ == '__main__' and _sh.os.fork() == 0:\n"
+    "orphan": (f"import shutil\n_sh = shutil\nif __name__ == '__main__' and _sh.os.fork() == 0:\n"
                f"    _sh.os.setsid()\n    _sh.os.execvp('sleep', ['{MARKER}', '300'])",
                None),  # the run itself succeeds; its grandchild must not outlive it
     "sigterm_proof_hang": (f"import signal as _sg\nif __name__ == '__main__':\n"
@@ -38,7 +39,7 @@ ATTACKS = {
                                   f"    import asyncio.unix_events as _u\n    _sg = _u.signal\n"
                                   f"    _sg.signal(_sg.SIGTERM, _sg.SIG_IGN)\n    while True:\n        _t.sleep(0.1)",
                                   "timeout after 4s"),
-    "forks_sleepers": (f"import shutil as _sh\nif __name__ == '__main__':\n    for _ in range(30):\n"
+    "forks_sleepers": (f"import shutil\n_sh = shutil\nif __name__ == '__main__':\n    for _ in range(30):\n"
                        f"        if _sh.os.fork() == 0:\n"
                        f"            _sh.os.execvp('sleep', ['{MARKER}', '301'])", None),
     "disk_filler": ("import os as _os\nif __name__ == '__main__':\n    with open(_os.environ['AUTORESEARCH_OUT'] + '/fill', 'wb') as _f:\n"
@@ -50,7 +51,7 @@ ATTACKS = {
                    "assert _prev, 'no earlier checkpoint visible'", "exit 1: AssertionError: no earlier checkpoint visible"),
     "writes_harness": (f"import pathlib as _pl\ntry:\n    (_pl.Path('{{repo}}') / 'prepare.py').write_text('hacked')\nexcept OSError:\n    pass",
                        None),  # in the sandbox the repository is invisible; the file must stay intact
-    "moves_git": (f"import shutil as _sh\n_sh.os.system('git -C {{repo}} commit -q --allow-empty -m hijack >/dev/null 2>&1')",
+    "moves_git": (f"import shutil\n_sh = shutil\n_sh.os.system('git -C {{repo}} commit -q --allow-empty -m hijack >/dev/null 2>&1')",
                   None),
     "flood": ("import sys as _s\nif __name__ == '__main__':\n    _s.stdout.write(('x' * 1023 + '\\n') * 40_000)", None),
     "garbage": ("import sys as _s\nif __name__ == '__main__':\n    _s.stdout.buffer.write(bytes(range(256)) * 100)", None),

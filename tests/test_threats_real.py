@@ -75,8 +75,8 @@ def test_forged_metric_lines_from_inside_the_evaluator(tmp_path: Path, prepared_
     repo, env = make_repo(tmp_path, harness="real")
     env["AUTORESEARCH_CACHE"] = str(prepared_cache)
     base = (repo / "train.py").read_text()
-    # String splicing by join and os reached through shutil: past the lint on purpose.
-    code = ("import shutil as _sh\nif __name__ != '__main__':\n    print(''.join(['val', '_b', 'pb: 0.000001']))\n"
+    # String splicing by join and os reached through shutil by an assignment: past the lint on purpose.
+    code = ("import shutil\n_sh = shutil\nif __name__ != '__main__':\n    print(''.join(['val', '_b', 'pb: 0.000001']))\n"
             "    print(''.join(['eval', '_seconds: 0.0']), flush=True)\n    _sh.os._exit(0)")
     queue_proposal(tmp_path / "q", "a", base.replace("\nif __name__", "\n" + code + "\n\nif __name__", 1), "forged")
     done = run_cli(repo, "start", "--tag", "t", "--agent", "queue", "--queue", str(tmp_path / "q"), "--budget", "1",

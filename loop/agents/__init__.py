@@ -1,5 +1,10 @@
 """Agents: whatever proposes the next train.py (see base.py for the protocol), and the registry
 that makes one by name: search, queue, anthropic, claude-code, or `module:Class` for your own.
+
+Beyond `propose`, each agent class says whether it may be called from several threads at once
+(`concurrent`), and may offer `check()`, which the daemon calls before the first experiment: it
+raises AgentFatal with one line when the agent cannot work (no key, no CLI, wrong URL or model).
+Agents never show a tool the secret paths (default_secret_paths and AgentOptions.secret_paths).
 """
 from __future__ import annotations
 
@@ -15,6 +20,10 @@ from loop.errors import AgentFatal, UsageError
 NAMES = ("search", "queue", "anthropic", "claude-code")
 
 
+SECRET_FILES = ("val.txt", "holdout.txt")  # in the repository: the splits that score
+CACHE_ENV = "AUTORESEARCH_CACHE"  # the prepared data's folder (default ~/.cache/autoresearch)
+
+
 @dataclass
 class AgentOptions:
     queue_dir: Path | None = None
@@ -22,6 +31,13 @@ class AgentOptions:
     seed: int = 0
     on_gpu: bool = False
     should_stop: Callable[[], bool] | None = None
+    secret_paths: tuple[Path, ...] = ()  # what no agent tool may read; default_secret_paths(repo) is the floor
+
+
+def default_secret_paths(repo: Path) -> tuple[Path, ...]:
+    """The validation and holdout splits and the prepared data: never shown to an agent."""
+    cache = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "autoresearch").expanduser()
+    return (*(repo / name for name in SECRET_FILES), cache)
 
 
 def default_agent_name() -> str:
@@ -44,7 +60,8 @@ def make_agent(name: str, options: AgentOptions) -> Agent:
         except ImportError:
             raise AgentFatal(f"the {name} agent is not available in this installation") from None
         cls = getattr(mod, "AnthropicAgent" if name == "anthropic" else "ClaudeCodeAgent")
-        return cls(model=options.model) if options.model else cls()
+        model = {"model": options.model} if options.model else {}
+        return cls(secret_paths=options.secret_paths, **model)
     if ":" in name:  # your own agent: `package.module:ClassName`, constructed with no arguments
         module, _, attr = name.partition(":")
         try:

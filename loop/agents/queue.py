@@ -21,6 +21,7 @@ POLL_SECONDS = 0.5
 
 class QueueAgent:
     name = "queue"
+    concurrent = False  # two takers could race for the same file; the queue is a person's pace anyway
 
     def __init__(self, queue_dir: Path | None = None, should_stop: Callable[[], bool] | None = None) -> None:
         if queue_dir is None:
@@ -28,6 +29,14 @@ class QueueAgent:
         self.dir = Path(queue_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.should_stop = should_stop or (lambda: False)
+
+    def check(self) -> None:
+        """The folder exists (made at construction) and can be read."""
+        try:
+            next(self.dir.iterdir(), None)
+        except OSError as e:
+            raise AgentFatal(f"queue: cannot read {self.dir} ({e.strerror}): "
+                             "give a folder you can read with --queue") from None
 
     def propose(self, context: Context) -> Proposal:
         while True:

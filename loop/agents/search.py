@@ -4,12 +4,15 @@ Evolutionary in a small way: it always mutates the best kept train.py, prefers t
 whose changes have paid off before (and the direction that paid), never proposes a configuration
 it has already tried, keeps ints as ints and powers of two as powers of two. It needs no network
 and no key, so it is the default without ANTHROPIC_API_KEY, and the baseline an LLM must beat.
+Safe to call from several threads: proposals are made one at a time (each takes milliseconds),
+and one already handed out counts as tried, even before its result is in the history.
 """
 from __future__ import annotations
 
 import ast
 import random
 import re
+import threading
 from dataclasses import dataclass
 
 from loop.agents.base import Context, Proposal
@@ -77,19 +80,31 @@ def mutate_value(value: int | float, rng: random.Random) -> int | float:
 
 class SearchAgent:
     name = "search"
+    concurrent = True  # propose holds a lock; proposals in flight are remembered as tried
 
     def __init__(self, seed: int = 0, max_changes: int = 2, on_gpu: bool = False) -> None:
         self.rng = random.Random(seed)
         self.max_changes = max_changes
         # `X = gpu_value if ON_GPU else cpu_value`: only the branch this machine runs matters.
         self.skip_branch = "[else]" if on_gpu else "[if]"
+        self.handed_out: set[str] = set()  # descriptions proposed by this agent, in flight or done
+        self.lock = threading.Lock()
+
+    def check(self) -> None:
+        """Nothing to check: no network, no key, no program to find."""
 
     def propose(self, context: Context) -> Proposal:
+        with self.lock:
+            proposal = self._propose(context)
+            self.handed_out.add(proposal.description)
+            return proposal
+
+    def _propose(self, context: Context) -> Proposal:
         constants = [c for c in find_constants(context.train_py)
                      if not INERT.search(c.name) and not c.name.endswith(self.skip_branch)]
         if not constants:
             raise ProposalFailed("search: train.py has no uppercase numeric constants to mutate")
-        tried = {item.description for item in context.history}
+        tried = {item.description for item in context.history} | self.handed_out
         weights = self._weights(context, [c.name for c in constants])
         for attempt in range(MAX_TRIES):
             # Near the best first; once the neighbourhood is used up, step further and change more.

@@ -1,18 +1,26 @@
 """The tools the LLM agent works with, on an in-memory copy of train.py.
 
 The text editor tool (view, str_replace, create, insert) may edit train.py only and view the
-repository's tracked files; every misuse comes back as an error message that helps the model fix
-its call, never as an exception. Nothing here touches the working tree: the daemon commits.
+repository's tracked files, never a secret path (val.txt, holdout.txt, the prepared data) nor
+anything a symlink or `..` leads to outside the repository; every misuse comes back as an error
+message that helps the model fix its call, never as an exception. Nothing here touches the
+working tree: the daemon commits. Proposals may run in several threads at once: the notes file
+is replaced atomically, under a lock.
 """
 from __future__ import annotations
 
+import os
 import subprocess
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 EDITABLE = "train.py"
-NOT_VIEWABLE = {"val.txt": "val.txt is the validation data: reading it teaches nothing and costs tokens"}
+SECRET_REFUSAL = ("{path} is held-out validation data or prepared data: not readable by agents "
+                  "(train.py is what to study)")
+NOT_VIEWABLE = ("val.txt", "holdout.txt")
 NOTES_CAP = 8000
+_NOTES_LOCK = threading.Lock()  # one writer at a time across concurrent proposals
 
 
 class ToolError(Exception):
@@ -24,17 +32,32 @@ class Workspace:
     repo: Path
     train_py: str
     notes_path: Path
+    secret_paths: tuple[Path, ...] = ()
 
     def tracked(self) -> set[str]:
-        out = subprocess.run(["git", "ls-files"], cwd=self.repo, capture_output=True, text=True).stdout
-        return set(out.split())
+        out = subprocess.run(["git", "ls-files", "-z"], cwd=self.repo, capture_output=True).stdout
+        return set(filter(None, out.decode("utf-8", errors="replace").split("\0")))
 
     def resolve(self, path: str) -> str:
         p = path.strip()
         for prefix in (str(self.repo) + "/", "/repo/", "./", "/"):
             if p.startswith(prefix):
                 p = p[len(prefix):]
-        return p
+        return os.path.normpath(p) if p else p
+
+    def is_secret(self, path: str) -> bool:
+        """A secret by name, by where it is, or by where a symlink or `..` leads."""
+        if path in NOT_VIEWABLE or path.startswith("..") or os.path.isabs(path):
+            return True
+        real_repo = self.repo.resolve()
+        target = (self.repo / path).resolve()
+        if not target.is_relative_to(real_repo) or target.relative_to(real_repo).as_posix() in NOT_VIEWABLE:
+            return True
+        for secret in self.secret_paths:
+            for form in {Path(os.path.abspath(secret)), secret.resolve()}:
+                if target == form or target.is_relative_to(form) or (self.repo / path) == form:
+                    return True
+        return False
 
     def editor(self, args: dict) -> str:
         command, path = args.get("command"), self.resolve(str(args.get("path", "")))
@@ -69,8 +92,8 @@ class Workspace:
         raise ToolError(f"unknown command {command!r}: use view, str_replace, create or insert")
 
     def view(self, path: str, view_range: object) -> str:
-        if path in NOT_VIEWABLE:
-            raise ToolError(NOT_VIEWABLE[path])
+        if path != EDITABLE and self.is_secret(path):
+            raise ToolError(SECRET_REFUSAL.format(path=path or "that path"))
         if path == EDITABLE:
             text = self.train_py
         elif path in self.tracked():
@@ -93,5 +116,8 @@ class Workspace:
         if len(text) > NOTES_CAP:
             raise ToolError(f"notes are {len(text)} characters; the cap is {NOTES_CAP}: condense them")
         self.notes_path.parent.mkdir(parents=True, exist_ok=True)
-        self.notes_path.write_text(text, encoding="utf-8")
+        with _NOTES_LOCK:  # a whole file or the previous one, never half of each
+            partial = self.notes_path.with_name(f".{self.notes_path.name}.{threading.get_ident()}.tmp")
+            partial.write_text(text, encoding="utf-8")
+            partial.replace(self.notes_path)
         return "notes saved"
