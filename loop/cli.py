@@ -76,6 +76,8 @@ def parser() -> argparse.ArgumentParser:
     rep.add_argument("--tag", help="default: the latest run")
     rep.add_argument("--out", type=Path, help="folder for the report (default report/TAG)")
     rep.add_argument("--compare", nargs="+", default=[], metavar="TAG", help="other runs to set beside it")
+    rep.add_argument("--x", choices=("experiment", "hours"), default="experiment",
+                     help="the progress plot's axis: experiment number, or wall-clock hours (stops show as gaps)")
     chk = sub.add_parser("check", formatter_class=fmt, help="run the guard on a commit")
     chk.add_argument("rev", nargs="?", default="HEAD")
     return p
@@ -120,7 +122,7 @@ def dispatch(args: argparse.Namespace, argv: list[str]) -> int:
     if args.command == "report":
         from loop.report import report_command
 
-        return report_command(repo, args.tag, args.out, args.compare)
+        return report_command(repo, args.tag, args.out, args.compare, args.x)
     from loop.guard import check_command
 
     return check_command(repo, args.rev)

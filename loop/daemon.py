@@ -115,7 +115,7 @@ class Daemon:
         self.policy = Policy(config.min_delta, config.keep_z, config.confirm)
         self.protected: dict[str, str] = {}
         self.pinned: dict[str, bytes] = {}
-        self.secrets: Any = None
+        self.secrets: guard.SecretIndex | None = None
         self.attempts: dict[int, Attempt] = {}  # undecided experiments, by number
         self.to_ask: list[tuple[int, int, str, str]] = []  # (n, attempt, last failure, crashed text) to ask again
         self.run: RunRecord = RunRecord()
@@ -250,8 +250,6 @@ class Daemon:
         return True
 
     def guard_commit(self, commit: str, parent: str) -> list[str]:
-        if self.secrets is None:
-            return guard.check_commit(self.repo, commit, parent, self.protected)
         return guard.check_commit(self.repo, commit, parent, self.protected, self.secrets)
 
     def hand_back_conflict(self, att: Attempt, merged: bytes) -> bool:
@@ -264,7 +262,7 @@ class Daemon:
             self.attempts.pop(att.n, None)
             return False
         att.conflict_retried = True
-        self.to_ask.append((att.n, att.fix_attempt, "", merged.decode("utf-8", errors="replace")))
+        self.to_ask.append((att.n, att.fix_attempt, "", ""))
         self.conflicts[att.n] = merged.decode("utf-8", errors="replace")
         return False
 
@@ -467,8 +465,7 @@ class Daemon:
         meta = run.meta
         self.protected = meta.get("protected") or guard.protected_hashes(self.repo)
         self.pinned = {name: (self.repo / name).read_bytes() for name in PINNED if (self.repo / name).is_file()}
-        secret_index = getattr(guard, "SecretIndex", None)
-        self.secrets = secret_index.build([self.pinned[k] for k in ("val.txt", "holdout.txt") if k in self.pinned]) if secret_index else None
+        self.secrets = guard.SecretIndex.build(self.pinned[k] for k in guard.SECRET_FILES if k in self.pinned)
         for rec in run.experiments:
             if rec.status in STATUSES and not rec.recorded:
                 self.journal.append("recorded", n=rec.n)  # the row is rebuilt below

@@ -149,6 +149,7 @@ class ExperimentRecord:
     kind: str = ""  # baseline | agent | combine
     runs: dict[int, dict[str, Any]] = field(default_factory=dict)  # run index -> its fields, as journaled
     decided_order: int | None = None  # results.tsv lists experiments in the order they were decided
+    decided_runs: int = 0  # runs whose mean decided it (more than one when confirmed)
 
     def scores(self, split: str = "val") -> list[float]:
         """The split's score of every run that finished with one, in run order."""
@@ -273,6 +274,7 @@ def _apply(rec: ExperimentRecord, name: str, ev: dict[str, Any]) -> None:
         rec.best_before, rec.best_after = ev.get("best_before"), ev.get("best_after")
         if "val_bpb" in ev:
             rec.val_bpb = ev["val_bpb"]
+        rec.decided_runs = int(ev.get("runs") or 0)
         if rec.status == "crash":
             rec.val_bpb = None
     elif name == "recorded":
@@ -299,7 +301,10 @@ def results_row(rec: ExperimentRecord) -> str:
     commit = (rec.commit or "0000000")[:7]
     val = 0.0 if crashed else float(rec.val_bpb)  # type: ignore[arg-type]
     mem = 0.0 if crashed else rec.peak_vram_mb / 1024
-    return f"{commit}\t{val:.6f}\t{mem:.1f}\t{rec.status}\t{one_line(rec.description)}\n"
+    description = one_line(rec.description)
+    if rec.decided_runs > 1 and rec.kind != "baseline" and not crashed:
+        description += f" (mean of {rec.decided_runs})"
+    return f"{commit}\t{val:.6f}\t{mem:.1f}\t{rec.status}\t{description}\n"
 
 
 def results_rows(run: RunRecord) -> Iterator[str]:

@@ -541,8 +541,8 @@ def latest_tag(repo: Path) -> str | None:
 def report_command(repo: Path, tag: str | None, out: Path | None, compare: list[str], x: str = "experiment") -> int:
     if x not in X_AXES:
         raise UsageError(f"--x {x!r}: use one of {', '.join(X_AXES)}")
-    if compare:
-        return _compare_command(repo, out, compare)
+    if compare:  # `--tag X --compare Y Z` sets X beside Y and Z
+        return _compare_command(repo, out, ([tag] if tag and tag not in compare else []) + compare)
     tag = tag or latest_tag(repo)
     if tag is None:
         raise SetupError("no run found in .autoresearch/runs: start one with `autoresearch start --tag NAME`")

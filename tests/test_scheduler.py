@@ -11,7 +11,7 @@ from daemon_kit import (assert_invariants, git, journal_events, make_repo, queue
                         start_background, wait_for_event)
 from loop.journal import fold
 
-BASE = ("--budget", "2", "--baseline-runs", "1")
+BASE = ("--budget", "2")  # two baseline runs: the fake harness's noise (none) is then known
 
 
 def _train(repo: Path, **changes: str) -> str:
@@ -51,13 +51,13 @@ def test_stale_proposal_is_rebased_onto_the_new_best(tmp_path: Path) -> None:
                               "--max-experiments", "2", *BASE, env=env)
     wait_for_event(repo, "rb", "proposing", n=2)  # asked on the baseline while experiment 1 runs
     wait_for_event(repo, "rb", "decided", n=1)
-    queue_proposal(queue, "b", _train(repo, WIDTH="16"), "wider")  # made on the baseline's train.py
+    queue_proposal(queue, "b", _train(repo, DEPTH="4"), "deeper")  # made on the baseline's train.py
     assert daemon.wait(timeout=300) == 0
     committed = next(e for e in _events(repo, "rb", "committed") if e["n"] == 2)
     first = next(e for e in _events(repo, "rb", "committed") if e["n"] == 1)
     assert committed["rebased_from"] is not None and committed["parent"] == first["commit"]
     text = git(repo, "show", f"{committed['commit']}:train.py")
-    assert "LR = 0.01" in text and "WIDTH = 16" in text  # what ran holds both changes
+    assert "LR = 0.01" in text and "DEPTH = 4" in text  # what ran holds both changes
     assert_invariants(repo, "rb")
 
 
@@ -65,15 +65,15 @@ def test_result_beaten_while_running_is_combined_once(tmp_path: Path) -> None:
     repo, env = make_repo(tmp_path)
     queue = tmp_path / "queue"
     queue_proposal(queue, "a", _train(repo, LR="0.005"), "best LR")  # the bigger gain, fast
-    queue_proposal(queue, "b", _train(repo, WIDTH="16", sleep_s="2.0"), "wider")  # smaller gain, slow
+    queue_proposal(queue, "b", _train(repo, DEPTH="4", sleep_s="2.0"), "deeper")  # smaller gain, slow
     done = run_cli(repo, "start", "--tag", "cb", "--agent", "queue", "--queue", str(queue), "--slots", "2",
                    "--max-experiments", "3", *BASE, env=env, timeout=300)
     assert done.returncode == 0, done.stderr + done.stdout
     rows = read_results(repo)
-    assert [r[4] for r in rows] == ["baseline", "best LR", "wider", "combine: wider"]
+    assert [r[4] for r in rows] == ["baseline", "best LR", "deeper", "combine: deeper"]
     assert [r[3] for r in rows] == ["keep", "keep", "discard", "keep"]
     text = git(repo, "show", f"{rows[3][0]}:train.py")
-    assert "LR = 0.005" in text and "WIDTH = 16" in text
+    assert "LR = 0.005" in text and "DEPTH = 4" in text
     assert_invariants(repo, "cb")
 
 
@@ -122,7 +122,7 @@ def test_hanging_run_does_not_hold_up_other_slots(tmp_path: Path) -> None:
     for i, lr in enumerate(("0.01", "0.005", "0.015")):
         queue_proposal(queue, f"b{i}", _train(repo, LR=lr), f"LR {lr}")
     done = run_cli(repo, "start", "--tag", "hg", "--agent", "queue", "--queue", str(queue), "--slots", "2",
-                   "--max-experiments", "4", "--budget", "2", "--timeout", "20", "--baseline-runs", "1",
+                   "--max-experiments", "4", "--budget", "2", "--timeout", "20",
                    env=env, timeout=300)
     assert done.returncode == 0, done.stderr + done.stdout
     decided = [e["n"] for e in _events(repo, "hg", "decided")]

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from loop import gitops, sandbox
-from loop.agents import AgentOptions, default_agent_name, make_agent
+from loop.agents import AgentOptions, default_agent_name, default_secret_paths, make_agent
 from loop.agents.base import Agent
 from loop.commands.common import LAST_TAG, last_tag, lock_path
 from loop.config import Config
@@ -103,10 +103,7 @@ def check_harness(root: Path) -> None:
 def checked_agent(root: Path, config: Config) -> Agent:
     """The agent, made and asked whether it can work, before anything is spent."""
     options = AgentOptions(queue_dir=Path(config.queue) if config.queue else None, model=config.model,
-                           on_gpu=sandbox.gpu_present())
-    if "secret_paths" in AgentOptions.__dataclass_fields__:
-        cache = Path(os.environ.get("AUTORESEARCH_CACHE", Path.home() / ".cache" / "autoresearch")).expanduser()
-        options.secret_paths = (root / "val.txt", root / "holdout.txt", cache)  # type: ignore[attr-defined]
+                           on_gpu=sandbox.gpu_present(), secret_paths=default_secret_paths(root))
     agent = make_agent(config.agent, options)
     check = getattr(agent, "check", None)
     if callable(check):
