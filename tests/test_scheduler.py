@@ -119,7 +119,7 @@ def test_hanging_run_does_not_hold_up_other_slots(tmp_path: Path) -> None:
     repo, env = make_repo(tmp_path)
     queue = tmp_path / "queue"
     queue_proposal(queue, "a", _train(repo, sleep_s="600"), "hangs")
-    for i, lr in enumerate(("0.01", "0.005", "0.015")):
+    for i, lr in enumerate(("0.04", "0.08", "0.03")):  # worse: the best stays put, nothing to rebase
         queue_proposal(queue, f"b{i}", _train(repo, LR=lr), f"LR {lr}")
     done = run_cli(repo, "start", "--tag", "hg", "--agent", "queue", "--queue", str(queue), "--slots", "2",
                    "--max-experiments", "4", "--budget", "2", "--timeout", "20",
