@@ -172,7 +172,7 @@ class Daemon:
         while self.proposer.can_ask() and self.baseline_decided():
             if self.to_ask:
                 n, attempt, failure, crashed = self.to_ask.pop(0)
-            elif self.experiments_in_flight() < len(self.slot_view) + lookahead and self.room_for_more():
+            elif self.waiting_for_slots() < len(self.slot_view) + lookahead and self.room_for_more():
                 n, attempt, failure, crashed = self.next_n, 0, "", ""
                 self.next_n += 1
             else:
@@ -198,6 +198,8 @@ class Daemon:
         att.description = " ".join(proposal.description.split()) or f"experiment {req.n}"
         att.hypothesis = proposal.hypothesis
         self.run_usage = self.run_usage + proposal.usage
+        if self.baseline_decided():
+            self.commit(att)  # now, off the path between one run and the next
 
     def on_proposal_error(self, event: ProposalError) -> None:
         req = event.request
@@ -229,7 +231,7 @@ class Daemon:
         except gitops.NothingToCommit:
             self.journal.append("proposal_failed", n=att.n, error="the proposal changes nothing", usage=Usage())
             self.display.say(f"proposal {att.n} changes nothing: asking again")
-            att.proposal = None
+            att.proposal, att.commit, att.queued_runs = None, None, []
             self.to_ask.append((att.n, att.fix_attempt, "", ""))
             return False
         ref = self.ref(att.n, att.fix_attempt)
@@ -256,7 +258,7 @@ class Daemon:
         """A proposal that no longer merges goes back to the agent once with the new best."""
         self.journal.append("proposal_failed", n=att.n, error="conflicts with the new best", usage=Usage(),
                             conflict=True)
-        att.proposal = None
+        att.proposal, att.commit, att.queued_runs = None, None, []
         if att.conflict_retried or att.kind != "agent":
             self.display.say(f"#{att.n:04d} conflicts with the new best again: dropped")
             self.attempts.pop(att.n, None)
@@ -278,15 +280,22 @@ class Daemon:
             self.executor.submit(job)
 
     def next_job(self) -> Job | None:
-        """Runs of experiments already committed first (repeats, resumed ones), then new proposals."""
-        for att in sorted(self.attempts.values(), key=lambda a: a.n):
-            if att.commit is not None and att.queued_runs:
-                return self.job(att, att.queued_runs.pop(0))
-        for att in sorted(self.attempts.values(), key=lambda a: a.n):
+        """Runs of experiments already under way first (repeats, resumed ones), then new ones, each on
+        the best kept commit as it is now."""
+        waiting = sorted(self.attempts.values(), key=lambda a: (not (a.outcomes or a.running), a.n))
+        for att in waiting:
             if att.commit is None and att.proposal is not None and self.baseline_decided():
-                if self.commit(att) and att.queued_runs:
-                    att.parent_score = self.best_mean()
-                    return self.job(att, att.queued_runs.pop(0))
+                self.commit(att)
+            if att.commit is None or not att.queued_runs:
+                continue
+            fresh = not att.outcomes and not att.running
+            if fresh and att.kind != "baseline" and att.parent != self.best_commit():
+                att.proposal = self.git.show(att.commit, EDITABLE).decode("utf-8", errors="replace")
+                if not self.commit(att):  # the best moved since it was committed: rebase it now
+                    continue
+            if fresh:
+                att.parent_score = self.best_mean()
+            return self.job(att, att.queued_runs.pop(0))
         return None
 
     def job(self, att: Attempt, run: int) -> Job:
@@ -555,6 +564,14 @@ class Daemon:
         """Experiments proposed, asked for or running (not the baseline)."""
         asked = self.proposer.in_flight() | {n for n, *_ in self.to_ask}
         return len({n for n in self.attempts if n > 0} | asked)
+
+    def waiting_for_slots(self) -> int:
+        """Experiments that will want a slot: asked for, ready, queued or training (not those only
+        being evaluated, which no longer hold one)."""
+        asked = self.proposer.in_flight() | {n for n, *_ in self.to_ask}
+        holding = {a.n for a in self.attempts.values()
+                   if a.n > 0 and (a.queued_runs or a.commit is None or "running" in a.running.values())}
+        return len(holding | asked)
 
     def runs_in_flight(self) -> bool:
         return any(att.running for att in self.attempts.values())

@@ -149,14 +149,14 @@ class LocalExecutor:
             trained = runner.train(spec)
             if trained.killed:
                 self._killed.add(slot.name)
-            self.events.put(TrainingEnded(job, slot.name, trained))
-            if trained.reason:
-                self._release(slot)
-                self.events.put(Finished(job, slot.name, trained))
-                return
-            # The device is free for the next run while this one is scored.
+            # The device is free for the next run while this one is scored: free it before the
+            # controller hears, so it can dispatch at once.
             self._release(slot)
             evaluating = True
+            self.events.put(TrainingEnded(job, slot.name, trained))
+            if trained.reason:
+                self.events.put(Finished(job, slot.name, trained))
+                return
             outcome = runner.evaluate(spec, trained)
             if outcome.killed:
                 self._killed.add(slot.name)

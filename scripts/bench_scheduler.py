@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+"""How busy the slots stay: 1 and 4 slots, an agent that answers at once or takes half a run.
+
+    python scripts/bench_scheduler.py [--train 2.0] [--experiments 12]
+
+A real daemon in a scratch git repo with the test kit's fake harness, shaped like a GPU run:
+start-up and evaluation each take 10% of the training time. A scripted agent (below) waits a set
+delay and then proposes a change (a worse learning rate, so the best never moves and the figures
+measure scheduling alone). From the journal it prints, per case:
+
+- busy: the share of wall-clock, from the first dispatch after the baseline to the last run's end,
+  that each slot had a training process running (start-up included), averaged over the slots;
+- training: the same share counting only the seconds train.py reports as timed training;
+- throughput: experiments per hour, and relative to one slot with the same agent delay.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+from daemon_kit import git, journal_events, make_repo, run_cli  # noqa: E402
+
+from loop.agents.base import Context, Proposal  # noqa: E402
+
+DELAY_ENV = "BENCH_AGENT_DELAY_S"
+
+
+class ScriptedAgent:
+    """Waits BENCH_AGENT_DELAY_S, then proposes a slightly higher (worse) learning rate."""
+
+    name = "scripted"
+    concurrent = True
+
+    def __init__(self) -> None:
+        self.delay = float(os.environ.get(DELAY_ENV, "0"))
+        self.count = 0
+        self.lock = threading.Lock()
+
+    def propose(self, context: Context) -> Proposal:
+        time.sleep(self.delay)
+        with self.lock:
+            self.count += 1
+            k = self.count
+        lr = 0.02 * (1 + k / 1000)
+        line = next(line for line in context.train_py.splitlines() if line.startswith("LR = "))
+        return Proposal(context.train_py.replace(line, f"LR = {lr:.6f}  # learning rate"), f"LR {lr:.6f}")
+
+
+def shaped_train(repo: Path, train: float) -> None:
+    """Start-up before the timed training (10%), training itself, evaluation (10%)."""
+    text = (repo / "train.py").read_text()
+    text = text.replace("eval_sleep_s = 0.0", f"eval_sleep_s = {train / 10}")
+    text = text.replace("\nsleep_s = 0.0", f"\nsleep_s = {train}")
+    text = text.replace('if __name__ == "__main__":\n', f'if __name__ == "__main__":\n    time.sleep({train / 10})\n', 1)
+    (repo / "train.py").write_text(text)
+    git(repo, "commit", "-qam", "shape the fake run like a GPU run")
+
+
+def measure(slots: int, delay: float, train: float, experiments: int) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        repo, env = make_repo(Path(tmp))
+        shaped_train(repo, train)
+        env[DELAY_ENV] = str(delay)
+        env["PYTHONPATH"] = str(ROOT / "scripts") + os.pathsep + env["PYTHONPATH"]
+        done = run_cli(repo, "start", "--tag", "b", "--agent", "bench_scheduler:ScriptedAgent", "--slots", str(slots),
+                       "--budget", str(train * 2), "--baseline-runs", "1", "--max-experiments", str(experiments),
+                       env=env, timeout=3600)
+        if done.returncode != 0:
+            raise SystemExit(f"the daemon failed: {done.stderr.strip() or done.stdout[-500:]}")
+        events = journal_events(repo, "b")
+    first = min(e["ts"] for e in events if e["event"] == "running" and e["n"] > 0)
+    runs = [e for e in events if e["event"] == "evaluated" and e["n"] > 0 and e.get("timings")]
+    end = max(e["timings"]["training_ended"] for e in runs)
+    wall = end - first
+    occupied: dict[str, float] = {}
+    trained: dict[str, float] = {}
+    for e in runs:
+        t = e["timings"]
+        occupied[e["slot"]] = occupied.get(e["slot"], 0.0) + t["training_ended"] - max(t["started"], first)
+        trained[e["slot"]] = trained.get(e["slot"], 0.0) + float(e["summary"].get("training_seconds", 0.0))
+    decided = [e for e in events if e["event"] == "decided" and e["n"] > 0]
+    span = max(e["ts"] for e in decided) - first
+    return {"busy": statistics.fmean(v / wall for v in occupied.values()),
+            "training": statistics.fmean(v / wall for v in trained.values()),
+            "per_hour": len(decided) / span * 3600}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--train", type=float, default=2.0, help="seconds of fake training per run")
+    ap.add_argument("--experiments", type=int, default=12, help="experiments per slot")
+    args = ap.parse_args()
+    run_seconds = args.train * 1.2
+    print(f"fake run: start-up {args.train / 10:g}s, training {args.train:g}s, evaluation {args.train / 10:g}s; "
+          f"{args.experiments} experiments per slot; default lookahead (one per slot)")
+    print("slots  agent delay   busy  training  experiments/h  vs 1 slot")
+    for delay in (0.0, 0.5 * run_seconds):
+        one = None
+        for slots in (1, 4):
+            r = measure(slots, delay, args.train, args.experiments * slots)
+            one = one or r["per_hour"]
+            print(f"{slots:5d}  {delay:9.2f}s  {r['busy']:5.2f}  {r['training']:8.2f}  {r['per_hour']:13.0f}  "
+                  f"{r['per_hour'] / one:8.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
