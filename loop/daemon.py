@@ -24,8 +24,9 @@ import shutil
 import signal
 import threading
 import time
+import traceback
 import zlib
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from statistics import fmean
 from typing import Any
@@ -34,7 +35,7 @@ from loop import gitops, guard
 from loop.agents.base import Agent, Context, HistoryItem, InFlight, Proposal, Usage
 from loop.config import Config
 from loop.display import Display
-from loop.errors import AutoresearchError, BudgetExhausted, SetupError
+from loop.errors import AutoresearchError, BaselineCrashed, BudgetExhausted, InternalError, SetupError
 from loop.executor import Executor, Finished, Job, LocalExecutor, Lost, Started, TrainingEnded, plan_slots
 from loop.journal import (JOURNAL_NAME, STATUSES, ExperimentRecord, Journal, RunRecord, append_result, atomic_write,
                           experiment_dir, fold, read_events_checked, rebuild_results, run_dir, state_dir)
@@ -131,6 +132,8 @@ class Daemon:
         self.first_dispatch: float | None = None
         self.state_written = 0.0
         self.eval_since: dict[tuple[int, int], float] = {}
+        self.conflicts: dict[int, str] = {}  # experiment -> the conflicting merge it is asked to redo
+        self.run_usage = Usage()
         self.waiting_since = 0.0
 
     # --- the loop ---------------------------------------------------------------------------------
@@ -155,6 +158,14 @@ class Daemon:
                     self.handle(event)
                 self.write_state()
             reason = self.stopping
+        except AutoresearchError:
+            raise
+        except Exception as e:  # a bug of ours: journaled with its traceback, one line to the user, resumable
+            self.cancel.set()
+            self.journal.append("internal_error", error=repr(e), traceback=traceback.format_exc())
+            reason = f"internal error: {e!r}"
+            raise InternalError(f"{reason}; the traceback is in {self.journal.path}; "
+                                f"`autoresearch resume --tag {self.config.tag}` continues") from None
         finally:
             self.executor.shutdown()
             reason = reason or "stopped"
@@ -487,28 +498,29 @@ class Daemon:
             self.git.set_branch(self.branch, tip, [EDITABLE])
         self.next_n = max((e.n for e in self.run.experiments), default=-1) + 1
         self.run_usage = self.run.total_usage
-        self.conflicts: dict[int, str] = {}
         baseline = next((e for e in self.run.experiments if e.n == 0), None)
-        if baseline is None:
-            self.attempts[0] = Attempt(0, "baseline", meta.get("base_commit") or self.git.head(), "baseline",
-                                       commit=meta.get("base_commit") or self.git.head())
-            self.next_n = 1
-        elif baseline.status == "keep":
+        if baseline is not None and baseline.status == "keep":
             self.measure_allowance()
         for rec in self.run.experiments:
             if rec.status is None:
                 self.resume_experiment(rec)
-        if self.attempts.get(0) and self.attempts[0].commit and 0 not in [e.n for e in self.run.experiments]:
-            att = self.attempts[0]
-            att.runs_wanted = self.baseline_runs()
-            att.queued_runs = list(range(att.runs_wanted))
-            self.journal.append("proposed", n=0, parent=att.commit, description="baseline", hypothesis="",
-                                usage=Usage(), agent_seconds=0.0, fix_attempt=0)
-            self.journal.append("committed", n=0, commit=att.commit, parent=att.commit,
-                                ref=self.ref(0, 0), kind="baseline")
-            self.git.pin(self.ref(0, 0), att.commit or "")
+        if baseline is None or baseline.status == "interrupted":
+            self.queue_baseline(meta.get("base_commit") or self.git.head(), fresh=baseline is None)
         if run.experiments:
             self.journal.append("run_resumed", tag=self.config.tag, config=asdict(self.config))
+
+    def queue_baseline(self, commit: str, fresh: bool) -> None:
+        """The branch point itself, run baseline_runs times: the first best, and the first noise estimate."""
+        att = Attempt(0, "baseline", commit, "baseline", commit=commit)
+        att.runs_wanted = self.baseline_runs()
+        att.queued_runs = list(range(att.runs_wanted))
+        self.attempts[0] = att
+        self.next_n = max(self.next_n, 1)
+        if fresh:
+            self.journal.append("proposed", n=0, parent=commit, description="baseline", hypothesis="",
+                                usage=Usage(), agent_seconds=0.0, fix_attempt=0)
+            self.journal.append("committed", n=0, commit=commit, parent=commit, ref=self.ref(0, 0), kind="baseline")
+            self.git.pin(self.ref(0, 0), commit)
 
     def resume_experiment(self, rec: ExperimentRecord) -> None:
         """An undecided experiment resumes from its commit (or its saved proposal): the agent's work,
@@ -705,12 +717,6 @@ class Daemon:
                 self.display.live(v["n"], v["phase"], now - v["since"], self.config.budget, v.get("loss"))
 
 
-class BaselineCrashed(AutoresearchError):
-    """The unmodified experiment did not run: nothing can be compared until it does."""
-
-    exit_code = 10
-
-
 def _check_metric(outcome: RunOutcome) -> None:
     """A score that is not a finite number is a crash of the experiment, never of the daemon."""
     for split, value in list(outcome.scores.items()):
@@ -753,4 +759,3 @@ def _read(path: Path) -> str:
         return ""
 
 
-__all__ = ["BaselineCrashed", "Daemon", "Stop", "replace"]

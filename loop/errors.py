@@ -81,3 +81,15 @@ class BudgetExhausted(AutoresearchError):
     """Free disk ran out: the run stops cleanly rather than corrupt its state."""
 
     exit_code = 9
+
+
+class BaselineCrashed(AutoresearchError):
+    """The unmodified experiment did not run: nothing can be compared until it does."""
+
+    exit_code = 10
+
+
+class InternalError(AutoresearchError):
+    """A failure inside the daemon itself (not the experiment's): the run stops, resume continues."""
+
+    exit_code = 11

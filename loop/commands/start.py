@@ -19,9 +19,9 @@ from loop.agents import AgentOptions, default_agent_name, default_secret_paths, 
 from loop.agents.base import Agent
 from loop.commands.common import LAST_TAG, last_tag, lock_path
 from loop.config import Config
-from loop.daemon import BaselineCrashed, Daemon
+from loop.daemon import Daemon
 from loop.display import Display
-from loop.errors import AlreadyRunning, SetupError
+from loop.errors import AlreadyRunning, BaselineCrashed, SetupError
 from loop.journal import JOURNAL_NAME, load_run, run_dir, state_dir
 from loop.lock import RepoLock, read_holder
 
@@ -121,7 +121,7 @@ def _run_daemon(root: Path, config: Config, agent: Agent, begin: bool) -> int:
     if begin:
         daemon.begin(hardware())
     reason = daemon.run_loop()
-    if 0 in daemon.attempts:  # stopped before the baseline was decided
+    if daemon.best is None:  # stopped before the baseline was decided
         display.say(f"stopped ({reason}) before the baseline finished: `autoresearch resume --tag {config.tag}` runs it")
     else:
         display.say(f"stopped: {reason}")

@@ -1,0 +1,150 @@
+"""A new user's first night: refusals that leave nothing behind, a failed baseline that says what
+to do, proposals that change nothing, a truthful status, help, journal damage, disk over a night."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from daemon_kit import (assert_invariants, git, journal_events, make_repo, queue_proposal, read_results, run_cli,
+                        start_background, wait_for_event)
+from loop.journal import JOURNAL_NAME, fold, run_dir
+
+FAST = ("--budget", "2")
+
+
+def _branches(repo: Path) -> list[str]:
+    return git(repo, "for-each-ref", "--format=%(refname:short)", "refs/heads/").splitlines()
+
+
+def test_bad_numbers_are_refused_before_anything_runs(tmp_path: Path) -> None:
+    repo, env = make_repo(tmp_path)
+    for flags in (("--budget", "-5"), ("--timeout", "0"), ("--max-experiments", "0"), ("--budget", "30", "--timeout", "10")):
+        done = run_cli(repo, "start", "--tag", "x", *flags, env=env)
+        assert done.returncode == 2, (flags, done.stderr)
+        assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+    assert _branches(repo) == ["main"]
+
+
+def test_refused_start_leaves_nothing_behind(tmp_path: Path) -> None:
+    repo, env = make_repo(tmp_path)
+    done = run_cli(repo, "start", "--tag", "t", "--agent", "nonexistent", env=env)
+    assert done.returncode == 2 and "unknown agent" in done.stderr
+    env_no_key = {k: v for k, v in env.items() if k != "ANTHROPIC_API_KEY"}
+    done = run_cli(repo, "start", "--tag", "t", "--agent", "anthropic", env=env_no_key)
+    assert done.returncode == 7 and "ANTHROPIC_API_KEY" in done.stderr, done.stderr
+    assert _branches(repo) == ["main"] and not run_dir(repo, "t").exists()
+    done = run_cli(repo, "start", "--tag", "t", "--max-experiments", "1", *FAST, env=env)
+    assert done.returncode == 0, done.stderr
+
+
+def test_unchanged_proposal_is_a_failed_proposal_not_a_crash(tmp_path: Path) -> None:
+    repo, env = make_repo(tmp_path)
+    queue = tmp_path / "queue"
+    src = (repo / "train.py").read_text()
+    queue_proposal(queue, "a", src, "nothing changed")
+    queue_proposal(queue, "b", src.replace("LR = 0.02", "LR = 0.01"), "lower LR")
+    done = run_cli(repo, "start", "--tag", "u", "--agent", "queue", "--queue", str(queue), "--max-experiments", "1",
+                   *FAST, env=env)
+    assert done.returncode == 0 and "Traceback" not in done.stderr + done.stdout, done.stderr
+    failed = [e for e in journal_events(repo, "u") if e["event"] == "proposal_failed"]
+    assert [e["error"] for e in failed] == ["the proposal changes nothing"]
+    assert [r[4] for r in read_results(repo)] == ["baseline", "lower LR"]
+    assert_invariants(repo, "u")
+
+
+def test_crashed_baseline_exits_non_zero_and_frees_the_tag(tmp_path: Path) -> None:
+    repo, env = make_repo(tmp_path)
+    (repo / "train.py").write_text((repo / "train.py").read_text() + "\nraise RuntimeError('broken on purpose')\n")
+    git(repo, "commit", "-qam", "break train.py")
+    done = run_cli(repo, "start", "--tag", "b", *FAST, env=env)
+    assert done.returncode == 3, done.stderr
+    assert "baseline crashed" in done.stderr and "broken on purpose" in done.stderr and "start --tag b" in done.stderr
+    assert "autoresearch/b" not in _branches(repo) and git(repo, "rev-parse", "--abbrev-ref", "HEAD") == "main"
+    git(repo, "revert", "--no-edit", "HEAD")
+    done = run_cli(repo, "start", "--tag", "b", "--max-experiments", "1", *FAST, env=env)
+    assert done.returncode == 0, done.stderr  # the same tag works once the cause is fixed
+
+
+def test_stop_now_during_the_baseline_says_resume_works(tmp_path: Path) -> None:
+    repo, env = make_repo(tmp_path, sleep=5.0)
+    daemon = start_background(repo, "start", "--tag", "sb", *FAST, env=env)
+    wait_for_event(repo, "sb", "started", n=0)
+    assert run_cli(repo, "stop", "--now", env=env).returncode == 0
+    assert daemon.wait(timeout=60) == 0
+    out = (tmp_path / "daemon.out").read_text()
+    assert "resume --tag sb" in out and "crash" not in out
+    done = run_cli(repo, "resume", "--tag", "sb", "--max-experiments", "1", env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert read_results(repo)[0][3] == "keep"
+
+
+def test_status_tells_the_truth(tmp_path: Path) -> None:
+    repo, env = make_repo(tmp_path)
+    queue = tmp_path / "queue"
+    slow = (repo / "train.py").read_text().replace(
+        'print("step 1 | loss 2.5000", flush=True)',
+        'print("step 1 | loss 2.5000", flush=True)\n    print("step 2 | loss 1.2345", flush=True)\n    time.sleep(30)')
+    queue_proposal(queue, "slow", slow, "slow one")
+    daemon = start_background(repo, "start", "--tag", "st", "--agent", "queue", "--queue", str(queue),
+                              "--budget", "40", "--baseline-runs", "1", env=env)
+    wait_for_event(repo, "st", "started", n=1, timeout=120)
+    deadline, text = time.monotonic() + 60, ""
+    while time.monotonic() < deadline and "loss 1.2345" not in text:
+        text = run_cli(repo, "status", env=env).stdout
+        time.sleep(0.3)
+    assert "loss 1.2345" in text, text  # the latest loss, not the first
+    assert "experiment 1 training for" in text and "of 40s" in text
+    assert "experiments per hour: too early to say" in text
+    run_cli(repo, "stop", env=env)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and "stopping" not in text:
+        text = run_cli(repo, "status", env=env).stdout
+    assert "stopping" in text, text  # a pending graceful stop is shown
+    piped = subprocess.run(f"{sys.executable} -m loop.cli status | head -1", shell=True, cwd=repo, env=env,
+                           capture_output=True, text=True)
+    assert "Traceback" not in piped.stderr and piped.stdout.startswith("running")
+    subprocess.run([sys.executable, "-m", "loop.cli", "stop", "--now"], cwd=repo, env=env, capture_output=True)
+    daemon.wait(timeout=120)
+    other = run_cli(repo, "status", "--tag", "st", env=env)
+    assert other.returncode == 0 and "not running (tag st)" in other.stdout
+
+
+def test_help_shows_defaults_and_version(tmp_path: Path) -> None:
+    repo, env = make_repo(tmp_path)
+    help_text = run_cli(repo, "start", "--help", env=env).stdout
+    assert "(default: 300.0)" in help_text and "--keep-checkpoints" in help_text and "--gpus" in help_text
+    version = run_cli(repo, "--version", env=env)
+    assert version.returncode == 0 and version.stdout.startswith("autoresearch ")
+
+
+def test_garbled_journal_line_is_reported(tmp_path: Path) -> None:
+    repo, env = make_repo(tmp_path)
+    assert run_cli(repo, "start", "--tag", "g", "--max-experiments", "2", *FAST, env=env).returncode == 0
+    journal = run_dir(repo, "g") / JOURNAL_NAME
+    lines = journal.read_text().splitlines(keepends=True)
+    lines.insert(5, '{"event": "decided", "n": \n')
+    journal.write_text("".join(lines))
+    status = run_cli(repo, "status", env=env)
+    assert "line 6" in status.stdout and "skipped" in status.stdout, status.stdout
+    resumed = run_cli(repo, "resume", "--tag", "g", "--max-experiments", "3", env=env)
+    assert resumed.returncode == 0 and "line 6" in resumed.stdout, resumed.stdout + resumed.stderr
+
+
+def test_checkpoints_of_discarded_experiments_are_not_kept(tmp_path: Path) -> None:
+    repo, env = make_repo(tmp_path)
+    queue = tmp_path / "queue"
+    src = (repo / "train.py").read_text()
+    queue_proposal(queue, "a", src.replace("LR = 0.02", "LR = 0.01"), "better")
+    queue_proposal(queue, "b", src.replace("LR = 0.02", "LR = 0.9"), "worse")
+    done = run_cli(repo, "start", "--tag", "c", "--agent", "queue", "--queue", str(queue), "--max-experiments", "2",
+                   *FAST, env=env)
+    assert done.returncode == 0, done.stderr
+    statuses = {e.n: e.status for e in fold(journal_events(repo, "c")).experiments}
+    assert statuses == {0: "keep", 1: "keep", 2: "discard"}
+    ckpt = lambda n: run_dir(repo, "c") / f"{n:04d}" / "ckpt" / "model.pt"  # noqa: E731
+    assert ckpt(0).exists() and ckpt(1).exists() and not ckpt(2).exists()
+    assert (run_dir(repo, "c") / "0002" / "train.log").exists()  # the logs stay
+    config = next(e for e in journal_events(repo, "c") if e["event"] == "run_started")["config"]
+    assert config["keep_checkpoints"] == "kept"
