@@ -45,7 +45,7 @@ HARDWARE_PREFIX = "hw:"  # a node's custom resource "hw:H100" labels its hardwar
 LABEL_SHARE = 0.001  # of a hardware label each task asks for: a label routes tasks, it never limits them
 WAIT_S = 0.2  # the longest the watcher blocks on in-flight tasks before checking cancel and new tasks
 CLUSTER_VIEW_S = 1.0  # how long a read of the cluster's nodes and free resources is reused
-CANCEL_POLL_S = 0.5  # how often a task on a node asks whether a stop --now was requested
+CANCEL_POLL_S = 1.0  # how often a task on a node asks whether a stop --now was requested
 CANCEL_GRACE_S = 20.0  # after a stop --now, time for runs to kill their own processes before Ray kills them
 SCRATCH_ENV = "AUTORESEARCH_SCRATCH"  # a node's folder for runs; default: next to its data cache
 PREPARED_MARK = ".prepared-"  # + the pinned prepare.py's hash: this node's data is ready
@@ -227,7 +227,10 @@ class RayExecutor:
         self._connect(address)
         self._pinned = self.ray.put(dict(pinned))
         self._stop_flag = self.ray.remote(num_cpus=0, max_restarts=0)(StopFlag).remote()
-        options: dict[str, Any] = {"max_retries": 0, "retry_exceptions": False, "num_cpus": 1 if not gpu else 0}
+        # max_calls=0 keeps a node's worker for the next run (Ray starts a fresh one per GPU task by
+        # default, for CUDA memory the worker holds; ours holds none: the runs are its subprocesses).
+        options: dict[str, Any] = {"max_retries": 0, "retry_exceptions": False, "num_cpus": 1 if not gpu else 0,
+                                   "max_calls": 0}
         if gpu:
             options["num_gpus"] = 1
         self._task = self.ray.remote(**options)(run_on_node)
