@@ -260,8 +260,8 @@ class RayExecutor:
     # --- the protocol -------------------------------------------------------------------------------------
     def slot_names(self) -> list[str]:
         nodes, _ = self._cluster()
-        return [self._slot_name(node, i, nodes) for node in nodes for i in range(int(node["Resources"].get(
-            self.resource, 0)))]
+        return [self._slot_name(node["NodeManagerAddress"], node["NodeID"], i, nodes)
+                for node in nodes for i in range(int(node["Resources"].get(self.resource, 0)))]
 
     def free_slots(self) -> int:
         """Free GPUs in the cluster now, less the runs submitted here that have not taken theirs yet."""
@@ -341,8 +341,8 @@ class RayExecutor:
 
     def _started(self, flight: _Flight, where: dict[str, Any]) -> None:
         nodes, _ = self._cluster(fresh=True)
-        node = next((n for n in nodes if n["NodeID"] == where["node_id"]), None)
-        label = _label_of(node) if node else ""
+        node = next((n for n in nodes if n["NodeID"] == where["node_id"]), {})
+        label = _label_of(node)
         with self._lock:
             flight.node_id, flight.host = where["node_id"], where["host"]
             if where["gpu_ids"]:
@@ -350,9 +350,8 @@ class RayExecutor:
             else:  # CPU slots carry no ids: the lowest index this node has free
                 taken = {f.slot for f in self._flights.values() if f.node_id == flight.node_id and f is not flight}
                 index = next(i for i in range(len(taken) + 1)
-                             if self._slot_name(node or where, i, nodes) not in taken)
-            flight.slot = self._slot_name(node or {"NodeID": flight.node_id, "NodeManagerAddress": flight.host},
-                                          index, nodes)
+                             if self._slot_name(flight.host, flight.node_id, i, nodes) not in taken)
+            flight.slot = self._slot_name(flight.host, flight.node_id, index, nodes)
             flight.hardware = {"gpu": where["gpu_model"] or label, "label": label, "host": flight.host,
                                "node_id": flight.node_id, "gpu_ids": where["gpu_ids"]}
         device = ",".join(where["gpu_ids"]) or None
@@ -430,10 +429,8 @@ class RayExecutor:
             self._view = (time.monotonic(), nodes, available)
         return nodes, available
 
-    def _slot_name(self, node: dict, index: int, nodes: list[dict]) -> str:
+    def _slot_name(self, ip: str, node_id: str, index: int, nodes: list[dict]) -> str:
         """"<ip>:gpu<i>", with the node's id when one address hosts several nodes (test clusters)."""
-        ip = node.get("NodeManagerAddress") or node.get("host", "")
-        node_id = node.get("NodeID") or node.get("node_id", "")
         shared = sum(1 for n in nodes if n.get("NodeManagerAddress") == ip) > 1
         where = f"{ip}#{node_id[:6]}" if shared else ip
         return f"{where}:{self.resource.lower()}{index}"

@@ -107,15 +107,17 @@ def main() -> None:
         figures = with_executor(cluster, pinned, overhead)
     finally:
         cluster.shutdown()
-    print(f"overhead, 16 slots: median {statistics.median(figures['overheads']):.3f} s per experiment "
-          f"(max {max(figures['overheads']):.3f} s); submit() median {statistics.median(figures['submit']) * 1e3:.2f} ms")
+    overheads, submits = figures["overheads"], figures["submit"]
+    print(f"overhead, 16 slots: median {statistics.median(overheads):.3f} s per experiment "
+          f"(max {max(overheads):.3f} s); submit() median {statistics.median(submits) * 1e3:.2f} ms")
 
     cluster = start_cluster([8])
     try:
         def throughput(executor: RayExecutor, events: queue.Queue) -> tuple[float, float]:
             run_jobs(executor, events, [job(repo, 200 + n, 0.0) for n in range(8)], 8)  # warm-up
             one = run_jobs(executor, events, [job(repo, 300 + n, args.sleep) for n in range(args.jobs_per_slot)], 1)
-            eight = run_jobs(executor, events, [job(repo, 400 + n, args.sleep) for n in range(8 * args.jobs_per_slot)], 8)
+            many = [job(repo, 400 + n, args.sleep) for n in range(8 * args.jobs_per_slot)]
+            eight = run_jobs(executor, events, many, 8)
             return args.jobs_per_slot / one["wall"] * 60, 8 * args.jobs_per_slot / eight["wall"] * 60
         per_min_1, per_min_8 = with_executor(cluster, pinned, throughput)
     finally:

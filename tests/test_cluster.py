@@ -8,6 +8,8 @@ from __future__ import annotations
 import hashlib
 import os
 import queue
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Iterator
@@ -63,7 +65,8 @@ def make_job(repo: Path, n: int, sleep: float = 0.0, run: int = 0) -> Job:
     exp_dir = repo / ".autoresearch" / "runs" / "t" / f"{n:04d}"
     exp_dir.mkdir(parents=True, exist_ok=True)
     train_py = FAKE_TRAIN.format(sleep=sleep, eval_sleep=0.0).replace("LR = 0.02", f"LR = {0.001 * (n + 1)}")
-    spec = RunSpec(train_py=train_py.encode(), exp_dir=exp_dir, budget=60.0, timeout=120.0, seed=n, startup_allowance=60.0)
+    spec = RunSpec(train_py=train_py.encode(), exp_dir=exp_dir, budget=60.0, timeout=120.0, seed=n,
+                   startup_allowance=60.0)
     return Job(n, run, hashlib.sha1(train_py.encode()).hexdigest(), spec)
 
 
@@ -159,6 +162,35 @@ def test_cancel_interrupts_runs_in_flight(cluster, harness) -> None:
     assert sorted(e.job.n for e in done) == [0, 1, 2]
     assert all(e.outcome.interrupted and e.outcome.reason == "interrupted" for e in done)
     assert time.monotonic() - stopped_at < 600  # far sooner than the runs' own sleep
+
+
+def test_cpu_slots_when_the_cluster_has_no_gpus_to_give(cluster, harness) -> None:
+    c, _, _ = cluster
+    repo, pinned = harness
+    events: queue.Queue = queue.Queue()
+    executor = RayExecutor(c.address, pinned, events, Cancel(), gpu=False)
+    try:
+        cpus = int(ray.cluster_resources()["CPU"])
+        assert len(executor.slot_names()) == cpus and all(":cpu" in name for name in executor.slot_names())
+        for n in range(2):
+            executor.submit(make_job(repo, n))
+        seen = drain_until(events, lambda s: len(finished(s)) == 2)
+    finally:
+        executor.shutdown()
+    assert all(not e.outcome.reason for e in finished(seen)), [e.outcome.reason for e in finished(seen)]
+    assert len({e.slot for e in seen if isinstance(e, Started)}) == 2  # two runs at once: two slots
+
+
+def test_without_ray_one_line_says_how_to_install(tmp_path: Path) -> None:
+    # A fresh interpreter in which `import ray` fails, as on a machine without the extra.
+    code = ("import sys, queue; sys.modules['ray'] = None\n"
+            "from loop.errors import SetupError\nfrom loop.procs import Cancel\n"
+            "from loop.ray_executor import RayExecutor\n"
+            "try:\n    RayExecutor('auto', {'prepare.py': b''}, queue.Queue(), Cancel())\n"
+            "except SetupError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1], capture_output=True, text=True,
+                         timeout=60)
+    assert out.stdout.strip().splitlines() == ["--ray needs Ray, which is not installed here: pip install -e '.[ray]'"]
 
 
 def test_node_killed_mid_run_is_lost_then_runs_elsewhere(cluster, harness) -> None:
