@@ -322,7 +322,10 @@ class RayExecutor:
                 self._advance(generator)
 
     def _advance(self, generator: Any) -> None:
-        flight = self._flights[generator]
+        with self._lock:
+            flight = self._flights.get(generator)
+        if flight is None:
+            return
         try:
             kind, value = self.ray.get(next(generator))
         except StopIteration:
@@ -378,6 +381,8 @@ class RayExecutor:
         name = type(error).__name__
         if self.cancel.is_set() or name == "TaskCancelledError":
             self._end(generator, finished=_interrupted())
+        elif name == "OutOfMemoryError":  # Ray's memory monitor killed it: the run's own doing, not the node's
+            self._end(generator, finished=RunOutcome(reason=f"out of host memory on node {flight.host}"))
         elif name in LOST_ERRORS or isinstance(error, getattr(self.ray.exceptions, "RaySystemError", ())):
             first = (str(error).strip().splitlines() or [name])[0]
             self._end(generator, lost=f"{name}: {first[:200]}")

@@ -5,6 +5,7 @@ Prints two figures:
               the Finished event, less the run's own training and evaluation processes; the median,
               with the median time the controller's thread spends in submit()
   throughput  experiments per minute with 8 slots against 1, each run training for a fixed sleep
+              (and the overhead of a run alone, without the others contending for the CPU)
 
 Usage: python scripts/bench_cluster.py [--sleep 10] [--jobs-per-slot 2]
 Each cluster is warmed up first (one wave), so Ray's worker start-up is not counted.
@@ -118,12 +119,14 @@ def main() -> None:
             one = run_jobs(executor, events, [job(repo, 300 + n, args.sleep) for n in range(args.jobs_per_slot)], 1)
             many = [job(repo, 400 + n, args.sleep) for n in range(8 * args.jobs_per_slot)]
             eight = run_jobs(executor, events, many, 8)
-            return args.jobs_per_slot / one["wall"] * 60, 8 * args.jobs_per_slot / eight["wall"] * 60
-        per_min_1, per_min_8 = with_executor(cluster, pinned, throughput)
+            alone = statistics.median(one["overheads"])
+            return args.jobs_per_slot / one["wall"] * 60, 8 * args.jobs_per_slot / eight["wall"] * 60, alone
+        per_min_1, per_min_8, alone = with_executor(cluster, pinned, throughput)
     finally:
         cluster.shutdown()
     print(f"throughput: 1 slot {per_min_1:.2f}/min, 8 slots {per_min_8:.2f}/min: {per_min_8 / per_min_1:.2f}x "
           f"(runs of {args.sleep:g} s, {args.jobs_per_slot} per slot, {os.cpu_count()} CPU cores)")
+    print(f"overhead, one run at a time: median {alone:.3f} s per experiment")
 
 
 if __name__ == "__main__":
