@@ -28,6 +28,7 @@ import psutil
 DEFAULT_LOG_CAP = 8 * 1024 * 1024  # bytes of output kept from the start
 TAIL_KEEP = 256 * 1024  # bytes kept from the end once the cap is reached
 KILL_GRACE_SECONDS = 5.0
+EXIT_SETTLE_SECONDS = 0.1  # a run's process still alive this long after the run ended was left running
 TOKEN_ENV = "AUTORESEARCH_RUN_TOKEN"
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -203,6 +204,11 @@ def kill_tree(root: int, tree: _Tree) -> int:
     """SIGKILL the session's process group and every process of the run; return how many lived."""
     tree.snapshot()
     tree.add_leftovers()
+    lingering = tree.alive()
+    if lingering:  # one caught mid-exit (a sandbox's init on a busy host) is gone a moment later
+        time.sleep(EXIT_SETTLE_SECONDS)
+        tree.snapshot()
+        lingering = tree.alive()
     try:
         os.killpg(root, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
@@ -215,7 +221,7 @@ def kill_tree(root: int, tree: _Tree) -> int:
             pass
     psutil.wait_procs(alive, timeout=KILL_GRACE_SECONDS)
     tree.reap()
-    return len(alive)
+    return len(lingering)
 
 
 def _has_token(p: psutil.Process, token: str) -> bool:

@@ -1,0 +1,224 @@
+"""The Ray executor on a real Ray cluster on this machine: two nodes with fake GPUs and hardware labels.
+
+Jobs are built the way the controller builds them and driven straight through RayExecutor; the
+runs are the fake harness's, in the real contained Runner on the nodes.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import queue
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+ray = pytest.importorskip("ray")
+from ray.cluster_utils import Cluster  # noqa: E402
+
+from daemon_kit import FAKE_TRAIN, make_repo  # noqa: E402
+from loop.executor import Finished, Job, Lost, Started, TrainingEnded  # noqa: E402
+from loop.procs import Cancel  # noqa: E402
+from loop.ray_executor import PREPARED_MARK, RayExecutor  # noqa: E402
+from loop.runner import RunSpec  # noqa: E402
+
+NODE_MEMORY = 80 << 20  # object store bytes per node: the machine is small and shared
+LABELS = ("H100", "A10")
+WAIT_S = 90.0  # a generous ceiling for events on a busy machine; tests never depend on it being tight
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster, dict[str, object], Path]]:
+    """A head without GPUs and two nodes with two fake GPUs each, one labelled per hardware kind."""
+    base = tmp_path_factory.mktemp("cluster")
+    saved = {k: os.environ.get(k) for k in ("AUTORESEARCH_CACHE", "AUTORESEARCH_SCRATCH")}
+    # The nodes' processes inherit these: each node's data cache and run scratch live here.
+    os.environ["AUTORESEARCH_CACHE"] = str(base / "node-cache")
+    os.environ["AUTORESEARCH_SCRATCH"] = str(base / "node-scratch")
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0, "include_dashboard": False,
+                                                       "object_store_memory": NODE_MEMORY})
+    nodes = {label: c.add_node(num_cpus=2, num_gpus=2, resources={f"hw:{label}": 1}, object_store_memory=NODE_MEMORY)
+             for label in LABELS}
+    c.wait_for_nodes()
+    try:
+        yield c, nodes, base
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        c.shutdown()
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> tuple[Path, dict[str, bytes]]:
+    repo, _ = make_repo(tmp_path)
+    pinned = {name: (repo / name).read_bytes() for name in ("prepare.py", "val.txt")}
+    return repo, pinned
+
+
+def make_job(repo: Path, n: int, sleep: float = 0.0, run: int = 0) -> Job:
+    """A Job as the controller makes one: the commit's train.py bytes, the experiment's folder."""
+    exp_dir = repo / ".autoresearch" / "runs" / "t" / f"{n:04d}"
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    train_py = FAKE_TRAIN.format(sleep=sleep, eval_sleep=0.0).replace("LR = 0.02", f"LR = {0.001 * (n + 1)}")
+    spec = RunSpec(train_py=train_py.encode(), exp_dir=exp_dir, budget=60.0, timeout=120.0, seed=n,
+                   startup_allowance=60.0)
+    return Job(n, run, hashlib.sha1(train_py.encode()).hexdigest(), spec)
+
+
+def next_event(events: queue.Queue) -> object:
+    try:
+        return events.get(timeout=WAIT_S)
+    except queue.Empty:
+        raise AssertionError(f"no event from the executor within {WAIT_S:.0f}s") from None
+
+
+def drain_until(events: queue.Queue, done: callable) -> list[object]:
+    seen: list[object] = []
+    while not done(seen):
+        seen.append(next_event(events))
+    return seen
+
+
+def finished(seen: list[object]) -> list[Finished]:
+    return [e for e in seen if isinstance(e, Finished)]
+
+
+def test_twenty_jobs_spread_over_both_nodes(cluster, harness) -> None:
+    c, nodes, base = cluster
+    repo, pinned = harness
+    events: queue.Queue = queue.Queue()
+    executor = RayExecutor(c.address, pinned, events, Cancel())
+    try:
+        assert len(executor.slot_names()) == 4 and executor.free_slots() == 4
+        jobs, seen = [make_job(repo, n) for n in range(20)], []
+        pending = list(jobs)
+        while len(finished(seen)) < len(jobs):
+            while pending and executor.free_slots() > 0:  # the controller's dispatch loop
+                executor.submit(pending.pop(0))
+            try:
+                seen.append(events.get(timeout=WAIT_S if not pending else 0.5))
+            except queue.Empty:
+                assert pending, "no event while runs were in flight"
+        slots = executor.slot_names()
+    finally:
+        executor.shutdown()
+    done = finished(seen)
+    assert sorted(e.job.n for e in done) == list(range(20))  # every job once, none twice
+    assert not [e for e in seen if isinstance(e, Lost)]
+    assert all(not e.outcome.reason and e.outcome.val_bpb is not None for e in done), [e.outcome.reason for e in done]
+    assert {e.outcome.hardware["node_id"] for e in done} == {node.node_id for node in nodes.values()}
+    assert {e.outcome.hardware["gpu"] for e in done} == set(LABELS)
+    started = {e.job.n: e for e in seen if isinstance(e, Started)}
+    assert sorted(started) == list(range(20)) and all(e.slot in slots for e in started.values())
+    assert len([e for e in seen if isinstance(e, TrainingEnded)]) == 20
+    # Scores differ with each job's LR, so each result is its own run's; logs came back to the controller.
+    assert len({e.outcome.val_bpb for e in done}) == 20
+    assert all("val_bpb:" in (e.job.spec.exp_dir / "eval.log").read_text() for e in done)
+    assert all(":" in e.outcome.hardware["checkpoint"] for e in done)
+    assert len(list((base / "node-cache").glob(PREPARED_MARK + "*"))) == 1  # prepared once, shared here
+
+
+def test_hardware_labels_route_and_report(cluster, harness) -> None:
+    c, nodes, _ = cluster
+    repo, pinned = harness
+    events: queue.Queue = queue.Queue()
+    executor = RayExecutor(c.address, pinned, events, Cancel(), screen_on="A10", confirm_on="H100",
+                           fetch_checkpoints=True)
+    try:
+        screen, confirm = make_job(repo, 1), make_job(repo, 1, run=1)
+        executor.submit(screen)
+        executor.submit(confirm)
+        done = finished(drain_until(events, lambda seen: len(finished(seen)) == 2))
+    finally:
+        executor.shutdown()
+    by_run = {e.job.run: e.outcome for e in done}
+    assert by_run[0].hardware["gpu"] == "A10" and by_run[0].hardware["node_id"] == nodes["A10"].node_id
+    assert by_run[1].hardware["gpu"] == "H100" and by_run[1].hardware["node_id"] == nodes["H100"].node_id
+    assert (screen.spec.exp_dir / "ckpt" / "model.pt").is_file() and "checkpoint" not in by_run[0].hardware
+
+
+def test_cancel_interrupts_runs_in_flight(cluster, harness) -> None:
+    c, _, _ = cluster
+    repo, pinned = harness
+    events: queue.Queue = queue.Queue()
+    cancel = Cancel()
+    executor = RayExecutor(c.address, pinned, events, cancel)
+    try:
+        jobs = [make_job(repo, n, sleep=600.0) for n in range(3)]
+        for job in jobs:
+            executor.submit(job)
+        drain_until(events, lambda seen: len([e for e in seen if isinstance(e, Started)]) == 3)
+        stopped_at = time.monotonic()
+        cancel.set()
+        done = finished(drain_until(events, lambda seen: len(finished(seen)) == 3))
+        assert executor.free_slots() == 0  # stopping: nothing new is taken
+    finally:
+        executor.shutdown()
+    assert sorted(e.job.n for e in done) == [0, 1, 2]
+    assert all(e.outcome.interrupted and e.outcome.reason == "interrupted" for e in done)
+    assert time.monotonic() - stopped_at < 600  # far sooner than the runs' own sleep
+
+
+def test_cpu_slots_when_the_cluster_has_no_gpus_to_give(cluster, harness) -> None:
+    c, _, _ = cluster
+    repo, pinned = harness
+    events: queue.Queue = queue.Queue()
+    executor = RayExecutor(c.address, pinned, events, Cancel(), gpu=False)
+    try:
+        cpus = int(ray.cluster_resources()["CPU"])
+        assert len(executor.slot_names()) == cpus and all(":cpu" in name for name in executor.slot_names())
+        for n in range(2):
+            executor.submit(make_job(repo, n))
+        seen = drain_until(events, lambda s: len(finished(s)) == 2)
+    finally:
+        executor.shutdown()
+    assert all(not e.outcome.reason for e in finished(seen)), [e.outcome.reason for e in finished(seen)]
+    assert len({e.slot for e in seen if isinstance(e, Started)}) == 2  # two runs at once: two slots
+
+
+def test_without_ray_one_line_says_how_to_install(tmp_path: Path) -> None:
+    # A fresh interpreter in which `import ray` fails, as on a machine without the extra.
+    code = ("import sys, queue; sys.modules['ray'] = None\n"
+            "from loop.errors import SetupError\nfrom loop.procs import Cancel\n"
+            "from loop.ray_executor import RayExecutor\n"
+            "try:\n    RayExecutor('auto', {'prepare.py': b''}, queue.Queue(), Cancel())\n"
+            "except SetupError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1], capture_output=True, text=True,
+                         timeout=60)
+    assert out.stdout.strip().splitlines() == ["--ray needs Ray, which is not installed here: pip install -e '.[ray]'"]
+
+
+def test_node_killed_mid_run_is_lost_then_runs_elsewhere(cluster, harness) -> None:
+    c, nodes, _ = cluster
+    repo, pinned = harness
+    events: queue.Queue = queue.Queue()
+    executor = RayExecutor(c.address, pinned, events, Cancel())
+    seen: list[object] = []
+    try:
+        jobs = {n: make_job(repo, n, sleep=8.0) for n in range(4)}
+        for job in jobs.values():
+            executor.submit(job)
+        seen += drain_until(events, lambda s: len([e for e in s if isinstance(e, Started)]) == 4)
+        victim = next(node for node in nodes.values() if node.node_id == executor.where(jobs[0]))
+        on_victim = {n for n, job in jobs.items() if executor.where(job) == victim.node_id}
+        c.remove_node(victim)
+        while len(finished(seen)) < len(jobs):  # the controller's part: a lost run goes back in the queue
+            event = next_event(events)
+            seen.append(event)
+            if isinstance(event, Lost):
+                assert not [e for e in finished(seen) if e.job.key == event.job.key]
+                executor.submit(event.job)
+        assert len(executor.slot_names()) == 2  # the slots left with the node
+    finally:
+        executor.shutdown()
+    lost = sorted(e.job.n for e in seen if isinstance(e, Lost))
+    assert lost == sorted(on_victim) and lost
+    done = finished(seen)
+    assert sorted(e.job.n for e in done) == [0, 1, 2, 3]  # none lost, none twice
+    assert all(not e.outcome.reason for e in done), [e.outcome.reason for e in done]
+    assert all(e.outcome.hardware["node_id"] != victim.node_id for e in done if e.job.n in on_victim)
