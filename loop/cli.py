@@ -53,6 +53,10 @@ def parser() -> argparse.ArgumentParser:
                         help="rerun grey-zone results with a fresh seed (never: keep any gain, greedy)")
         sp.add_argument("--baseline-runs", type=int,
                         help="runs of the baseline, to measure the noise (default 3 with spare slots, else 2)")
+        sp.add_argument("--ray", metavar="ADDRESS", help="run experiments as tasks on a Ray cluster (auto: the "
+                        "cluster this machine is part of); needs pip install -e '.[ray]'")
+        sp.add_argument("--screen-on", metavar="LABEL", help="with --ray: hardware label for first runs")
+        sp.add_argument("--confirm-on", metavar="LABEL", help="with --ray: hardware label for confirmation runs")
 
     s = sub.add_parser("start", formatter_class=fmt, help="start a new run on branch autoresearch/TAG")
     s.add_argument("--tag", required=True)
@@ -130,7 +134,8 @@ def dispatch(args: argparse.Namespace, argv: list[str]) -> int:
 
 def _settings(args: argparse.Namespace) -> dict:
     keys = ("budget", "timeout", "min_delta", "max_experiments", "max_hours", "max_cost", "fix_attempts", "model",
-            "gpus", "slots", "lookahead", "keep_checkpoints", "keep_z", "confirm", "baseline_runs")
+            "gpus", "slots", "lookahead", "keep_checkpoints", "keep_z", "confirm", "baseline_runs", "ray", "screen_on",
+            "confirm_on")
     values = {k: getattr(args, k) for k in keys}
     values["queue"] = str(args.queue.resolve()) if args.queue else None
     return values

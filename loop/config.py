@@ -35,6 +35,9 @@ class Config:
     keep_z: float = 2.0  # standard errors of the difference a keep must clear
     confirm: str = "auto"  # auto | never | always: rerun grey-zone results with a fresh seed
     baseline_runs: int | None = None  # None: 3 with spare slots at start, else 2
+    ray: str | None = None  # a Ray cluster's address ("auto": the one this machine is in); None: local slots
+    screen_on: str | None = None  # with Ray: hardware label first runs go to
+    confirm_on: str | None = None  # with Ray: hardware label confirmation runs go to
 
     def __post_init__(self) -> None:
         """Bad numbers are found at start, not after a baseline has spent its budget."""

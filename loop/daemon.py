@@ -37,8 +37,9 @@ from loop.config import Config
 from loop.display import Display
 from loop.errors import AutoresearchError, BaselineCrashed, BudgetExhausted, InternalError, SetupError
 from loop.executor import Executor, Finished, Job, LocalExecutor, Lost, Started, TrainingEnded, plan_slots
-from loop.journal import (JOURNAL_NAME, STATUSES, ExperimentRecord, Journal, RunRecord, append_result, atomic_write,
-                          experiment_dir, fold, read_events_checked, rebuild_results, run_dir, state_dir)
+from loop.journal import (JOURNAL_NAME, STATUSES, ExperimentRecord, Journal, RunRecord, _jsonable, append_result,
+                          apply_event, atomic_write, experiment_dir, fold, read_events_checked, rebuild_results, run_dir,
+                          state_dir)
 from loop.policy import Noise, Policy
 from loop.procs import Cancel
 from loop.proposer import AgentBroken, AgentWaiting, Proposer, ProposalError, ProposalReady, Request
@@ -102,7 +103,7 @@ class Daemon:
         self.repo, self.config, self.agent = repo, config, agent
         self.git = gitops.Git(repo)
         self.dir = run_dir(repo, config.tag)
-        self.journal = Journal(self.dir / JOURNAL_NAME)
+        self.journal = _FoldingJournal(self.dir / JOURNAL_NAME)
         self.results = repo / "results.tsv"
         self.display = display or Display()
         self.cancel = Cancel()
@@ -110,8 +111,8 @@ class Daemon:
         self.branch = gitops.BRANCH_PREFIX + config.tag
         self.state_path = state_dir(repo) / "state.json"
         self.events: queue.Queue = queue.Queue()
-        self.slots = plan_slots(config.gpus, config.slots)
-        self.executor = executor or LocalExecutor(self.slots, self.make_runner, self.events, self.cancel)
+        self.slots = plan_slots(config.gpus, config.slots) if config.ray is None else []
+        self.executor = executor or self.make_executor()
         self.proposer = Proposer(agent, self.events, lambda: self.stop.requested or bool(self.stopping))
         self.policy = Policy(config.min_delta, config.keep_z, config.confirm)
         self.protected: dict[str, str] = {}
@@ -179,11 +180,12 @@ class Daemon:
     def ask_ahead(self) -> None:
         """Keep slots + lookahead experiments in flight, so a slot waits for the agent only when the
         agent is slower than a whole run."""
-        lookahead = self.config.lookahead if self.config.lookahead is not None else len(self.slot_view)
+        slots = len(self.executor.slot_names())  # on a cluster, as many as it has now
+        lookahead = self.config.lookahead if self.config.lookahead is not None else slots
         while self.proposer.can_ask() and self.baseline_decided():
             if self.to_ask:
                 n, attempt, failure, crashed = self.to_ask.pop(0)
-            elif self.waiting_for_slots() < len(self.slot_view) + lookahead and self.room_for_more():
+            elif self.waiting_for_slots() < slots + lookahead and self.room_for_more():
                 n, attempt, failure, crashed = self.next_n, 0, "", ""
                 self.next_n += 1
             else:
@@ -318,6 +320,15 @@ class Daemon:
                        splits=("val", "holdout") if "holdout.txt" in self.pinned else ("val",))
         return Job(att.n, run, att.commit or "", spec)
 
+    def make_executor(self) -> Executor:
+        if self.config.ray is None:
+            return LocalExecutor(self.slots, self.make_runner, self.events, self.cancel)
+        from loop.ray_executor import RayExecutor  # Ray is imported only when asked for
+
+        pinned = {name: (self.repo / name).read_bytes() for name in PINNED if (self.repo / name).is_file()}
+        return RayExecutor(self.config.ray, pinned, self.events, self.cancel, gpu=self.config.slots is None,
+                           screen_on=self.config.screen_on, confirm_on=self.config.confirm_on)
+
     def make_runner(self, job: Job) -> Runner:
         return Runner(self.repo, self.pinned, self.cancel, self.on_line(job))
 
@@ -432,7 +443,7 @@ class Daemon:
                             best_after=best_after, tip=self.git.ref_sha(self.branch), val_bpb=mean, runs=runs)
         self.attempts.pop(att.n, None)
         self.refresh()
-        rec = next(e for e in self.run.experiments if e.n == att.n)
+        rec = self.run.by_n[att.n]
         append_result(self.results, rec)
         self.journal.append("recorded", n=att.n)
         self.tidy_checkpoints(att.n, status)
@@ -474,7 +485,7 @@ class Daemon:
         self.protected = guard.protected_hashes(self.repo)
         self.journal.append("run_started", tag=self.config.tag, branch=self.branch, base_commit=self.git.head(),
                             protected=self.protected, agent=self.agent.name, config=asdict(self.config),
-                            hardware=hardware, floor=floor, slots=[asdict(s) for s in self.slots])
+                            hardware=hardware, floor=floor, slots=self.executor.slot_names())
 
     def load(self) -> None:
         """Make journal, git and results.tsv agree, and pick up every undecided experiment where it was."""
@@ -489,7 +500,7 @@ class Daemon:
         for rec in run.experiments:
             if rec.status in STATUSES and not rec.recorded:
                 self.journal.append("recorded", n=rec.n)  # the row is rebuilt below
-        self.run = fold(self.journal.events())
+        self.run = self.journal.run = fold(self.journal.events())
         rebuild_results(self.results, self.run)
         self.best = self.run.best
         tip = self.best.commit if self.best else meta.get("base_commit")
@@ -619,9 +630,6 @@ class Daemon:
                 for e in decided]
 
     def refresh(self) -> None:
-        """Re-fold the journal after a decision (decisions are rare next to everything else)."""
-        events, _ = read_events_checked(self.journal.path)
-        self.run = fold(events)
         self.best = self.run.best
 
     def best_commit(self) -> str:
@@ -641,7 +649,7 @@ class Daemon:
     def baseline_runs(self) -> int:
         if self.config.baseline_runs is not None:
             return self.config.baseline_runs
-        return 3 if len(self.slot_view) > 1 else 2
+        return 3 if len(self.executor.slot_names()) > 1 else 2
 
     def measure_allowance(self) -> None:
         """Start-up allowance for every later run: twice the baseline's own start-up, plus a margin."""
@@ -715,6 +723,19 @@ class Daemon:
             if live:
                 v = live[0]
                 self.display.live(v["n"], v["phase"], now - v["since"], self.config.budget, v.get("loss"))
+
+
+class _FoldingJournal(Journal):
+    """The journal, with the run it describes folded as each event is written: the controller never
+    re-reads the file to know where it stands."""
+
+    run: RunRecord | None = None
+
+    def append(self, event: str, **fields: Any) -> dict[str, Any]:
+        entry = super().append(event, **fields)
+        if self.run is not None:
+            apply_event(self.run, json.loads(json.dumps(entry, default=_jsonable)))
+        return entry
 
 
 def _check_metric(outcome: RunOutcome) -> None:

@@ -183,6 +183,8 @@ class RunRecord:
     stop_reason: str = ""
     experiments: list[ExperimentRecord] = field(default_factory=list)  # by n, pending ones too
     problems: list[str] = field(default_factory=list)
+    by_n: dict[int, ExperimentRecord] = field(default_factory=dict, repr=False)
+    decisions: int = 0
 
     @property
     def decided(self) -> list[ExperimentRecord]:
@@ -210,29 +212,36 @@ class RunRecord:
 def fold(events: list[dict[str, Any]]) -> RunRecord:
     """Fold a journal's events into one record per experiment number."""
     run = RunRecord()
-    by_n: dict[int, ExperimentRecord] = {}
-    decisions = 0
     for ev in events:
-        name = ev.get("event", "")
-        ts = ev.get("ts")
-        if name in ("run_started", "run_resumed"):
-            run.meta.update({k: v for k, v in ev.items() if k not in ("event", "ts")})
-            run.tag = ev.get("tag", run.tag)
-            if run.started_at is None:
-                run.started_at = ts
-            run.stopped_at = None  # a resumed run is running again
-            continue
-        if name == "run_stopped":
-            run.stopped_at, run.stop_reason = ts, ev.get("reason", "")
-            continue
-        if "n" not in ev:
-            continue
-        rec = by_n.setdefault(ev["n"], ExperimentRecord(n=ev["n"]))
-        _apply(rec, name, ev)
-        if name == "decided":
-            rec.decided_order, decisions = decisions, decisions + 1
-    run.experiments = [by_n[n] for n in sorted(by_n)]
+        apply_event(run, ev)
     return run
+
+
+def apply_event(run: RunRecord, ev: dict[str, Any]) -> None:
+    """Fold one more event into `run`, in place (the daemon keeps its record current this way)."""
+    name = ev.get("event", "")
+    ts = ev.get("ts")
+    if name in ("run_started", "run_resumed"):
+        run.meta.update({k: v for k, v in ev.items() if k not in ("event", "ts")})
+        run.tag = ev.get("tag", run.tag)
+        if run.started_at is None:
+            run.started_at = ts
+        run.stopped_at = None  # a resumed run is running again
+        return
+    if name == "run_stopped":
+        run.stopped_at, run.stop_reason = ts, ev.get("reason", "")
+        return
+    if "n" not in ev:
+        return
+    rec = run.by_n.get(ev["n"])
+    if rec is None:
+        rec = run.by_n[ev["n"]] = ExperimentRecord(n=ev["n"])
+        run.experiments.append(rec)
+        if run.experiments[-2:-1] and run.experiments[-2].n > rec.n:
+            run.experiments.sort(key=lambda e: e.n)
+    _apply(rec, name, ev)
+    if name == "decided":
+        rec.decided_order, run.decisions = run.decisions, run.decisions + 1
 
 
 def _apply(rec: ExperimentRecord, name: str, ev: dict[str, Any]) -> None:

@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
-"""The daemon's own overhead per experiment: everything but the agent, training and evaluation.
+"""The daemon's own overhead per experiment: the controller's work, not the agent's or the runs'.
 
     python scripts/bench_loop.py [--experiments N]
 
-Runs a real daemon (search agent, the test kit's fast fake harness) in a scratch git repo, then
-reads the journal: per experiment, the wall time from `proposing` to `recorded` minus the agent's
-time and the training and evaluation processes' wall time. Prints the median and quartiles.
+Runs a real daemon (search agent, one slot, the test kit's fast fake harness) in a scratch git repo,
+then reads the journal. Proposals are asked ahead while runs train, so the controller's own time
+per experiment is what lies on its thread: from `proposed` to `committed` (commit, guard)
+and from the run's `evaluated` to `recorded` (decide, record). Prints the median and quartiles,
+and for reference the wall-clock of the training and evaluation processes.
 """
 from __future__ import annotations
 
@@ -30,22 +32,22 @@ def main() -> int:
         if done.returncode != 0:
             print(done.stderr)
             return 1
-        first: dict[int, float] = {}
+        proposed: dict[int, float] = {}
+        evaluated: dict[int, float] = {}
         overhead, processes = [], []
         for ev in journal_events(repo, "bench"):
             n = ev.get("n")
             if n is None or n == 0:
                 continue
-            if ev["event"] == "proposing":
-                first.setdefault(n, ev["ts"])
-            elif ev["event"] == "proposed":
-                agent = ev["agent_seconds"]
+            if ev["event"] == "proposed":
+                proposed[n] = ev["ts"]
+            elif ev["event"] == "committed" and n in proposed:
+                proposed[n] = ev["ts"] - proposed[n]
             elif ev["event"] == "evaluated":
-                child = ev["train_seconds"] + ev["eval_seconds"]
-            elif ev["event"] == "recorded":
-                total = ev["ts"] - first[n]
-                overhead.append(total - agent - child)
-                processes.append(child)
+                evaluated[n] = ev["ts"]
+                processes.append(ev["train_seconds"] + ev["eval_seconds"])
+            elif ev["event"] == "recorded" and n in evaluated:
+                overhead.append(proposed[n] + ev["ts"] - evaluated[n])
     q = statistics.quantiles(overhead, n=4)
     print(f"experiments: {len(overhead)}")
     print(f"daemon overhead per experiment: median {statistics.median(overhead) * 1000:.0f} ms "

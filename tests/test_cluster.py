@@ -222,3 +222,35 @@ def test_node_killed_mid_run_is_lost_then_runs_elsewhere(cluster, harness) -> No
     assert sorted(e.job.n for e in done) == [0, 1, 2, 3]  # none lost, none twice
     assert all(not e.outcome.reason for e in done), [e.outcome.reason for e in done]
     assert all(e.outcome.hardware["node_id"] != victim.node_id for e in done if e.job.n in on_victim)
+
+
+def test_daemon_on_the_cluster_then_killed_and_resumed(cluster, tmp_path: Path) -> None:
+    """The whole daemon with --ray: runs spread over both nodes, every invariant of a local run
+    holds; the controller killed with runs in flight resumes them, none lost or run twice."""
+    from daemon_kit import assert_invariants, journal_events, read_results, run_cli, start_background
+    from loop.journal import fold
+
+    c, _, _ = cluster
+    if ray.is_initialized():
+        ray.shutdown()  # the controller process connects on its own
+    repo, env = make_repo(tmp_path, sleep=1.0)
+    args = ("--ray", c.address, "--budget", "5", "--timeout", "60")
+    daemon = start_background(repo, "start", "--tag", "rc", "--max-experiments", "8", *args, env=env)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if len({e["n"] for e in journal_events(repo, "rc") if e["event"] == "started" and e["n"] > 0}) >= 3:
+            break
+        time.sleep(0.1)
+    daemon.kill()
+    daemon.wait()
+    in_flight = {e.n for e in fold(journal_events(repo, "rc")).experiments if e.status is None and e.commit}
+    done = run_cli(repo, "resume", "--tag", "rc", env=env, timeout=600)
+    assert done.returncode == 0, done.stderr + done.stdout
+    for n in in_flight:
+        assert f"resuming experiment {n} from its commit" in done.stdout
+    assert len(read_results(repo)) == 9
+    assert_invariants(repo, "rc")
+    hosts = {e["slot"].split(":")[0] for e in journal_events(repo, "rc") if e["event"] == "started"}
+    assert len(hosts) == 2, hosts  # both nodes ran experiments
+    labels = {(e.get("hardware") or {}).get("label") for e in journal_events(repo, "rc") if e["event"] == "evaluated"}
+    assert set(LABELS) <= labels
