@@ -95,6 +95,7 @@ class Attempt:
     running: dict[int, str] = field(default_factory=dict)  # run index -> phase (running, evaluating)
     outcomes: dict[int, RunOutcome] = field(default_factory=dict)
     parent_score: float | None = None  # the best's mean when this experiment was dispatched
+    hardware: str = ""  # remeasure: the hardware the best is measured on
 
 
 class Daemon:
@@ -134,6 +135,7 @@ class Daemon:
         self.state_written = 0.0
         self.eval_since: dict[tuple[int, int], float] = {}
         self.conflicts: dict[int, str] = {}  # experiment -> the conflicting merge it is asked to redo
+        self.held: dict[str, list[int]] = {}  # hardware -> experiments waiting for the best's run there
         self.run_usage = Usage()
         self.waiting_since = 0.0
 
@@ -289,8 +291,9 @@ class Daemon:
                 return
             self.journal.append("running", n=job.n, run=job.run, commit=job.commit, seed=job.spec.seed)
             self.first_dispatch = self.first_dispatch or time.time()
-            self.attempts[job.n].running[job.run] = "running"
-            self.executor.submit(job)
+            att = self.attempts[job.n]
+            att.running[job.run] = "running"
+            self.executor.submit(job, hardware=att.hardware or None)
 
     def next_job(self) -> Job | None:
         """Runs of experiments already under way first (repeats, resumed ones), then new ones, each on
@@ -317,7 +320,7 @@ class Daemon:
         allowance = self.allowance if self.allowance is not None else self.config.timeout - self.config.budget
         spec = RunSpec(train_py=self.git.show(att.commit or "", EDITABLE), exp_dir=exp_dir, budget=self.config.budget,
                        timeout=self.config.timeout, seed=self.seed(att.n, run), startup_allowance=allowance,
-                       splits=("val", "holdout") if "holdout.txt" in self.pinned else ("val",))
+                       splits=("val",))
         return Job(att.n, run, att.commit or "", spec)
 
     def make_executor(self) -> Executor:
@@ -391,6 +394,9 @@ class Daemon:
                             eval_seconds=round(outcome.eval_seconds, 3), timings=outcome.timings,
                             hardware=outcome.hardware)
         att.outcomes[job.run] = outcome
+        if att.kind == "remeasure":
+            self.remeasured(att)
+            return
         if outcome.reason and att.kind == "agent" and outcome.simple_crash and att.fix_attempt < self.config.fix_attempts:
             self.request_fix(att, outcome)
             return
@@ -416,7 +422,14 @@ class Daemon:
         elif att.kind == "baseline":
             status, reason = "keep", ""
         else:
-            verdict = self.policy.decide(scores, self.best_scores(), self.noise())
+            hardware = _hardware_key(att.outcomes[max(att.outcomes)].hardware)
+            best_scores = self.best_scores(hardware)
+            if not best_scores:  # the best never ran on this hardware: measure it there first
+                self.remeasure_best(hardware, att)
+                return
+            scores = [o.val_bpb for _, o in sorted(att.outcomes.items())
+                      if o.val_bpb is not None and _hardware_key(o.hardware) == hardware]
+            verdict = self.policy.decide(scores, best_scores, self.noise())
             if verdict == "confirm":
                 run = max(att.outcomes) + 1
                 self.journal.append("confirming", n=att.n, run=run, scores=scores)
@@ -430,6 +443,27 @@ class Daemon:
         self.finish(att, None, status=status, reason=reason, mean=mean, best_before=best_before, runs=len(scores))
         if status == "discard" and att.kind == "agent" and mean is not None:
             self.maybe_combine(att, mean)
+
+    def remeasure_best(self, hardware: str, waiting: Attempt) -> None:
+        """Results are compared like for like: a best with no run on this hardware (a resumed run on
+        another machine, a cluster node of another kind) is run there once before anyone is judged."""
+        self.held.setdefault(hardware, []).append(waiting.n)
+        if len(self.held[hardware]) > 1 or self.best is None or not self.best.commit:
+            return  # already being measured
+        best = self.best
+        run = max(best.runs, default=-1) + 1
+        self.journal.append("remeasuring", n=best.n, run=run, hardware=hardware, for_n=waiting.n)
+        self.display.say(f"measuring the best (#{best.n:04d}) on {hardware} before comparing results there")
+        att = Attempt(best.n, "remeasure", best.commit, best.description, commit=best.commit, runs_wanted=run + 1,
+                      queued_runs=[run], hardware=hardware)
+        self.attempts[best.n] = att
+
+    def remeasured(self, att: Attempt) -> None:
+        """The best's run on new hardware is in: decide what was waiting for it."""
+        self.attempts.pop(att.n, None)
+        for n in self.held.pop(att.hardware, []):
+            if n in self.attempts:
+                self.decide(self.attempts[n])
 
     def finish(self, att: Attempt, guard_outcome: RunOutcome | None, status: str = "crash", reason: str = "",
                mean: float | None = None, best_before: float | None = None, runs: int = 0) -> None:
@@ -600,7 +634,7 @@ class Daemon:
         return any(att.running for att in self.attempts.values())
 
     def baseline_decided(self) -> bool:
-        return 0 not in self.attempts
+        return not any(a.kind == "baseline" for a in self.attempts.values())
 
     def fail(self, error: AutoresearchError) -> None:
         """Wind down: no new work, the runs in flight finish and are recorded, then the error ends the run."""
@@ -637,8 +671,15 @@ class Daemon:
             return self.best.commit
         return self.run.meta.get("base_commit") or self.git.head()
 
-    def best_scores(self) -> list[float]:
-        return self.best.scores() if self.best is not None else []
+    def best_scores(self, hardware: str = "") -> list[float]:
+        """The best's scores on this hardware (every run when hardware is unknown)."""
+        if self.best is None:
+            return []
+        runs = [r for _, r in sorted(self.best.runs.items()) if isinstance(r.get("scores"), dict)
+                and r["scores"].get("val") is not None]
+        if hardware:
+            runs = [r for r in runs if _hardware_key(r.get("hardware")) in (hardware, "")]
+        return [r["scores"]["val"] for r in runs]
 
     def best_mean(self) -> float | None:
         return self.best.val_bpb if self.best is not None else None
@@ -746,10 +787,17 @@ def _check_metric(outcome: RunOutcome) -> None:
             return
 
 
+def _hardware_key(hardware: dict | None) -> str:
+    """What makes two runs comparable: a cluster node's label, else the GPU model, else the CPU."""
+    hardware = hardware or {}
+    return str(hardware.get("label") or hardware.get("gpu") or hardware.get("cpu") or "")
+
+
 def _outcome_of(fields: dict[str, Any]) -> RunOutcome:
     """A run's outcome as the journal recorded it (on resume)."""
     scores = fields.get("scores") or ({"val": fields["val_bpb"]} if fields.get("val_bpb") is not None else {})
     return RunOutcome(scores=dict(scores), reason=fields.get("reason", ""), summary=fields.get("summary") or {},
+                      hardware=fields.get("hardware") or {},
                       train_seconds=float(fields.get("train_seconds") or 0.0),
                       eval_seconds=float(fields.get("eval_seconds") or 0.0))
 

@@ -24,6 +24,9 @@ from loop.procs import Cancel
 from loop.runner import RunOutcome, Runner, RunSpec
 
 
+HARDWARE_LABEL_ENV = "AUTORESEARCH_HARDWARE_LABEL"  # names this machine's hardware where models alone do not
+
+
 @dataclass(frozen=True)
 class Job:
     """One run of one experiment: the experiment's number, which repeat, and the run's spec."""
@@ -75,7 +78,7 @@ class Executor(Protocol):
 
     def slot_names(self) -> list[str]: ...
 
-    def submit(self, job: Job) -> None: ...
+    def submit(self, job: Job, hardware: str | None = None) -> None: ...
 
     def shutdown(self) -> None: ...
 
@@ -130,7 +133,8 @@ class LocalExecutor:
         with self._lock:
             return len(self._free)
 
-    def submit(self, job: Job) -> None:
+    def submit(self, job: Job, hardware: str | None = None) -> None:
+        """Run `job` on a free slot (one machine: its hardware is the only hardware there is)."""
         with self._lock:
             slot = self._free.pop(0)
         thread = threading.Thread(target=self._run, args=(slot, job), name=f"slot-{slot.name}", daemon=True)
@@ -147,6 +151,8 @@ class LocalExecutor:
             runner = self.make_runner(job)
             self.events.put(Started(job, slot.name, slot.device, self.host))
             trained = runner.train(spec)
+            if label := os.environ.get(HARDWARE_LABEL_ENV):
+                trained.hardware = {**trained.hardware, "label": label}
             if trained.killed:
                 self._killed.add(slot.name)
             # The device is free for the next run while this one is scored: free it before the

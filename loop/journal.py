@@ -254,6 +254,8 @@ def _apply(rec: ExperimentRecord, name: str, ev: dict[str, Any]) -> None:
     if "run" in ev and name in ("running", "started", "evaluating", "evaluated", "interrupted"):
         fields = {k: v for k, v in ev.items() if k not in ("event", "n", "run")}
         rec.runs.setdefault(int(ev["run"]), {}).update(fields, phase=name, **{f"{name}_at": ts})
+        if rec.status in STATUSES:
+            return  # a decided experiment run again elsewhere (the best, remeasured): its decision stands
     if name == "proposal_failed":
         rec.failed_proposals += 1
     elif name == "proposed":
