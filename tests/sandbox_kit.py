@@ -28,7 +28,8 @@ def outside() -> Iterator[Path]:
     /workspace/project lives, and what a run used to see through a read-only host."""
     home, tmp = Path.home().resolve(), Path(tempfile.gettempdir()).resolve()
     for base in map(Path, OUTSIDE_CANDIDATES):
-        if base.is_dir() and os.access(base, os.W_OK) and not base.is_relative_to(home) and not base.is_relative_to(tmp):
+        elsewhere = not base.is_relative_to(home) and not base.is_relative_to(tmp)
+        if elsewhere and base.is_dir() and os.access(base, os.W_OK):
             path = Path(tempfile.mkdtemp(prefix="autoresearch-test-", dir=base))
             try:
                 yield path
@@ -49,7 +50,8 @@ def make_venv(path: Path, marker: str) -> Path:
     return python
 
 
-def boxed(python: Path | str, code: str, spec: sandbox.SandboxSpec, log: Path, timeout: float = 60) -> tuple[int | None, str]:
+def boxed(python: Path | str, code: str, spec: sandbox.SandboxSpec, log: Path,
+          timeout: float = 60) -> tuple[int | None, str]:
     """Run `python -c code` in the sandbox of spec, with a run's clean environment; (exit, output)."""
     spec.workdir.mkdir(parents=True, exist_ok=True)
     env = {"PATH": os.environ["PATH"], "PYTHONUNBUFFERED": "1", "PYTHONNOUSERSITE": "1",

@@ -54,7 +54,8 @@ def test_only_the_chosen_gpu_node(tmp_path: Path) -> None:
         (dev / name).touch()
     names = lambda nodes: [p.name for p in nodes]  # noqa: E731
     assert names(sandbox.gpu_nodes((1,), dev)) == ["nvidia1", "nvidiactl", "nvidia-uvm", "nvidia-uvm-tools"]
-    assert names(sandbox.gpu_nodes((0, 2), dev)) == ["nvidia0", "nvidia2", "nvidiactl", "nvidia-uvm", "nvidia-uvm-tools"]
+    assert names(sandbox.gpu_nodes((0, 2), dev)) == ["nvidia0", "nvidia2", "nvidiactl", "nvidia-uvm",
+                                                      "nvidia-uvm-tools"]
     assert len(sandbox.gpu_nodes(None, dev)) == 6
     if not sandbox.available():
         return
@@ -76,7 +77,8 @@ def test_another_checkout_through_the_daemon(tmp_path: Path, outside: Path) -> N
     queue = tmp_path / "queue"
     # The file name is spliced so that the lint lets it through: this tests the sandbox behind it.
     peek = f"import pathlib as _pl\n_v = (_pl.Path({str(other)!r}) / ''.join(['val', '.txt'])).read_bytes()\n"
-    queue_proposal(queue, "01", base.replace("\nif __name__", "\n" + peek + "\nif __name__", 1), "reads another checkout")
+    peeking = base.replace("\nif __name__", "\n" + peek + "\nif __name__", 1)
+    queue_proposal(queue, "01", peeking, "reads another checkout")
     queue_proposal(queue, "02", base.replace("LR = 0.02", "LR = 0.01"), "honest change")
     done = run_cli(repo, "start", "--tag", "o", "--agent", "queue", "--queue", str(queue), "--budget", "2",
                    "--fix-attempts", "0", "--max-experiments", "2", env=env, timeout=300)
