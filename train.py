@@ -4,14 +4,18 @@ This is the one file the research agent edits. Contract with the harness (prepar
 build_model() returns the model whose forward(idx) gives logits (B, T, 256); training runs only
 under __main__, for prepare.TIME_BUDGET seconds, saves the weights to $AUTORESEARCH_OUT/model.pt
 and prints last a `---` line then `key: value` lines. The metric is computed by `prepare.py eval`.
+Seeds come from $AUTORESEARCH_SEED, so a rerun with a new seed measures the noise.
 """
 from __future__ import annotations
 
 import math
 import os
+import random
 import time
+from collections import deque
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -34,7 +38,8 @@ WARMUP_FRAC = 0.02  # share of the budget spent warming the learning rate up
 WARMDOWN_FRAC = 0.4  # share of the budget at the end spent decaying it to zero
 WARMUP_STEPS = 3  # untimed steps that trigger compilation before the clock starts
 COMPILE = ON_GPU  # torch.compile the model (CUDA only)
-SEED = 1337  # reproducible initialisation and data order
+SEED = int(os.environ.get("AUTORESEARCH_SEED", "1337"))  # the harness's seed: initialisation (and data order)
+RECENT_STEPS = 8  # a step starts only if the slowest of this many recent steps would still fit
 LOG_EVERY = 25 if ON_GPU else 10  # steps between progress lines
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16 FLOP/s by GPU name
 
@@ -136,8 +141,52 @@ def lr_scale(progress: float) -> float:
 
 
 # --- training -----------------------------------------------------------------------------------
+class OutOfTime(Exception):
+    """The budget ran out in the middle of a step."""
+
+
+class Budget:
+    """Training time against TIME_BUDGET. A step starts only if the slowest recent step would still
+    fit: on a busy machine step times jump, and a mean would let the last step run over. On a CPU
+    the clock is also checked inside a step (hooks in the forward and backward passes, and before
+    the optimizers), and a step that runs past the budget is dropped at once; its time still
+    counts. On a GPU the kernels run asynchronously, so there only the prediction applies."""
+
+    def __init__(self) -> None:
+        self.trained = 0.0  # seconds of timed steps, dropped ones included: never clipped
+        self.slowest = 0.0
+        self.recent: deque[float] = deque(maxlen=RECENT_STEPS)
+        self.step_start: float | None = None  # None outside timed steps
+
+    def room_for_another_step(self) -> bool:
+        return not self.recent or self.trained + max(self.recent) <= TIME_BUDGET
+
+    def start(self, timed: bool) -> None:
+        self.step_start = time.perf_counter() if timed else None
+
+    def check(self, *_: object) -> None:
+        if self.step_start is not None and self.trained + time.perf_counter() - self.step_start > TIME_BUDGET:
+            raise OutOfTime
+
+    def finish(self, completed: bool) -> None:
+        if self.step_start is not None:
+            took = time.perf_counter() - self.step_start
+            self.trained, self.slowest = self.trained + took, max(self.slowest, took)
+            if completed:
+                self.recent.append(took)
+        self.step_start = None
+
+    def watch(self, model: nn.Module) -> None:
+        for module in model.modules():
+            module.register_forward_pre_hook(self.check)
+        for p in model.parameters():
+            p.register_post_accumulate_grad_hook(self.check)
+
+
 def main() -> None:
     t_start = time.time()
+    random.seed(SEED)
+    np.random.seed(SEED)
     torch.manual_seed(SEED)
     torch.backends.cuda.matmul.allow_tf32 = True
     model = build_model().to(DEVICE)
@@ -155,22 +204,26 @@ def main() -> None:
     n_params = sum(p.numel() for p in model.parameters())
     flops_per_token = 6 * n_params + 12 * DEPTH * MODEL_DIM * SEQ_LEN  # matmuls + attention
 
-    step, trained, tokens, loss_value = 0, 0.0, 0, float("nan")
-    while True:
-        progress = trained / TIME_BUDGET
-        timed_steps = step - WARMUP_STEPS
-        # stop when a step of the mean duration would end past the budget; the mean, not the last
-        # step, so that one step slowed by a busy machine does not end the run early
-        if timed_steps > 0 and trained + trained / timed_steps > TIME_BUDGET:
-            break
-        t0 = time.time()
+    budget = Budget()
+    if not ON_GPU:
+        budget.watch(model)
+    step, tokens, loss_value = 0, 0, float("nan")
+    while budget.room_for_another_step():
+        timed = step >= WARMUP_STEPS  # compilation and warm-up are not charged to the budget
+        budget.start(timed)
         for opt in optimizers:
             for group in opt.param_groups:
-                group["lr"] = group["initial_lr"] * lr_scale(progress)
+                group["lr"] = group["initial_lr"] * lr_scale(budget.trained / TIME_BUDGET)
         x, y = next(batches)
-        with torch.autocast("cuda", torch.bfloat16, enabled=ON_GPU):
-            loss = F.cross_entropy(step_model(x).view(-1, VOCAB_SIZE), y.reshape(-1))
-        loss.backward()
+        try:
+            with torch.autocast("cuda", torch.bfloat16, enabled=ON_GPU):
+                loss = F.cross_entropy(step_model(x).view(-1, VOCAB_SIZE), y.reshape(-1))
+            loss.backward()
+            budget.check()
+        except OutOfTime:
+            model.zero_grad(set_to_none=True)
+            budget.finish(completed=False)
+            break
         for opt in optimizers:
             opt.step()
         model.zero_grad(set_to_none=True)
@@ -179,13 +232,15 @@ def main() -> None:
             if not math.isfinite(loss_value) or loss_value > 100:
                 print(f"abort: loss is {loss_value} at step {step}: training diverged", flush=True)
                 raise SystemExit(1)
-            print(f"step {step} | loss {loss_value:.4f} | {trained:.1f}s of {TIME_BUDGET:.0f}s", flush=True)
+            print(f"step {step} | loss {loss_value:.4f} | {budget.trained:.1f}s of {TIME_BUDGET:.0f}s", flush=True)
         if ON_GPU:
             torch.cuda.synchronize()
+        budget.finish(completed=True)
         step += 1
-        if step > WARMUP_STEPS:  # compilation and warm-up are not charged to the budget
-            trained += time.time() - t0
-            tokens += x.numel()
+        tokens += x.numel() if timed else 0
+    trained = budget.trained
+    print(f"stopped at {trained:.2f}s of {TIME_BUDGET:.0f}s after {step} steps; slowest step {budget.slowest:.2f}s",
+          flush=True)
 
     out = Path(os.environ.get("AUTORESEARCH_OUT", "out"))
     out.mkdir(parents=True, exist_ok=True)

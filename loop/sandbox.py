@@ -1,24 +1,31 @@
 """The sandbox a training or evaluation process runs in.
 
-With bubblewrap (`bwrap`): the host file system read-only, the repository and the user's home
-hidden behind small empty tmpfs mounts (so val.txt, .git and earlier experiments' files are out of
-reach), only the run's own directories writable, no network, a private size-capped /tmp, its own
-/proc and PID namespace (the whole tree dies with the sandbox), and the GPU device nodes bound in
-when there is a GPU. In every case the process gets resource limits (file size, open files, core
-dumps, address space on CPU) from `limits_preexec`, and `loop.procs` gives it its own session and
-a tree kill. Without a working bwrap the daemon prints `warning()` once and runs unsandboxed.
+With bubblewrap (`bwrap`) a run sees an allow-list, not the host: the system directories (/usr,
+/bin, /lib*) and the few files of /etc that programs need (the loader cache, passwd, time zone,
+certificates), the interpreter it runs (its prefixes and the directories on its import path,
+wherever they live: a virtualenv in /tmp, a `.venv` inside a checkout, conda, pyenv), the
+read-only paths it is given (the prepared training data), its own writable directories, a private
+size-capped /tmp and /dev/shm, a minimal /dev, its own /proc and PID namespace (the whole tree dies
+with the sandbox), no network, and the GPU device nodes when asked. Nothing else exists in it:
+the repository (val.txt, .git, earlier experiments), the user's home and any other checkout on
+the host are simply absent. A run under a Python the sandbox cannot start is refused up front by
+`self_check`. In every case the process gets resource limits (file size, open files, core dumps,
+address space on CPU) from `limits_preexec`, and `loop.procs` gives it its own session and a tree
+kill. Without a working bwrap the daemon prints `warning()` once and runs unsandboxed.
 """
 from __future__ import annotations
 
 import functools
+import json
 import os
 import resource
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Sequence
 
 NO_SANDBOX_WARNING = ("warning: bubblewrap (bwrap) is not usable here: experiments run without a sandbox "
                       "(only resource limits and a tree kill); install it with `apt-get install bubblewrap`")
@@ -26,7 +33,24 @@ MEMORY_ENV = "AUTORESEARCH_MAX_MEMORY_MB"  # overrides the address-space cap of 
 FILE_ENV = "AUTORESEARCH_MAX_FILE_MB"  # overrides the cap on any one file a run writes
 MEMORY_SHARE = 0.75  # default cap on a CPU run's address space: this share of the host's RAM
 HIDE_TMPFS_BYTES = 1 << 20  # the tmpfs over a hidden path holds only mount points
-PRIVATE_TMP_BYTES = 1 << 30
+PRIVATE_TMP_BYTES = 1 << 30  # the run's own /tmp and /dev/shm, each
+CHECK_TIMEOUT_S = 300.0  # `import torch` on a busy machine can take a minute
+QUERY_TIMEOUT_S = 60.0
+
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+# What of /etc programs read: the dynamic loader's cache, user and group names (getpass, torch's
+# cache paths), name-service and host files, the time zone, TLS certificates, the alternatives
+# that some /usr/bin and CUDA links go through, and Debian's per-Python site customisation.
+ETC_ENTRIES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "passwd", "group", "nsswitch.conf", "host.conf",
+               "hosts", "localtime", "timezone", "os-release", "ssl", "ca-certificates", "ca-certificates.conf",
+               "pki", "alternatives", "mime.types")
+ETC_GLOBS = ("python3*",)
+DEV = Path("/dev")
+GPU_SHARED_NODES = ("nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia-modeset")  # every GPU process opens them
+# What the interpreter reports about itself; -I leaves out the working directory, PYTHONPATH and
+# the user's site directory, none of which a run gets.
+INTERPRETER_QUERY = ("import json, sys; print(json.dumps({'prefixes': [sys.executable, sys.prefix, sys.base_prefix, "
+                     "sys.exec_prefix, sys.base_exec_prefix], 'path': sys.path}))")
 
 
 @dataclass(frozen=True)
@@ -34,11 +58,32 @@ class SandboxSpec:
     workdir: Path
     writable: tuple[Path, ...] = ()
     readonly: tuple[Path, ...] = ()
-    hide: tuple[Path, ...] = ()
+    hide: tuple[Path, ...] = ()  # never shown, even when inside something that is (the repository)
     gpu: bool = False
+    gpu_devices: tuple[int, ...] | None = None  # with gpu: bind only /dev/nvidia<i> for these; None: all
     max_file_bytes: int = 8 << 30
     max_open_files: int = 4096
     max_memory_bytes: int | None = None  # None: MEMORY_ENV, else MEMORY_SHARE of RAM; never on a GPU
+
+
+@dataclass(frozen=True)
+class Mount:
+    """One bwrap mount: `option source dest`, or `option dest` for the file systems bwrap makes."""
+
+    option: str  # --ro-bind, --bind, --dev-bind, --symlink (source: the link's text), --tmpfs, --dev, --proc
+    dest: Path
+    source: str | None = None
+    size: int | None = None  # tmpfs only
+
+    def args(self) -> list[str]:
+        size = ["--size", str(self.size)] if self.size is not None else []
+        source = [self.source] if self.source is not None else []
+        return [*size, self.option, *source, str(self.dest)]
+
+
+# bwrap applies mounts in order; a parent must come before what is mounted inside it, and on one
+# path a tmpfs that hides comes before the bind that shows something again.
+OPTION_ORDER = {"--symlink": 0, "--tmpfs": 1, "--dev": 1, "--proc": 1, "--ro-bind": 2, "--bind": 3, "--dev-bind": 3}
 
 
 @functools.cache
@@ -64,26 +109,79 @@ def wrap(argv: list[str], spec: SandboxSpec) -> list[str]:
     """The bwrap command line running argv under spec, or argv unchanged without bwrap."""
     if not available():
         return list(argv)
-    cmd = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-           "--size", str(PRIVATE_TMP_BYTES), "--tmpfs", "/tmp",
-           "--unshare-all", "--die-with-parent", "--new-session"]
-    # Hidden paths first, so the binds below stay reachable inside them. The user's home goes too
-    # (keys, caches, other checkouts), except the Python installation when it lives there.
-    home = Path.home().resolve()
-    hidden = (*spec.hide, home) if home != Path("/") else spec.hide
-    for path in hidden:
-        cmd += ["--size", str(HIDE_TMPFS_BYTES), "--tmpfs", str(path)]
-    interpreter = {Path(p).resolve() for p in (sys.prefix, sys.base_prefix)}
-    for path in sorted(p for p in interpreter if p.is_relative_to(home)):
-        cmd += ["--ro-bind", str(path), str(path)]
-    if spec.gpu:
-        for node in sorted(Path("/dev").glob("nvidia*")):
-            cmd += ["--dev-bind", str(node), str(node)]
-    for path in spec.readonly:
-        cmd += ["--ro-bind", str(path), str(path)]
-    for path in (spec.workdir, *spec.writable):
-        cmd += ["--bind", str(path), str(path)]
+    cmd = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session"]
+    for mount in mounts(argv, spec):
+        cmd += mount.args()
+    # Last, once every mount point exists: nothing but the run's own directories, /tmp and
+    # /dev/shm can be written (the root and /dev are tmpfs that would otherwise take any file).
+    cmd += ["--remount-ro", "/dev", "--remount-ro", "/"]
     return cmd + ["--chdir", str(spec.workdir), "--", *argv]
+
+
+def mounts(argv: Sequence[str], spec: SandboxSpec) -> list[Mount]:
+    """Everything a run of argv under spec sees, parents before children."""
+    hidden = [Path(p).absolute() for p in spec.hide]
+    home = Path.home().absolute()
+    plan = [*_system_mounts(), Mount("--dev", DEV), Mount("--proc", Path("/proc")),
+            Mount("--tmpfs", Path("/tmp"), size=PRIVATE_TMP_BYTES),
+            Mount("--tmpfs", DEV / "shm", size=PRIVATE_TMP_BYTES)]
+    shown = [Path(d) for d in SYSTEM_DIRS]
+    python = _interpreter(argv[0]) if argv else None
+    if python is not None:
+        for path in _read_only_dirs(python, hidden, home, shown):
+            plan.append(Mount("--ro-bind", path, str(path)))
+            shown.append(path)
+    for path in _library_dirs(hidden, home):
+        if not _covered(path, shown):
+            plan.append(Mount("--ro-bind", path, str(path)))
+            shown.append(path)
+    if spec.gpu:
+        plan += [Mount("--dev-bind", node, str(node)) for node in gpu_nodes(spec.gpu_devices)]
+        plan.append(Mount("--ro-bind", Path("/sys"), "/sys"))  # the driver reads PCI and NUMA topology there
+    plan += [Mount("--ro-bind", Path(p), str(p)) for p in spec.readonly]
+    plan += [Mount("--bind", Path(p), str(p)) for p in (spec.workdir, *spec.writable)]
+    shown += [Path(p) for p in (*spec.readonly, spec.workdir, *spec.writable)]
+    # A hidden path inside something shown (the repository under a Python prefix, the home under
+    # a bound directory) gets an empty tmpfs over it; binds deeper inside it are shown again.
+    for path in (*hidden, home):
+        if path != Path("/") and any(path != s and path.is_relative_to(s) for s in shown):
+            plan.append(Mount("--tmpfs", path, size=HIDE_TMPFS_BYTES))
+    return sorted(plan, key=lambda m: (len(m.dest.parts), OPTION_ORDER[m.option]))
+
+
+def gpu_nodes(devices: tuple[int, ...] | None, dev: Path = DEV) -> list[Path]:
+    """The device nodes under dev a run on these GPUs needs: /dev/nvidia<i> for each (all when
+    None) and the shared control nodes that exist."""
+    if devices is None:
+        return sorted(dev.glob("nvidia*"))
+    own = [dev / f"nvidia{i}" for i in devices]
+    shared = [dev / name for name in GPU_SHARED_NODES]
+    return [node for node in (*own, *shared) if node.exists()]
+
+
+def gpu_present() -> bool:
+    return any(DEV.glob("nvidia[0-9]*"))
+
+
+def self_check(python: str = sys.executable, imports: Iterable[str] = (), gpu: bool | None = None) -> str | None:
+    """Start python in the sandbox a run gets and import the named modules: None when that works,
+    else one line saying why not and what to do, ready to raise (`raise SetupError(line)`)."""
+    imports = tuple(imports)
+    with tempfile.TemporaryDirectory(prefix="autoresearch-check-") as tmp:
+        spec = SandboxSpec(workdir=Path(tmp), gpu=gpu_present() if gpu is None else gpu)
+        failure = _try(python, "pass", spec)
+        if failure is not None:
+            where = "in the sandbox" if available() else "here"
+            return (f"{python} does not start {where} ({failure}): runs see only /usr, /lib*, a few files of /etc "
+                    "and the interpreter's own prefixes and import path; use a Python whose installation "
+                    "is complete there (a virtualenv or conda env anywhere, or the system's) and start again")
+        for name in imports:
+            failure = _try(python, f"import {name}", spec)
+            if failure is not None:
+                return (f"{python} cannot import {name} in the sandbox a run gets ({failure}): install it "
+                        f"into that interpreter (`{python} -m pip install {name}`) "
+                        "and start again")
+    return None
 
 
 def memory_cap(spec: SandboxSpec) -> int | None:
@@ -113,5 +211,110 @@ def limits_preexec(spec: SandboxSpec) -> Callable[[], None]:
     return apply
 
 
-def gpu_present() -> bool:
-    return any(Path("/dev").glob("nvidia[0-9]*"))
+# --- what the allow-list is made of -------------------------------------------------------------
+@dataclass(frozen=True)
+class Interpreter:
+    prefixes: tuple[Path, ...]  # the executable's directories and sys.prefix & co: shown even inside the repo
+    import_path: tuple[Path, ...]  # sys.path as a run gets it: shown unless it would show something hidden
+
+
+def _system_mounts() -> list[Mount]:
+    plan = []
+    for name in SYSTEM_DIRS:
+        plan += _mirror(Path(name))
+    etc = Path("/etc")
+    names = {*ETC_ENTRIES, *(p.name for pattern in ETC_GLOBS for p in etc.glob(pattern))}
+    for name in sorted(names):
+        plan += _mirror(etc / name)
+    return plan
+
+
+def _mirror(path: Path) -> list[Mount]:
+    """path as it is on the host: a symlink stays a symlink (merged /usr, /etc/localtime)."""
+    if path.is_symlink():
+        return [Mount("--symlink", path, os.readlink(path))]
+    return [Mount("--ro-bind", path, str(path))] if path.exists() else []
+
+
+def _interpreter(program: str) -> Interpreter | None:
+    """The paths the Python that argv starts with needs; None when argv[0] is not a Python."""
+    found = shutil.which(program)
+    if found is None or not Path(program).name.startswith("python"):
+        return None
+    return _query_interpreter(str(Path(found).absolute()))
+
+
+@functools.cache
+def _query_interpreter(executable: str) -> Interpreter | None:
+    # Asked of the interpreter itself, once per process: only it knows its import path (.pth files,
+    # a venv's base installation, conda's layout). It is the daemon's own trusted interpreter.
+    try:
+        out = subprocess.run([executable, "-I", "-c", INTERPRETER_QUERY], capture_output=True, text=True,
+                             timeout=QUERY_TIMEOUT_S, cwd="/", env={"PATH": os.environ.get("PATH", os.defpath)})
+        report = json.loads(out.stdout)
+    except (OSError, subprocess.TimeoutExpired, ValueError):
+        return None  # self_check says why this Python cannot run
+    exe = Path(executable)
+    prefixes = [exe.parent, exe.resolve().parent, *(Path(p) for p in report["prefixes"][1:] if p)]
+    if report["prefixes"][0]:
+        prefixes.append(Path(report["prefixes"][0]).resolve().parent)
+    import_path = [Path(p) for p in report["path"] if p and os.path.isabs(p)]
+    return Interpreter(tuple(_dedupe(prefixes)), tuple(_dedupe(import_path)))
+
+
+def _read_only_dirs(python: Interpreter, hidden: list[Path], home: Path, shown: list[Path]) -> list[Path]:
+    """The interpreter's paths to bind, fewest first: each as named and as resolved (a symlinked
+    home or venv), none inside another, none that is "/"."""
+    chosen: list[Path] = []
+    candidates = [*python.prefixes, *(p for p in python.import_path if _importable(p, hidden, home))]
+    for path in candidates:
+        for form in _dedupe([path, path.resolve()]):
+            if form != Path("/") and form.exists() and not _covered(form, [*shown, *chosen]):
+                chosen = [c for c in chosen if not c.is_relative_to(form)] + [form]
+    return chosen
+
+
+def _importable(path: Path, hidden: list[Path], home: Path) -> bool:
+    """An import-path entry a run may see: it shows nothing hidden (a compat-mode editable install
+    puts the repository itself on sys.path) and is no source checkout (another copy of the
+    experiment, with its own validation data, could be one)."""
+    return not _reveals(path, hidden, home) and not (path / ".git").exists()
+
+
+def _library_dirs(hidden: list[Path], home: Path) -> list[Path]:
+    """LD_LIBRARY_PATH's directories, which the run inherits (CUDA outside /usr, say)."""
+    dirs = [Path(p) for p in os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep) if os.path.isabs(p)]
+    return [d for d in _dedupe(dirs) if d.is_dir() and not _reveals(d, hidden, home)]
+
+
+def _reveals(path: Path, hidden: list[Path], home: Path) -> bool:
+    """Binding path would show a hidden path, or the whole home, or lie inside a hidden path."""
+    return (home.is_relative_to(path) or
+            any(path.is_relative_to(h) or h.is_relative_to(path) for h in hidden))
+
+
+def _covered(path: Path, shown: Iterable[Path]) -> bool:
+    return any(path.is_relative_to(s) for s in shown)
+
+
+def _dedupe(paths: Iterable[Path]) -> list[Path]:
+    return list(dict.fromkeys(paths))
+
+
+def _try(python: str, code: str, spec: SandboxSpec) -> str | None:
+    """None when `python -c code` exits 0 in the sandbox of spec, else the last line it printed."""
+    env = {"PATH": os.environ.get("PATH", os.defpath), "HOME": str(spec.workdir), "TMPDIR": str(spec.workdir),
+           "PYTHONNOUSERSITE": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    if "LD_LIBRARY_PATH" in os.environ:
+        env["LD_LIBRARY_PATH"] = os.environ["LD_LIBRARY_PATH"]
+    try:
+        done = subprocess.run(wrap([python, "-c", code], spec), cwd=spec.workdir, env=env, capture_output=True,
+                              text=True, timeout=CHECK_TIMEOUT_S, preexec_fn=limits_preexec(spec))
+    except subprocess.TimeoutExpired:
+        return f"no answer within {CHECK_TIMEOUT_S:.0f}s"
+    except OSError as e:
+        return e.strerror or str(e)
+    if done.returncode == 0:
+        return None
+    lines = [line.strip() for line in (done.stderr + done.stdout).splitlines() if line.strip()]
+    return lines[-1][:300] if lines else f"exit {done.returncode}"
