@@ -95,8 +95,7 @@ def check_harness(root: Path) -> None:
     if check.returncode != 0:
         lines = (check.stdout + check.stderr).strip().splitlines() or ["prepare.py check failed"]
         raise SetupError(lines[-1])
-    self_check = getattr(sandbox, "self_check", None)
-    if self_check is not None and (problem := self_check()):
+    if problem := sandbox.self_check():
         raise SetupError(problem)
 
 
