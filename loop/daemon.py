@@ -135,6 +135,7 @@ class Daemon:
         self.state_written = 0.0
         self.eval_since: dict[tuple[int, int], float] = {}
         self.conflicts: dict[int, str] = {}  # experiment -> the conflicting merge it is asked to redo
+        self.holdouts_pending: set[int] = set()  # kept experiments whose holdout score is being computed
         self.held: dict[str, list[int]] = {}  # hardware -> experiments waiting for the best's run there
         self.run_usage = Usage()
         self.waiting_since = 0.0
@@ -373,11 +374,13 @@ class Daemon:
             att.queued_runs.insert(0, event.job.run)
 
     def on_finished(self, job: Job, slot: str, outcome: RunOutcome) -> None:
+        if job.score_only:
+            self.on_holdout(job, outcome)
+            return
         att = self.attempts[job.n]
         att.running.pop(job.run, None)
         self.eval_since.pop(job.key, None)
-        for sub in ("train", "eval", "home", "tmp"):  # keep logs and the checkpoint, not scratch copies
-            shutil.rmtree(job.spec.exp_dir / sub, ignore_errors=True)
+        _drop_scratch(job.spec.exp_dir)
         if outcome.interrupted:
             self.journal.append("interrupted", n=job.n, run=job.run, phase="running")
             if not att.running:
@@ -403,6 +406,27 @@ class Daemon:
         if att.running or att.queued_runs:
             return  # wait for the experiment's other runs
         self.decide(att)
+
+    def score_holdout(self, att: Attempt) -> None:
+        """A kept commit is scored on the holdout once, from its first run's checkpoint. The holdout
+        never decides anything: the report sets it beside val to show whether the search is fitting
+        the validation text."""
+        if "holdout.txt" not in self.pinned or self.config.ray is not None:
+            return  # on a cluster the checkpoint stays on its node
+        run = min(r for r, o in att.outcomes.items() if o.val_bpb is not None)
+        exp_dir = self.exp_dir(att.n) if run == 0 else self.exp_dir(att.n) / f"run{run}"
+        spec = RunSpec(train_py=self.git.show(att.commit or "", EDITABLE), exp_dir=exp_dir, budget=self.config.budget,
+                       timeout=self.config.timeout, splits=("holdout",))
+        self.holdouts_pending.add(att.n)
+        self.executor.submit(Job(att.n, run, att.commit or "", spec, score_only=True))
+
+    def on_holdout(self, job: Job, outcome: RunOutcome) -> None:
+        self.holdouts_pending.discard(job.n)
+        self.journal.append("holdout", n=job.n, run=job.run, scores={"holdout": outcome.scores.get("holdout")},
+                            reason=outcome.reason, eval_seconds=round(outcome.eval_seconds, 3))
+        _drop_scratch(job.spec.exp_dir)
+        if self.config.keep_checkpoints == "none":
+            shutil.rmtree(job.spec.exp_dir / "ckpt", ignore_errors=True)
 
     def request_fix(self, att: Attempt, outcome: RunOutcome) -> None:
         """A simple crash (syntax, import, shape) goes back to the agent; it costs no row."""
@@ -440,6 +464,7 @@ class Daemon:
         mean = fmean(scores) if scores and status != "crash" else None
         if status == "keep":
             self.git.set_branch(self.branch, att.commit or "", [EDITABLE])
+            self.score_holdout(att)
         self.finish(att, None, status=status, reason=reason, mean=mean, best_before=best_before, runs=len(scores))
         if status == "discard" and att.kind == "agent" and mean is not None:
             self.maybe_combine(att, mean)
@@ -631,7 +656,7 @@ class Daemon:
         return len(holding | asked)
 
     def runs_in_flight(self) -> bool:
-        return any(att.running for att in self.attempts.values())
+        return any(att.running for att in self.attempts.values()) or bool(self.holdouts_pending)
 
     def baseline_decided(self) -> bool:
         return not any(a.kind == "baseline" for a in self.attempts.values())
@@ -709,7 +734,7 @@ class Daemon:
 
     def tidy_checkpoints(self, n: int, status: str) -> None:
         keep = self.config.keep_checkpoints
-        if keep == "all" or (keep == "kept" and status == "keep"):
+        if keep == "all" or status == "keep":  # a kept one's goes after its holdout score, with "none"
             return
         for ckpt in self.exp_dir(n).glob("**/ckpt"):
             shutil.rmtree(ckpt, ignore_errors=True)
@@ -785,6 +810,13 @@ def _check_metric(outcome: RunOutcome) -> None:
         if not isinstance(value, (int, float)) or value != value or value in (float("inf"), float("-inf")) or value < 0:
             outcome.scores, outcome.reason = {}, f"eval: impossible {split} score {value!r}"
             return
+
+
+def _drop_scratch(exp_dir: Path) -> None:
+    """Keep a run's logs and checkpoint, not its scratch copies (nor touch its repeats' folders)."""
+    for sub in exp_dir.iterdir() if exp_dir.is_dir() else ():
+        if sub.is_dir() and sub.name != "ckpt" and not sub.name.startswith("run"):
+            shutil.rmtree(sub, ignore_errors=True)
 
 
 def _hardware_key(hardware: dict | None) -> str:
