@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The keep rules under noise: false keeps, the true score reached, and what confirmations cost.
 
-    python scripts/bench_noise.py [--experiments 200] [--noise 0.01] [--repeats 1]
+    python scripts/bench_noise.py [--experiments 200] [--noise 0.01] [--repeats 1] [--baseline-runs 2]
+                                  [--rules auto,always,never]
 
 Runs the real daemon (the CLI, the search agent, one slot, proposals one at a time so every rule
 sees the same sequence of seeds) on the noisy fake harness of tests/noisy_kit.py, whose true score
@@ -21,7 +22,7 @@ import argparse
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,7 +31,6 @@ from daemon_kit import journal_events, run_cli  # noqa: E402
 from loop.journal import fold  # noqa: E402
 from noisy_kit import make_noisy_repo, true_score_at  # noqa: E402
 
-BASELINE_RUNS = 2  # what the daemon runs by default with one slot
 
 
 @dataclass
@@ -47,16 +47,17 @@ class Figures:
     best_measured: float
     wall: float
     missed: int = 0  # discarded changes truly better than their parent by more than the noise
+    crashes: list[str] = field(default_factory=list)  # a crash changes what follows: the rules diverge
 
 
-def run_rule(root: Path, tag: str, confirm: str, experiments: int, noise: float) -> tuple[Path, float]:
+def run_rule(root: Path, tag: str, confirm: str, experiments: int, args: argparse.Namespace) -> tuple[Path, float]:
     """One daemon run in a fresh repo; returns the repo and its wall seconds."""
     (root / confirm).mkdir()
-    repo, env = make_noisy_repo(root / confirm, noise=noise)
+    repo, env = make_noisy_repo(root / confirm, noise=args.noise)
     t0 = time.monotonic()
     done = run_cli(repo, "start", "--tag", tag, "--agent", "search", "--budget", "1", "--lookahead", "0",
                    "--max-experiments", str(experiments), "--confirm", confirm,
-                   "--baseline-runs", str(BASELINE_RUNS), env=env, timeout=3600)
+                   "--baseline-runs", str(args.baseline_runs), env=env, timeout=3600)
     if done.returncode != 0:
         raise SystemExit(f"the {confirm} run failed:\n{done.stderr}{done.stdout[-2000:]}")
     return repo, time.monotonic() - t0
@@ -95,6 +96,8 @@ def figures(repo: Path, tag: str, rule: str, wall: float, noise: float, max_runs
             best = rec
         elif rec.status == "discard":
             f.missed += true(rec.parent or "") - true(rec.commit or "") > noise
+        elif rec.status == "crash":
+            f.crashes.append(f"#{rec.n}: {rec.reason}")
     if best is not None:
         f.best_true, f.best_measured = true(best.commit or ""), best.val_bpb or 0.0
     return f
@@ -111,12 +114,14 @@ def show(rows: list[Figures], noise: float) -> None:
         print(f"{f.rule:<26}{f.experiments:>5}{f.runs:>6}{f.keeps:>6}{f.false_keeps:>6}{share:>9.1%}{per_exp:>8.1%}"
               f"{f.best_true:>11.6f}{f.best_measured:>14.6f}{f.confirm_runs:>13}"
               f"{f'{f.confirm_seconds:.0f} ({confirm_share:.0%})':>10}{f.missed:>7}{f.wall:>8.0f}")
+        for crash in f.crashes:
+            print(f"    crash {crash}")
 
 
 def greedy(root: Path, tag: str, args: argparse.Namespace, runs_to_match: int) -> list[Figures]:
     """The greedy rule for as many runs as the first rule spent, and for as many experiments."""
-    experiments = max(args.experiments, runs_to_match - BASELINE_RUNS)
-    repo, wall = run_rule(root, tag, "never", experiments, args.noise)
+    experiments = max(args.experiments, runs_to_match - args.baseline_runs)
+    repo, wall = run_rule(root, tag, "never", experiments, args)
     rows = [figures(repo, tag, "never, equal experiments", wall, args.noise, max_experiments=args.experiments)]
     if runs_to_match:
         rows.insert(0, figures(repo, tag, "never, equal runs", wall, args.noise, max_runs=runs_to_match))
@@ -128,6 +133,7 @@ def main() -> int:
     ap.add_argument("--experiments", type=int, default=200)
     ap.add_argument("--noise", type=float, default=0.01, help="standard deviation of the evaluator's noise")
     ap.add_argument("--repeats", type=int, default=1, help="runs of the whole comparison, each with its own seeds")
+    ap.add_argument("--baseline-runs", type=int, default=2, help="runs of the baseline (the default on one slot)")
     ap.add_argument("--rules", default="auto,always,never", help="which --confirm rules to run, in this order")
     args = ap.parse_args()
     totals: dict[str, list[Figures]] = {}
@@ -136,7 +142,7 @@ def main() -> int:
         rows = []
         with tempfile.TemporaryDirectory() as tmp:
             for confirm in [r for r in args.rules.split(",") if r != "never"]:
-                repo, wall = run_rule(Path(tmp), tag, confirm, args.experiments, args.noise)
+                repo, wall = run_rule(Path(tmp), tag, confirm, args.experiments, args)
                 rows.append(figures(repo, tag, confirm, wall, args.noise))
             if "never" in args.rules.split(","):
                 rows += greedy(Path(tmp), tag, args, rows[0].runs if rows else 0)
