@@ -4,8 +4,9 @@
     python scripts/bench_noise.py [--experiments 200] [--noise 0.01] [--repeats 1] [--baseline-runs 2]
                                   [--rules auto,always,never]
 
-Runs the real daemon (the CLI, the search agent, one slot, proposals one at a time so every rule
-sees the same sequence of seeds) on the noisy fake harness of tests/noisy_kit.py, whose true score
+Runs the real daemon (the CLI, the search agent, one slot, --lookahead 0 so a proposal is asked
+only when the slot is about to free, and the same tag so every rule draws the same seeds for the
+same experiment and run) on the noisy fake harness of tests/noisy_kit.py, whose true score
 is a known function of train.py's constants and whose evaluator adds Gaussian noise of size
 --noise drawn from each run's seed. Rules, in turn: --confirm auto, always, then never (greedy).
 Greedy gets as many experiments as auto spent runs, so the two are compared at equal runs (its
@@ -76,7 +77,7 @@ def figures(repo: Path, tag: str, rule: str, wall: float, noise: float, max_runs
 
     f = Figures(rule, 0, 0, 0, 0.0, 0.0, 0, 0, 0.0, 0.0, wall)
     best = None
-    for rec in run.decided:  # in the order decided: one slot, one proposal at a time, so by number
+    for rec in run.decided:  # in the order decided
         runs = sorted(rec.runs.items())
         if max_runs is not None and f.runs + len(runs) > max_runs:
             break

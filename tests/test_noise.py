@@ -130,6 +130,11 @@ def auto_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]
     return run_scenario(tmp_path_factory.mktemp("auto"), "auto")
 
 
+def row_of(repo: Path, commit: str) -> list[str]:
+    """results.tsv's row of one experiment (rows are in the order decided, not numbered)."""
+    return next(row for row in read_results(repo) if row[0] == commit[:7])
+
+
 def events_of(events: list[dict], name: str, n: int) -> list[dict]:
     return [e for e in events if e["event"] == name and e.get("n") == n]
 
@@ -167,7 +172,7 @@ def test_clear_win_is_kept_without_a_confirmation(auto_run: tuple[Path, list[dic
     win = next(e for e in fold(events).experiments if e.n == WIN_N)
     assert win.status == "keep" and len(win.scores()) == 1
     assert not events_of(events, "confirming", WIN_N)
-    assert read_results(repo)[-1][3] == "keep"
+    assert row_of(repo, win.commit or "")[3:] == ["keep", "08"]
     assert (win.best_before or 0.0) - (win.val_bpb or 0.0) > 20 * SIGMA
 
 
@@ -181,12 +186,11 @@ def test_grey_result_gets_exactly_one_confirmation(auto_run: tuple[Path, list[di
     assert grey.status in ("keep", "discard") and grey.val_bpb == pytest.approx(sum(grey.scores()) / 2)
 
 
-@pytest.mark.xfail(strict=True, reason="results.tsv rows carry the description only; the controller prints "
-                                       "'(mean of N)' on the console but journal.results_row does not write it")
 def test_confirmed_row_says_it_is_a_mean(auto_run: tuple[Path, list[dict]]) -> None:
-    repo, _ = auto_run
-    row = read_results(repo)[GREY_N]  # rows: the baseline first, then experiments 1..8 in order
-    assert row[4].endswith("(mean of 2)"), row
+    repo, events = auto_run
+    grey = next(e for e in fold(events).experiments if e.n == GREY_N)
+    row = row_of(repo, grey.commit or "")
+    assert row[4].endswith("(mean of 2)") and float(row[1]) == pytest.approx(grey.val_bpb, abs=1e-6), row
 
 
 def test_greedy_keeps_noise_that_auto_discards(tmp_path: Path) -> None:
