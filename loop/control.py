@@ -21,7 +21,7 @@ from loop.display import Display
 from loop.errors import NotRunning, SetupError
 from loop.journal import JOURNAL_NAME, load_run, run_dir, state_dir
 from loop.lock import RepoLock, read_holder
-from loop.runner import Runner
+from loop.runner import Runner, RunSpec
 
 LAST_TAG = "last_tag"
 
@@ -159,8 +159,8 @@ def run_once(repo: Path, budget: float, timeout: float) -> int:
     if warning := sandbox.warning():
         display.say(warning)
     started = time.monotonic()
-    runner = Runner(root, pinned, budget, timeout, on_line=lambda line: display.live(0, "training", time.monotonic() - started, budget, None))
-    outcome = runner.run((root / "train.py").read_bytes(), exp_dir)
+    runner = Runner(root, pinned, on_line=lambda line: display.live(0, "training", time.monotonic() - started, budget, None))
+    outcome = runner.run(RunSpec((root / "train.py").read_bytes(), exp_dir, budget, timeout))
     for key, value in outcome.summary.items():
         display.say(f"{key}: {value}")
     if outcome.val_bpb is None:

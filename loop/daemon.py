@@ -22,7 +22,7 @@ from loop.errors import AgentUnavailable, BudgetExhausted, ProposalFailed, Setup
 from loop.journal import (JOURNAL_NAME, ExperimentRecord, Journal, RunRecord, append_result, atomic_write,
                           experiment_dir, fold, rebuild_results, run_dir, state_dir)
 from loop.procs import Cancel
-from loop.runner import RunOutcome, Runner, last_loss
+from loop.runner import STARTUP_ALLOWANCE_S, RunOutcome, Runner, RunSpec, last_loss, startup_allowance_from
 
 MIN_FREE_DISK_BYTES = 2 << 30  # below this the run stops rather than corrupt its state
 BACKOFF_START_S, BACKOFF_MAX_S = 5.0, 300.0  # agent outages: retried for as long as they last
@@ -82,6 +82,7 @@ class Daemon:
         self.state_path = state_dir(repo) / "state.json"
         self.protected: dict[str, str] = {}
         self.pinned: dict[str, bytes] = {}
+        self.startup_allowance = STARTUP_ALLOWANCE_S
         self.run_started_at = time.time()
         self.previous_killed = False
         self.phase_started = time.monotonic()
@@ -223,15 +224,18 @@ class Daemon:
         (exp_dir / "diff.patch").write_text(self.git.diff(f"{commit}~1", commit) if n else "", encoding="utf-8")
         self.journal.append("running", n=n, commit=commit)
         self.write_state(n, "training")
-        runner = Runner(self.repo, self.pinned, self.config.budget, self.config.timeout, self.cancel, self.on_line(n))
-
-        def evaluating(partial: RunOutcome) -> None:
-            self.journal.append("evaluating", n=n, train_seconds=round(partial.train_seconds, 3), summary=partial.summary)
+        runner = Runner(self.repo, self.pinned, self.cancel, self.on_line(n))
+        spec = RunSpec(train_py, exp_dir, self.config.budget, self.config.timeout,
+                       startup_allowance=self.startup_allowance)
+        outcome = runner.train(spec)
+        if not outcome.reason:
+            self.journal.append("evaluating", n=n, train_seconds=round(outcome.train_seconds, 3), summary=outcome.summary)
             self.write_state(n, "evaluating")
-
-        outcome = runner.run(train_py, exp_dir, evaluating)
+            outcome = runner.evaluate(spec, outcome)
+        if n == 0 and not outcome.reason:  # the baseline's start-up sets the allowance of the rest
+            self.startup_allowance = startup_allowance_from(outcome.train_seconds, self.config.budget)
         self.previous_killed = outcome.killed
-        for sub in ("train", "eval", "home", "tmp"):  # keep logs and the checkpoint, not scratch copies
+        for sub in ("train", "eval", "home", "tmp", "model", "scorer", "model-main", "model-probe", "model-canary"):  # keep logs and the checkpoint, not scratch copies
             shutil.rmtree(exp_dir / sub, ignore_errors=True)
         violations = guard.check_tree(self.repo, self.protected) + self.check_git(commit)
         if violations and not outcome.interrupted:
@@ -287,12 +291,13 @@ class Daemon:
         run = fold(self.journal.events())
         meta = run.meta
         self.protected = meta.get("protected") or guard.protected_hashes(self.repo)
-        self.pinned = {name: (self.repo / name).read_bytes() for name in ("prepare.py", "val.txt")}
+        self.pinned = {name: (self.repo / name).read_bytes() for name in ("prepare.py", "val.txt", "holdout.txt")
+                       if name != "holdout.txt" or (self.repo / name).exists()}
         for rec in run.experiments:
             if rec.status in ("keep", "discard", "crash") and not rec.recorded:
                 self.journal.append("recorded", n=rec.n)  # the row is rebuilt below
             elif rec.status is None and rec.phase == "evaluated":
-                outcome = RunOutcome(val_bpb=rec.val_bpb, reason=rec.reason)
+                outcome = RunOutcome(reason=rec.reason, scores={} if rec.val_bpb is None else {"val": rec.val_bpb})
                 self.decide(rec.n, rec.commit or "", rec.parent or "", outcome, run.best.val_bpb if run.best else None)
                 self.journal.append("recorded", n=rec.n)
         run = fold(self.journal.events())
