@@ -752,18 +752,30 @@ def evaluate_over_fds(data: bytes, fds: list[tuple[int, int]]) -> tuple[float, f
 def evaluate(checkpoint: Path, split: str = "val") -> tuple[float, float]:
     """Standalone, for people: score a checkpoint on a split with three unsandboxed model processes."""
     import subprocess
+    import tempfile
 
     data = check_split(split)
     if not (checkpoint / "model.pt").exists():
         raise HarnessError(f"eval: no weights at {checkpoint / 'model.pt'}: train.py must save model.state_dict() there")
+    logs = [tempfile.TemporaryFile() for _ in ROLES]
     procs = [subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "model", "--checkpoint", str(checkpoint)],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=HERE) for _ in ROLES]
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, cwd=HERE) for log in logs]
     try:
         return evaluate_over_fds(data, [(p.stdout.fileno(), p.stdin.fileno()) for p in procs])  # type: ignore[union-attr]
+    except HarnessError as e:
+        if "model process" not in str(e):
+            raise
+        for log in logs:  # the model's own reason, when it gave one
+            log.seek(0)
+            said = [line for line in log.read().decode("utf-8", "replace").splitlines() if line.startswith("eval: ")]
+            if said:
+                raise HarnessError(said[-1]) from None
+        raise
     finally:
         for p in procs:
             p.kill()
             p.wait()
+            p.stdin = None  # its pipe was closed by the scorer already
 
 
 # --- command line -----------------------------------------------------------------------------

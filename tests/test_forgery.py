@@ -237,3 +237,28 @@ def test_after_the_attacks_an_honest_experiment_scores_as_the_baseline(forgery_r
     assert baseline.status == "keep" and honest.status == "discard", (baseline.reason, honest.reason)
     assert honest.val_bpb == pytest.approx(baseline.val_bpb, abs=1e-3)
     assert git(repo, "rev-parse", "HEAD") == baseline.commit
+
+
+def test_malformed_metric_lines_are_crashes_not_the_daemons(tmp_path: Path) -> None:
+    """Metric lines that match the pattern but are no possible score: each experiment is a crash
+    with the reason, the daemon goes on, and resuming the run afterwards works."""
+    repo, env = make_repo(tmp_path)
+    base = (repo / "train.py").read_text()
+    forged = {"1.2.3": "eval: val_bpb is not a number", "nan": "eval: val_bpb is impossible",
+              "-1.0": "eval: val_bpb is impossible", "inf": "eval: val_bpb is impossible"}
+    queue = tmp_path / "queue"
+    for i, value in enumerate(forged):
+        queue_proposal(queue, f"{i}", base + f"\nforced_metric = {value!r}\n", f"metric {value}")
+    queue_proposal(queue, "9", base.replace("LR = 0.02", "LR = 0.01"), "honest")
+    done = run_cli(repo, "start", "--tag", "m", "--agent", "queue", "--queue", str(queue), "--budget", "1",
+                   "--fix-attempts", "0", "--max-experiments", str(len(forged) + 1), env=env)
+    assert done.returncode == 0, done.stderr + done.stdout
+    by_name = {e.description: e for e in fold(journal_events(repo, "m")).experiments}
+    for value, reason in forged.items():
+        rec = by_name[f"metric {value}"]
+        assert rec.status == "crash" and rec.reason.startswith(reason), (value, rec.status, rec.reason)
+    assert by_name["honest"].status == "keep" and by_name["honest"].val_bpb is not None
+    assert_invariants(repo, "m")
+    again = run_cli(repo, "resume", "--tag", "m", env=env)
+    assert "Traceback" not in again.stderr + again.stdout, again.stderr
+    assert len(read_results(repo)) == len(forged) + 2
