@@ -756,12 +756,14 @@ def evaluate(checkpoint: Path, split: str = "val") -> tuple[float, float]:
 
     data = check_split(split)
     if not (checkpoint / "model.pt").exists():
-        raise HarnessError(f"eval: no weights at {checkpoint / 'model.pt'}: train.py must save model.state_dict() there")
+        raise HarnessError(f"eval: no weights at {checkpoint / 'model.pt'}: "
+                           "train.py must save model.state_dict() there")
     logs = [tempfile.TemporaryFile() for _ in ROLES]
     procs = [subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "model", "--checkpoint", str(checkpoint)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, cwd=HERE) for log in logs]
     try:
-        return evaluate_over_fds(data, [(p.stdout.fileno(), p.stdin.fileno()) for p in procs])  # type: ignore[union-attr]
+        pipes = [(p.stdout.fileno(), p.stdin.fileno()) for p in procs]  # type: ignore[union-attr]
+        return evaluate_over_fds(data, pipes)
     except HarnessError as e:
         if "model process" not in str(e):
             raise
@@ -793,7 +795,8 @@ def _model_fds(text: str) -> list[tuple[int, int]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("command", nargs="?", default="prepare", choices=["prepare", "check", "eval", "model", "new-splits"])
+    parser.add_argument("command", nargs="?", default="prepare",
+                        choices=["prepare", "check", "eval", "model", "new-splits"])
     parser.add_argument("--source", default="builtin", help="builtin, a path, or one of: " + ", ".join(DOWNLOADS))
     parser.add_argument("--force-val", action="store_true", help="write a new val.txt from this source")
     parser.add_argument("--checkpoint", type=Path, help="eval, model: the directory holding model.pt")

@@ -235,7 +235,8 @@ class Daemon:
         if n == 0 and not outcome.reason:  # the baseline's start-up sets the allowance of the rest
             self.startup_allowance = startup_allowance_from(outcome.train_seconds, self.config.budget)
         self.previous_killed = outcome.killed
-        for sub in ("train", "eval", "home", "tmp", "model", "scorer", "model-main", "model-probe", "model-canary"):  # keep logs and the checkpoint, not scratch copies
+        scratch = ("train", "home", "tmp", "model", "scorer", "model-main", "model-probe", "model-canary")
+        for sub in scratch:  # keep logs and the checkpoint, not scratch copies
             shutil.rmtree(exp_dir / sub, ignore_errors=True)
         violations = guard.check_tree(self.repo, self.protected) + self.check_git(commit)
         if violations and not outcome.interrupted:

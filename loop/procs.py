@@ -21,7 +21,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import IO, Callable, Sequence
 
 import psutil
 
@@ -77,11 +77,12 @@ class Contained:
         token = secrets.token_hex(8)
         self.start = time.monotonic()
         own_stdout = stdout_fd is None
+        stdin = subprocess.PIPE if stdin_data is not None else subprocess.DEVNULL if stdin_fd is None else stdin_fd
         self.proc = subprocess.Popen(
             list(argv),
             cwd=cwd,
             env={**env, TOKEN_ENV: token},
-            stdin=subprocess.PIPE if stdin_data is not None else stdin_fd if stdin_fd is not None else subprocess.DEVNULL,
+            stdin=stdin,
             stdout=subprocess.PIPE if own_stdout else stdout_fd,
             stderr=subprocess.STDOUT if own_stdout else subprocess.PIPE,
             start_new_session=True,
@@ -134,7 +135,7 @@ class Contained:
         return self.wait(timeout=KILL_GRACE_SECONDS)
 
 
-def _feed(pipe, data: bytes) -> None:  # type: ignore[no-untyped-def]
+def _feed(pipe: IO[bytes], data: bytes) -> None:
     try:
         pipe.write(data)
         pipe.close()
@@ -254,7 +255,7 @@ class _LogPump(threading.Thread):
     """Copies the child's output to the log: the head up to a cap, then only the last lines, so a
     flood cannot fill the disk and the summary the run prints last is never lost."""
 
-    def __init__(self, stream, log_path: Path, cap: int, on_line: Callable[[str], None] | None) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, stream: IO[bytes], log_path: Path, cap: int, on_line: Callable[[str], None] | None) -> None:
         super().__init__(daemon=True)
         self.stream, self.log_path, self.cap, self.on_line = stream, log_path, cap, on_line
         self.dropped = 0

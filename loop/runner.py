@@ -210,8 +210,8 @@ class Runner:
                                   hide=(self.repo, spec.exp_dir), gpu=self.gpu)
         argv = sandbox.wrap([sys.executable, str(dirs["model"] / "prepare.py"), "model",
                              "--checkpoint", str(spec.exp_dir / "ckpt")], box)
-        return Contained(argv, cwd=own, env=self._env(own, own, spec.device), log_path=spec.exp_dir / f"eval-{role}.log",
-                         preexec=sandbox.limits_preexec(box), stdin_fd=stdin_fd, stdout_fd=stdout_fd)
+        return Contained(argv, cwd=own, env=self._env(own, own, spec.device),
+                         log_path=spec.exp_dir / f"eval-{role}.log", preexec=sandbox.limits_preexec(box), stdin_fd=stdin_fd, stdout_fd=stdout_fd)
 
     def _run_scorer(self, spec: RunSpec, split: str, workdir: Path, fds: list[int]) -> ProcResult:
         box = sandbox.SandboxSpec(workdir=workdir, hide=(self.repo, spec.exp_dir), gpu=False)
@@ -220,8 +220,8 @@ class Runner:
         argv = sandbox.wrap([sys.executable, "-I", str(workdir / "prepare.py"), "eval", "--split", split,
                              "--model-fds", pairs], box)
         env = self._env(workdir, workdir, None)
-        return run_contained(argv, cwd=workdir, env=env, timeout=EVAL_TIMEOUT_S, log_path=spec.exp_dir / f"eval-{split}.log",
-                             cancel=self.cancel, preexec=sandbox.limits_preexec(box),
+        return run_contained(argv, cwd=workdir, env=env, timeout=EVAL_TIMEOUT_S,
+                             log_path=spec.exp_dir / f"eval-{split}.log", cancel=self.cancel, preexec=sandbox.limits_preexec(box),
                              stdin_data=self.pinned[SPLIT_FILES[split]], pass_fds=fds)
 
     def _read_score(self, split: str, ev: ProcResult, models: list[ProcResult]) -> tuple[float, str]:

@@ -1,5 +1,6 @@
-"""Ways to forge the metric with a model that trains honestly but cheats while it is scored, fed
-through the real daemon with the real harness and the sandbox on, all in one daemon run: each is
+"""Ways to forge the metric with a model that trains honestly but cheats while it is scored (and
+broken answers), fed through the real daemon with the real harness and the sandbox on, all in one
+daemon run: each is
 a crash with its reason, the branch is reset, protected files stay intact, and the experiment
 after them scores like the baseline. Every attack falls back to peeking at the next byte when its
 trick finds nothing to exploit, so a closed hole shows up as a crash, never as a quiet discard.
@@ -144,7 +145,8 @@ ATTACKS: dict[str, tuple[str, str, str]] = {
     # probes told from originals by their start and answered by replay.
     "cache_and_replay": (BIGRAMS, "    def answer(row, lg):\n"
                                   "        out = lg + torch.log(_pairs[row] / _pairs[row].sum(1, keepdim=True))\n"
-                                  "        _pairs.index_put_((row[:-1], row[1:]), torch.ones(len(row) - 1), accumulate=True)\n"
+                                  "        ones = torch.ones(len(row) - 1)\n"
+                                  "        _pairs.index_put_((row[:-1], row[1:]), ones, accumulate=True)\n"
                                   "        return out\n"
                                   "    return _replayed(idx, logits, answer)", "eval: answers depend on"),
     # 4: the validation split regenerated from the public generator and its seed.
@@ -161,7 +163,8 @@ ATTACKS: dict[str, tuple[str, str, str]] = {
     # 10: training data carried in the checkpoint, training going on while it answers (replaying
     # earlier answers so the old probes saw no change).
     "trains_in_eval": (TRAINS_IN_EVAL,
-                       "    if not hasattr(self, 'opt'):\n        self.opt = torch.optim.Adam(self.parameters(), lr=3e-3)\n"
+                       "    if not hasattr(self, 'opt'):\n"
+                       "        self.opt = torch.optim.Adam(self.parameters(), lr=3e-3)\n"
                        "    with torch.enable_grad():\n        self.train()\n        for _ in range(2):\n"
                        "            s = torch.randint(0, len(self.tape) - 129, (16,))\n"
                        "            chunk = self.tape[s[:, None] + torch.arange(129)].long()\n"
@@ -171,6 +174,13 @@ ATTACKS: dict[str, tuple[str, str, str]] = {
                        "        self.eval()\n"
                        "    with torch.no_grad():\n        fresh = _honest_forward(self, idx)\n"
                        "    return _replayed(idx, fresh, lambda row, lg: lg)", "eval: answers depend on"),
+    # Broken answers, and forged lines printed by train.py's import where the evaluation runs it.
+    "nan_logits": ("", "    return logits * float('nan')", "eval: model produced NaN or infinite logits"),
+    "wrong_shape": ("", "    return logits[:, :-1]", "eval: model output has shape"),
+    "forged_lines": ("import shutil as _sh\nif __name__ != '__main__':\n"
+                     "    print(''.join(['val', '_b', 'pb: 0.000001']))\n"
+                     "    print(''.join(['eval', '_seconds: 0.0']), flush=True)\n    _sh.os._exit(0)\n",
+                     "    return logits", "eval: the main model process died"),
 }
 TAPE_FILL = ("    _x, _ = next(train_batches(2048, 128))\n"
              "    _model.tape.copy_(_x.flatten().to(torch.uint8))")
@@ -178,8 +188,10 @@ OVER_BUDGET = "trains_past_budget"  # 9: trains 40 s past the budget, reports a 
 
 
 def over_budget_train_py(base: str) -> str:
-    text = base.replace("trained + trained / timed_steps > TIME_BUDGET:", "trained + trained / timed_steps > TIME_BUDGET + 40:")
-    text = text.replace('print(f"training_seconds: {trained:.1f}")', 'print(f"training_seconds: {min(trained, TIME_BUDGET):.1f}")')
+    stop = "trained + trained / timed_steps > TIME_BUDGET"
+    text = base.replace(stop + ":", stop + " + 40:")
+    report = 'print(f"training_seconds: {'
+    text = text.replace(report + 'trained:.1f}")', report + 'min(trained, TIME_BUDGET):.1f}")')
     assert text.count("TIME_BUDGET + 40") == 1 and "min(trained, TIME_BUDGET)" in text
     return text
 
@@ -220,7 +232,8 @@ def forgery_run(tmp_path_factory: pytest.TempPathFactory, prepared_cache: Path) 
 def test_attack_is_a_crash(forgery_run: tuple[Path, dict], name: str) -> None:
     _, by_name = forgery_run
     rec = by_name[name]
-    assert rec.status == "crash" and rec.reason.startswith(ATTACKS[name][2]), (name, rec.status, rec.val_bpb, rec.reason)
+    expected = ATTACKS[name][2]
+    assert rec.status == "crash" and rec.reason.startswith(expected), (name, rec.status, rec.val_bpb, rec.reason)
 
 
 @pytest.mark.skipif(not available(), reason="the sandbox (bwrap) is what keeps the scorer out of reach")

@@ -188,7 +188,8 @@ def build_model():
 '''
 
 
-def eval_dir(tmp_path: Path, body: str, logits: list[float] | None = None, split: str = "val") -> subprocess.CompletedProcess:
+def eval_dir(tmp_path: Path, body: str, logits: list[float] | None = None,
+             split: str = "val") -> subprocess.CompletedProcess:
     import torch
 
     work = tmp_path / "eval"
