@@ -10,7 +10,9 @@ evaluator. The agent never edits this file; the daemon pins its bytes at the sta
 
 Tokenization is raw UTF-8 bytes (vocabulary 256), so val_bpb is bits per byte with no tokenizer to
 game. Training data lives in the cache (AUTORESEARCH_CACHE, default ~/.cache/autoresearch); the
-validation split is val.txt next to this file, committed and pinned by SHA-256. Preparing from
+validation split is val.txt next to this file, committed and pinned by SHA-256, and holdout.txt a
+second split for confirming results; both come from generator seeds that were thrown away, so
+neither can be regenerated from this file. Preparing from
 another source writes a new val.txt only with --force-val, and records its checksum beside the
 data (val.sha256 in the cache): earlier results are then incomparable, and `check` says so.
 """

@@ -237,10 +237,17 @@ def test_rejects_a_model_that_peeks_ahead(tmp_path: Path) -> None:
 
 def test_rejects_a_model_that_reads_other_rows(tmp_path: Path) -> None:
     body = ("        nxt = torch.roll(idx, -1, dims=0)\n"
-            "        return self.logits.expand(B, T, 256) + nxt[..., None].float() * 0.1")
+            "        return self.logits.expand(B, T, 256) + torch.nn.functional.one_hot(nxt, 256).float() * 0.1")
     done = eval_dir(tmp_path, body)
-    # Windows go out in a secret random order, so another row is no help; the probe sees the mixing.
-    assert done.returncode == 1 and "not causal" in done.stdout
+    # A window answered alone (the canary's first request) must match its answer in the stream.
+    assert done.returncode == 1 and "answers depend on other windows" in done.stdout, done.stdout
+
+
+def test_adding_a_constant_per_position_is_no_cheat(tmp_path: Path) -> None:
+    """What is compared is what is scored: a shift of all 256 logits at a position changes nothing."""
+    body = "        return self.logits.expand(B, T, 256) + torch.roll(idx, -1, dims=1)[..., None].float() * 3"
+    done = eval_dir(tmp_path, body)
+    assert done.returncode == 0 and "val_bpb: 8.000000" in done.stdout, done.stdout
 
 
 def test_rejects_nan(tmp_path: Path) -> None:
