@@ -595,6 +595,7 @@ def score(data: bytes, channels: list[Channel]) -> tuple[float, float]:
     main, probe, canary = channels
     deadline = time.monotonic() + LOAD_LIMIT_S
     seq_lens = {ch.hello(deadline) for ch in channels}  # all three load at once
+    loaded = time.time() - t0
     T = seq_lens.pop()
     if seq_lens:
         raise HarnessError("eval: model processes disagree on their context length")
@@ -637,6 +638,8 @@ def score(data: bytes, channels: list[Channel]) -> tuple[float, float]:
                 answers[ch.name][j] = logp[k].astype(np.float32)
 
     _drive(channels, streams, B, T, on_answer)
+    print(f"models loaded in {loaded:.1f}s; {sum(len(ch.answer_seconds) for ch in channels)} requests of {B}x{T} "
+          f"answered in {time.time() - t0 - loaded:.1f}s", file=sys.stderr, flush=True)
     for j in canaries:
         if np.abs(answers[main.name][j] - answers[canary.name][j]).max() > LOGPROB_TOLERANCE:
             raise HarnessError("eval: answers depend on other windows: a window scored differently alone than in "
