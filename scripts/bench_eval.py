@@ -52,6 +52,7 @@ def main() -> int:
         runner = Runner(root / "repo", pinned)
         spec = RunSpec((ROOT / "train.py").read_bytes(), exp, args.budget, args.budget + 600)
         trained = runner.train(spec)
+        print(f"trained: {trained.train_seconds:.1f}s wall", flush=True)
         if trained.reason:
             print(f"training failed: {trained.reason}")
             return 1
@@ -68,6 +69,7 @@ def main() -> int:
             old_dir.mkdir(exist_ok=True)
             seconds, old_score = old_evaluation_seconds(args.old_rev, old_dir, exp / "ckpt")
             old.append(seconds)
+            print(f"repeat {len(old)}: {new[-1]:.1f}s now, {old[-1]:.1f}s before", flush=True)
     print(f"training: {trained.train_seconds:.1f}s wall for a {args.budget:g}s budget "
           f"({trained.summary.get('num_steps', '?')} steps)")
     print(f"evaluation, sandboxed, 3 model processes: median {statistics.median(new):.1f}s of {args.repeats} "
