@@ -43,7 +43,7 @@ from loop.journal import (JOURNAL_NAME, STATUSES, ExperimentRecord, Journal, Run
 from loop.policy import Noise, Policy
 from loop.procs import Cancel
 from loop.proposer import AgentBroken, AgentWaiting, Proposer, ProposalError, ProposalReady, Request
-from loop.runner import RunOutcome, Runner, RunSpec, last_loss
+from loop.runner import RunOutcome, Runner, RunSpec, last_loss, startup_allowance_from
 
 EDITABLE = "train.py"
 PINNED = ("prepare.py", "val.txt", "holdout.txt")  # the harness's bytes, fixed at the run's start
@@ -51,7 +51,6 @@ MIN_FREE_DISK_BYTES = 2 << 30  # below this the run stops rather than corrupt it
 MAX_FAILED_PROPOSALS = 5  # in a row, then the agent is clearly broken
 DIFFS_IN_HISTORY = 8  # recent experiments whose diff the agent sees
 STATE_EVERY_S = 1.0  # how often the live view (`status`) is refreshed
-ALLOWANCE_FLOOR_S = 30.0  # start-up allowance beyond twice the baseline's own start-up
 
 
 class Stop:
@@ -718,15 +717,13 @@ class Daemon:
         return 3 if len(self.executor.slot_names()) > 1 else 2
 
     def measure_allowance(self) -> None:
-        """Start-up allowance for every later run: twice the baseline's own start-up, plus a margin."""
-        base = next((e for e in self.run.experiments if e.n == 0), None)
-        overheads = []
-        for fields in (base.runs.values() if base else ()):
-            wall, reported = fields.get("train_seconds"), (fields.get("summary") or {}).get("training_seconds")
-            if isinstance(wall, (int, float)) and isinstance(reported, (int, float)):
-                overheads.append(max(0.0, wall - reported))
-        if overheads:
-            self.allowance = min(2 * max(overheads) + ALLOWANCE_FLOOR_S, self.config.timeout - self.config.budget)
+        """Start-up allowance for every later run, measured on the baseline's own start-up."""
+        base = self.run.by_n.get(0)
+        walls = [float(f["train_seconds"]) for f in (base.runs.values() if base else ())
+                 if isinstance(f.get("train_seconds"), (int, float))]
+        if walls:
+            allowance = startup_allowance_from(max(walls), self.config.budget)
+            self.allowance = min(allowance, self.config.timeout - self.config.budget)
 
     def seed(self, n: int, run: int) -> int:
         """The harness's seed for one run: fixed by tag, experiment and run, different for every run."""
