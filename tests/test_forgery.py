@@ -188,11 +188,11 @@ OVER_BUDGET = "trains_past_budget"  # 9: trains 40 s past the budget, reports a 
 
 
 def over_budget_train_py(base: str) -> str:
-    stop = "trained + trained / timed_steps > TIME_BUDGET"
-    text = base.replace(stop + ":", stop + " + 40:")
+    """train.py's own stopping rule moved 40 s past the budget, and the time it reports clipped."""
+    text = base.replace("<= TIME_BUDGET", "<= TIME_BUDGET + 40").replace("> TIME_BUDGET:", "> TIME_BUDGET + 40:")
     report = 'print(f"training_seconds: {'
     text = text.replace(report + 'trained:.1f}")', report + 'min(trained, TIME_BUDGET):.1f}")')
-    assert text.count("TIME_BUDGET + 40") == 1 and "min(trained, TIME_BUDGET)" in text
+    assert text.count("TIME_BUDGET + 40") >= 1 and "min(trained, TIME_BUDGET)" in text
     return text
 
 
