@@ -32,18 +32,32 @@ from statistics import fmean
 from typing import Any
 
 from loop import gitops, guard
-from loop.agents.base import Agent, Context, HistoryItem, InFlight, Proposal, Usage
+from loop.agents.base import Agent, Context, HistoryItem, InFlight, Usage
 from loop.config import Config
 from loop.display import Display
 from loop.errors import AutoresearchError, BaselineCrashed, BudgetExhausted, InternalError, SetupError
 from loop.executor import Executor, Finished, Job, LocalExecutor, Lost, Started, TrainingEnded, plan_slots
-from loop.journal import (JOURNAL_NAME, STATUSES, ExperimentRecord, Journal, RunRecord, _jsonable, append_result,
-                          apply_event, atomic_write, experiment_dir, fold, read_events_checked, rebuild_results, run_dir,
-                          state_dir)
+from loop.journal import (
+    JOURNAL_NAME,
+    STATUSES,
+    ExperimentRecord,
+    Journal,
+    RunRecord,
+    _jsonable,
+    append_result,
+    apply_event,
+    atomic_write,
+    experiment_dir,
+    fold,
+    read_events_checked,
+    rebuild_results,
+    run_dir,
+    state_dir,
+)
 from loop.policy import Noise, Policy
 from loop.procs import Cancel
-from loop.proposer import AgentBroken, AgentWaiting, Proposer, ProposalError, ProposalReady, Request
-from loop.runner import RunOutcome, Runner, RunSpec, last_loss, startup_allowance_from
+from loop.proposer import AgentBroken, AgentWaiting, ProposalError, ProposalReady, Proposer, Request
+from loop.runner import Runner, RunOutcome, RunSpec, last_loss, startup_allowance_from
 
 EDITABLE = "train.py"
 PINNED = ("prepare.py", "val.txt", "holdout.txt")  # the harness's bytes, fixed at the run's start

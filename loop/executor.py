@@ -21,8 +21,7 @@ from typing import Callable, Protocol, Union
 from loop import gpu
 from loop.errors import UsageError
 from loop.procs import Cancel
-from loop.runner import RunOutcome, Runner, RunSpec
-
+from loop.runner import Runner, RunOutcome, RunSpec
 
 HARDWARE_LABEL_ENV = "AUTORESEARCH_HARDWARE_LABEL"  # names this machine's hardware where models alone do not
 

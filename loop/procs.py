@@ -15,10 +15,10 @@ import functools
 import os
 import secrets
 import signal
-from collections import deque
 import subprocess
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Callable, Sequence

@@ -29,9 +29,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from daemon_kit import journal_events, run_cli  # noqa: E402
-from loop.journal import fold  # noqa: E402
 from noisy_kit import make_noisy_repo, true_score_at  # noqa: E402
 
+from loop.journal import fold  # noqa: E402
 
 
 @dataclass

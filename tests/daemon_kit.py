@@ -8,7 +8,6 @@ summary, val.txt pinned by checksum) without torch: "training" saves train.py's 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import subprocess

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from daemon_kit import git, make_repo
+
 from loop.agents.search import find_constants
 
 # The true score, as source: the evaluator runs this text and the kit executes the same text, so

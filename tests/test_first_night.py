@@ -7,8 +7,18 @@ import sys
 import time
 from pathlib import Path
 
-from daemon_kit import (assert_invariants, git, journal_events, make_repo, queue_proposal, read_results, run_cli,
-                        start_background, wait_for_event)
+from daemon_kit import (
+    assert_invariants,
+    git,
+    journal_events,
+    make_repo,
+    queue_proposal,
+    read_results,
+    run_cli,
+    start_background,
+    wait_for_event,
+)
+
 from loop.journal import JOURNAL_NAME, fold, run_dir
 
 FAST = ("--budget", "2")

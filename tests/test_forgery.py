@@ -12,8 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from daemon_kit import assert_invariants, git, journal_events, make_repo, queue_proposal, read_results, run_cli
+
 from loop.journal import fold
 from loop.sandbox import available
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from daemon_kit import assert_invariants, journal_events, read_results, run_cli
+from noisy_kit import make_noisy_repo, train_py_with, true_score_at
+
 from loop.journal import fold
 from loop.policy import MAX_CONFIRMATIONS, Noise, Policy, t_quantile
-from noisy_kit import make_noisy_repo, train_py_with, true_score_at
 
 SIGMA = 0.01  # the harness's noise
 TAG = "noisy"
