@@ -532,7 +532,7 @@ class Daemon:
     def maybe_combine(self, att: Attempt, mean: float) -> None:
         """A change that beat its own parent but not a best that moved on while it ran is rebased onto
         the new best and tried once more, as a "combine" experiment."""
-        if att.parent_score is None or mean >= att.parent_score - self.config.min_delta:
+        if att.parent_score is None or mean >= att.parent_score - self.config.min_delta or not self.room_for_more():
             return
         best = self.best_commit()
         if att.parent == best or att.commit is None:
