@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from loop.errors import UsageError
+from loop.journal import RunRecord, results_rows, state_dir
 
 TARGET_FILE = "autoresearch.toml"
 BETTER = ("lower", "higher")
@@ -264,3 +265,30 @@ def describe(target: Target) -> dict[str, Any]:
             "better": "higher" if target.higher_is_better else "lower", "editable": list(target.editable)}
 
 
+
+
+def of_config(repo: Path, config_target: str | None) -> Target:
+    """The target a run's Config names (its `target` field), as `find` resolves it."""
+    return find(repo, Path(config_target) if config_target else None)
+
+
+def lock_file(repo: Path, target: Target) -> Path:
+    """One daemon per target: the builtin's lock is the repository's, a custom target's its own,
+    so two targets of one repository run side by side."""
+    return state_dir(repo) / ("daemon.lock" if target.builtin else f"daemon-{target.name}.lock")
+
+
+def state_file(repo: Path, target: Target) -> Path:
+    """The live view `status` reads, one per target for the same reason."""
+    return state_dir(repo) / ("state.json" if target.builtin else f"state-{target.name}.json")
+
+
+def results_text(target: Target, run: RunRecord) -> str:
+    """A custom target's results file: the builtin's columns, the metric under its own name and as
+    measured (a higher-is-better metric un-negated)."""
+    rows = [f"commit\t{target.metric}\tmemory_gb\tstatus\tdescription\n"]
+    for line in results_rows(run):
+        commit, value, rest = line.split("\t", 2)
+        shown = target.shown(float(value)) if not rest.split("\t")[1].startswith("crash") else 0.0
+        rows.append(f"{commit}\t{shown:.6f}\t{rest}")
+    return "".join(rows)
