@@ -119,11 +119,25 @@ class Target:
         return None if score is None else self.score(score)
 
 
-BUILTIN = Target(
-    name="builtin", editable=("train.py",),
-    protected=("prepare.py", "val.txt", "holdout.txt", "program.md", "pyproject.toml", ".gitignore", "loop/*",
-               "scripts/*"),
-    run="train.py", evaluate="prepare.py eval")
+# The builtin experiment in the same format. Its runs do not go through these commands: runner.py
+# trains and evaluates it from pinned harness files in separate sandboxes, and guard.py lints
+# train.py and looks for the validation text in it; the record names what the rest must know.
+BUILTIN_TOML = """
+name = "builtin"
+editable = ["train.py"]
+protected = ["prepare.py", "val.txt", "holdout.txt", "program.md", "pyproject.toml", ".gitignore", "loop/*",
+             "scripts/*"]
+program = "program.md"
+results = "results.tsv"
+[commands]
+check = "python prepare.py check"
+run = "python train.py"
+evaluate = "python prepare.py eval --take-val --checkpoint $AUTORESEARCH_OUT"
+[metric]
+name = "val_bpb"
+better = "lower"
+memory = "peak_vram_mb"
+"""
 
 
 def find(repo: Path, given: Path | None) -> Target:
@@ -139,16 +153,24 @@ def find(repo: Path, given: Path | None) -> Target:
 
 def load(path: Path, repo: Path) -> Target:
     """A target from its TOML file, or a UsageError naming the field and the fix."""
-    where = path.name
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"{path.name}: not UTF-8 text: save it as UTF-8") from None
+    own = str(path.resolve().relative_to(repo.resolve())) if path.resolve().is_relative_to(repo.resolve()) else ""
+    return parse(text, path.name, own, path)
+
+
+def parse(text: str, where: str, own: str = "", source: Path | None = None) -> Target:
+    """A target from TOML text; `own` is the file's path in the repository (protected with the rest)."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
         raise UsageError(f"{where}: not valid TOML ({e}): fix the syntax") from None
     _no_unknown(data, where)
     commands, metric = _table(data, "commands", where), _table(data, "metric", where)
     run, box = _table(data, "run", where), _table(data, "sandbox", where)
     editable = _globs(data, "editable", where, required=True)
-    own = str(path.resolve().relative_to(repo.resolve())) if path.resolve().is_relative_to(repo.resolve()) else ""
     program = _text(data, "program", where) or "program.md"
     protected = tuple(dict.fromkeys((*_globs(data, "protected", where), *([own] if own else []), program)))
     better = _text(metric, "better", where, "metric.") or "lower"
@@ -159,13 +181,13 @@ def load(path: Path, repo: Path) -> Target:
     if not _text(metric, "name", where, "metric."):
         raise UsageError(f"{where}: metric.name is missing: give the key of the `key: value` line that scores a run")
     target = Target(
-        name=_text(data, "name", where) or path.stem, editable=editable, protected=protected, program=program,
+        name=_text(data, "name", where) or Path(where).stem, editable=editable, protected=protected, program=program,
         results=_text(data, "results", where) or "results.tsv", metric=metric["name"],
         higher_is_better=better == "higher", memory=_text(metric, "memory", where, "metric.") or "",
         prepare=_text(commands, "prepare", where, "commands."), check=_text(commands, "check", where, "commands."),
         build=_text(commands, "build", where, "commands."), run=commands["run"],
         evaluate=_text(commands, "evaluate", where, "commands."), timeout=_timeout(run, where),
-        readonly=_globs(box, "readonly", where, prefix="sandbox."), frozen=_regions(data, where), source=path,
+        readonly=_globs(box, "readonly", where, prefix="sandbox."), frozen=_regions(data, where), source=source,
         **_cache(box, where))
     _consistent(target, where)
     return target
@@ -292,3 +314,6 @@ def results_text(target: Target, run: RunRecord) -> str:
         shown = target.shown(float(value)) if not rest.split("\t")[1].startswith("crash") else 0.0
         rows.append(f"{commit}\t{shown:.6f}\t{rest}")
     return "".join(rows)
+
+
+BUILTIN = parse(BUILTIN_TOML, "the builtin target")

@@ -7,9 +7,8 @@ scripts, so what is tested is the daemon's handling of a target, not a compiler'
 from __future__ import annotations
 
 import difflib
-import json
+import os
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
@@ -35,7 +34,7 @@ def new_repo(tmp_path: Path, files: dict[str, str]) -> tuple[Path, dict[str, str
     git(repo, "config", "user.name", "test")
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "target repo")
-    env = dict(__import__("os").environ)
+    env = dict(os.environ)
     env.pop("ANTHROPIC_API_KEY", None)
     env["PYTHONPATH"] = str(MAIN)
     return repo, env
@@ -62,3 +61,177 @@ def rows(repo: Path, name: str, metric: str) -> list[list[str]]:
 
 def reasons(repo: Path, tag: str) -> dict[str, str]:
     return {e.description: e.reason for e in fold(journal_events(repo, tag)).decided}
+
+
+# --- the declaration ---------------------------------------------------------------------------------
+GOOD = """
+editable = ["src/*.rs"]
+protected = ["src/data.rs"]
+[commands]
+run = "true"
+[metric]
+name = "loss"
+"""
+
+
+def test_no_file_means_the_builtin_experiment(tmp_path: Path) -> None:
+    found = targets.find(tmp_path, None)
+    assert found is targets.BUILTIN and found.builtin
+    assert (found.editable, found.metric, found.results) == (("train.py",), "val_bpb", "results.tsv")
+    (tmp_path / targets.TARGET_FILE).write_text(GOOD)
+    declared = targets.find(tmp_path, None)
+    assert not declared.builtin and declared.is_editable("src/main.rs") and not declared.is_editable("src/data.rs")
+    assert declared.is_protected(targets.TARGET_FILE)  # the declaration guards itself
+
+
+@pytest.mark.parametrize("text, field", [
+    (GOOD.replace('run = "true"', ""), "commands.run"),
+    (GOOD.replace('name = "loss"', ""), "metric.name"),
+    (GOOD.replace('editable = ["src/*.rs"]', ""), "editable"),
+    (GOOD + 'better = "sideways"\n', "metric.better"),
+    (GOOD.replace('protected = ["src/data.rs"]', 'protected = ["src/*.rs"]'), "both editable and protected"),
+    (GOOD + "[run]\ntimeout = -1\n", "run.timeout"),
+    (GOOD.replace("editable", "editables"), "unknown field editables"),
+    (GOOD + '[[frozen]]\npath = "Cargo.toml"\nbegin = "a"\nend = "b"\n', "frozen region in Cargo.toml"),
+    ("editable = [", "not valid TOML"),
+])
+def test_a_bad_declaration_is_one_line_naming_the_field(tmp_path: Path, text: str, field: str) -> None:
+    (tmp_path / "t.toml").write_text(text)
+    with pytest.raises(UsageError) as refused:
+        targets.find(tmp_path, Path("t.toml"))
+    message = str(refused.value)
+    assert field in message and "\n" not in message and message.startswith("t.toml: ")
+
+
+def test_a_frozen_region_is_enforced_by_the_guard(tmp_path: Path) -> None:
+    from loop import guard
+
+    source = "fn train() {}\n// frozen: eval\nfn eval() { score() }\n// end frozen\n"
+    text = GOOD + '[[frozen]]\npath = "src/main.rs"\nbegin = "// frozen: eval"\nend = "// end frozen"\n'
+    repo, _ = new_repo(tmp_path, {"src/main.rs": source, "autoresearch.toml": text})
+    target = targets.find(repo, None)
+    base = git(repo, "rev-parse", "HEAD")
+    outside = commit_change(repo, "src/main.rs", source.replace("train() {}", "train() { fast() }"))
+    inside = commit_change(repo, "src/main.rs", source.replace("score()", "0.0"))
+    assert guard.check_target_commit(repo, outside, base, {}, target) == []
+    assert "frozen region" in guard.check_target_commit(repo, inside, outside, {}, target)[0]
+
+
+def commit_change(repo: Path, path: str, text: str) -> str:
+    (repo / path).write_text(text)
+    git(repo, "commit", "-q", "-am", f"change {path}")
+    return git(repo, "rev-parse", "HEAD")
+
+
+# --- a Rust crate through the daemon -------------------------------------------------------------------
+@pytest.mark.skipif(shutil.which("cargo") is None, reason="needs cargo (the Rust toolchain)")
+def test_a_rust_target_runs_five_experiments_through_the_daemon(tmp_path: Path) -> None:
+    files = {str(p.relative_to(EXAMPLE)): p.read_text() for p in EXAMPLE.rglob("*")
+             if p.is_file() and "target" not in p.relative_to(EXAMPLE).parts and p.name != ".gitignore"}
+    repo, env = new_repo(tmp_path, files)
+    queue = tmp_path / "queue"
+    main, data = "src/main.rs", "src/data.rs"
+    queue_diff(queue, "1", repo, main, "LEARNING_RATE: f64 = 0.001", "LEARNING_RATE: f64 = 0.01", "faster")
+    queue_diff(queue, "2", repo, main, "let mut steps = 0usize;", 'let mut steps: usize = "none";', "type error")
+    queue_diff(queue, "3", repo, data, "const NOISE: f64 = 0.1;", "const NOISE: f64 = 0.0;", "less noise")
+    queue_diff(queue, "4", repo, main, "const BATCH: usize = 32;", "const BATCH: usize = 512;", "bigger batches")
+    queue_diff(queue, "5", repo, main, "const MAX_EPOCHS: usize = 3;", "const MAX_EPOCHS: usize = 6;", "more epochs")
+    done = run_cli(repo, "start", "--tag", "rust", "--agent", "queue", "--queue", str(queue), "--max-experiments", "5",
+                   "--budget", "1", "--timeout", "60", "--slots", "1", "--baseline-runs", "1", "--fix-attempts", "0",
+                   "--confirm", "never", env=env, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    table = {row[4]: row for row in rows(repo, "results.tsv", "val_mse")}
+    assert len(table) == 6 and table["baseline"][3] == "keep"
+    assert table["faster"][3] == "keep" and float(table["faster"][1]) < float(table["baseline"][1])
+    why = reasons(repo, "rust")
+    assert table["type error"][3] == "crash" and why["type error"].startswith("build failed: error[E0308]")
+    assert table["less noise"][3] == "crash" and why["less noise"].startswith("guard: src/data.rs changed")
+    assert table["bigger batches"][3] == "discard"
+    # the branch holds the best; the person's working tree and branch were never touched
+    best = min((r for r in table.values() if r[3] == "keep"), key=lambda r: float(r[1]))
+    assert git(repo, "rev-parse", "--short=7", "autoresearch/rust") == best[0]
+    assert git(repo, "rev-parse", "--abbrev-ref", "HEAD") == "main" and git(repo, "status", "--porcelain") == ""
+    assert "0.001" in (repo / main).read_text()
+    assert list((repo / ".autoresearch" / "cache" / "linreg").glob("*/release/linreg"))  # cargo's cache, reused
+
+
+# --- two targets in one repository ---------------------------------------------------------------------
+ALPHA = """name = "alpha"
+editable = ["alpha/params.sh"]
+protected = ["alpha/score.sh"]
+results = "results-alpha.tsv"
+[commands]
+run = "sh alpha/score.sh"
+[metric]
+name = "loss"
+better = "lower"
+"""
+BETA = """name = "beta"
+editable = ["beta/params.sh"]
+results = "results-beta.tsv"
+[commands]
+run = ". beta/params.sh; echo $Y > $AUTORESEARCH_OUT/model"
+evaluate = "sh beta/evaluate.sh"
+[metric]
+name = "accuracy"
+better = "higher"
+"""
+TWO_TARGETS = {
+    "alpha.toml": ALPHA, "alpha/params.sh": "X=6\n",
+    "alpha/score.sh": '. alpha/params.sh\necho "loss: $(( (X - 3) * (X - 3) ))"\n',
+    "beta.toml": BETA, "beta/params.sh": "Y=2\n",
+    "beta/evaluate.sh": 'Y=$(cat "$AUTORESEARCH_OUT/model")\necho "accuracy: $(( 100 - (Y - 7) * (Y - 7) ))"\n',
+}
+SHORT = ("--agent", "queue", "--max-experiments", "1", "--budget", "1", "--timeout", "30", "--slots", "1",
+         "--baseline-runs", "1", "--confirm", "never")
+
+
+def test_two_targets_one_after_the_other_then_side_by_side(tmp_path: Path) -> None:
+    repo, env = new_repo(tmp_path, TWO_TARGETS)
+    qa, qb = tmp_path / "qa", tmp_path / "qb"
+    queue_diff(qa, "1", repo, "alpha/params.sh", "X=6", "X=4", "x to 4")
+    queue_diff(qb, "1", repo, "beta/params.sh", "Y=2", "Y=5", "y to 5")
+    for tag, toml, queue in (("a1", "alpha.toml", qa), ("b1", "beta.toml", qb)):
+        done = run_cli(repo, "start", "--tag", tag, "--target", toml, "--queue", str(queue), *SHORT, env=env)
+        assert done.returncode == 0, done.stdout + done.stderr
+    alpha, beta = rows(repo, "results-alpha.tsv", "loss"), rows(repo, "results-beta.tsv", "accuracy")
+    assert [(r[1], r[3]) for r in alpha] == [("9.000000", "keep"), ("1.000000", "keep")]
+    assert [(r[1], r[3]) for r in beta] == [("75.000000", "keep"), ("96.000000", "keep")]  # higher is better, as measured
+    assert not (repo / "results.tsv").exists()
+
+    # side by side: alpha waits on its empty queue while beta runs whole; a second alpha is refused
+    first = start_background(repo, "start", "--tag", "a2", "--target", "alpha.toml", "--queue", str(qa), *SHORT, env=env)
+    try:
+        wait_for(lambda: decided(repo, "a2") == 1)
+        refused = run_cli(repo, "start", "--tag", "a3", "--target", "alpha.toml", "--queue", str(qa), *SHORT, env=env)
+        assert refused.returncode == 4 and "target alpha" in refused.stderr
+        queue_diff(qb, "2", repo, "beta/params.sh", "Y=2", "Y=9", "y to 9")
+        done = run_cli(repo, "start", "--tag", "b2", "--target", "beta.toml", "--queue", str(qb), *SHORT, env=env)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert first.poll() is None  # alpha still ran all the while
+        queue_diff(qa, "2", repo, "alpha/params.sh", "X=6", "X=2", "x to 2")
+        assert first.wait(timeout=120) == 0
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert [(r[1], r[3]) for r in rows(repo, "results-alpha.tsv", "loss")] == [("9.000000", "keep"), ("1.000000", "keep")]
+    assert [(r[1], r[3]) for r in rows(repo, "results-beta.tsv", "accuracy")] == [("75.000000", "keep"),
+                                                                                  ("96.000000", "keep")]
+    assert git(repo, "show", "autoresearch/a2:alpha/params.sh") == "X=2"
+    assert git(repo, "show", "autoresearch/b2:beta/params.sh") == "Y=9"
+    report = run_cli(repo, "report", "--tag", "a2", "--compare", "b2", "a1", "--out", str(tmp_path / "report"), env=env)
+    assert report.returncode == 0, report.stdout + report.stderr
+
+
+def decided(repo: Path, tag: str) -> int:
+    try:
+        return len(fold(journal_events(repo, tag)).decided)
+    except OSError:
+        return 0
+
+
+def wait_for(condition, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
