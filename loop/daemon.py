@@ -701,6 +701,7 @@ class Daemon:
         conflict = self.conflicts.pop(n, "")
         return Context(
             repo=self.repo, program=_read(self.repo / self.target.program), train_py=train_py, editable=editable,
+            metric=("-" if self.target.higher_is_better else "") + self.target.metric,
             history=tuple(self.history()), best_val_bpb=self.best_mean(), notes_path=self.dir / "notes.md",
             run_dir=self.exp_dir(n), last_failure=last_failure, fix_of=crashed if last_failure else "",
             budget_seconds=self.config.budget, in_flight=in_flight, conflict=conflict,
