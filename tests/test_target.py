@@ -17,7 +17,7 @@ import pytest
 from loop import target as targets
 from loop.errors import UsageError
 from loop.journal import fold
-from tests.daemon_kit import MAIN, git, journal_events, run_cli, start_background
+from daemon_kit import MAIN, git, journal_events, run_cli, start_background
 
 EXAMPLE = MAIN / "examples" / "linreg-rust"
 IGNORED = "/.autoresearch/\n/target/\n/results*.tsv\n"
@@ -40,9 +40,11 @@ def new_repo(tmp_path: Path, files: dict[str, str]) -> tuple[Path, dict[str, str
     return repo, env
 
 
-def queue_diff(queue: Path, name: str, repo: Path, path: str, old: str, new: str, description: str) -> None:
-    """A unified diff of one file of the repository, as a person would drop it into the queue."""
-    before = (repo / path).read_text()
+def queue_diff(queue: Path, name: str, repo: Path, path: str, old: str, new: str, description: str,
+               rev: str | None = None) -> None:
+    """A unified diff of one file of the repository (at rev, else in the working tree), as a person would
+    drop it into the queue."""
+    before = git(repo, "show", f"{rev}:{path}") + "\n" if rev else (repo / path).read_text()
     assert old in before, old
     after = before.replace(old, new, 1)
     diff = "".join(difflib.unified_diff(before.splitlines(keepends=True), after.splitlines(keepends=True),
@@ -198,6 +200,11 @@ def test_two_targets_one_after_the_other_then_side_by_side(tmp_path: Path) -> No
     assert [(r[1], r[3]) for r in alpha] == [("9.000000", "keep"), ("1.000000", "keep")]
     assert [(r[1], r[3]) for r in beta] == [("75.000000", "keep"), ("96.000000", "keep")]  # higher is better, as measured
     assert not (repo / "results.tsv").exists()
+    queue_diff(qa, "r", repo, "alpha/params.sh", "X=4", "X=3", "x to 3", rev="autoresearch/a1")
+    resumed = run_cli(repo, "resume", "--tag", "a1", "--max-experiments", "2", env=env)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert [(r[1], r[3]) for r in rows(repo, "results-alpha.tsv", "loss")][-1] == ("0.000000", "keep")
+    assert git(repo, "rev-parse", "--abbrev-ref", "HEAD") == "main"
 
     # side by side: alpha waits on its empty queue while beta runs whole; a second alpha is refused
     first = start_background(repo, "start", "--tag", "a2", "--target", "alpha.toml", "--queue", str(qa), *SHORT, env=env)
@@ -235,3 +242,33 @@ def wait_for(condition, timeout: float = 120) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.1)
+
+
+# --- agents on a declared target -----------------------------------------------------------------------
+def test_the_llm_agent_edits_the_targets_files_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fake_anthropic import FakeAnthropic, message, scripted, tool
+
+    from loop.agents.anthropic_agent import AnthropicAgent
+    from loop.agents.base import Context
+
+    files = {"src/model.rs": "const WIDTH: usize = 8;\n", "src/train.rs": "const LR: f64 = 0.1;\n",
+             "src/data.rs": "const NOISE: f64 = 0.1;\n"}
+    repo, _ = new_repo(tmp_path, files)
+    editable = {p: files[p] for p in ("src/model.rs", "src/train.rs")}
+    context = Context(repo=repo, program="Lower val_mse.", train_py="", history=(), best_val_bpb=None,
+                      notes_path=tmp_path / "notes.md", run_dir=tmp_path / "exp", editable=editable, metric="val_mse")
+    edit = "str_replace_based_edit_tool"
+    replies = [message([tool(edit, command="view", path="src/model.rs")]),
+               message([tool(edit, command="str_replace", path="src/data.rs", old_str="0.1", new_str="0.0")]),
+               message([tool(edit, command="str_replace", path="src/train.rs", old_str="0.1", new_str="0.05")]),
+               message([tool("submit_experiment", description="halve LR", hypothesis="0.1 overshoots")])]
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+    with FakeAnthropic(scripted(replies)) as server:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
+        proposal = AnthropicAgent(max_turns=6).propose(context)
+    assert proposal.files == {"src/train.rs": "const LR: f64 = 0.05;\n"} and proposal.description == "halve LR"
+    first = server.requests[0]["body"]["messages"][0]["content"]
+    assert "## Current src/model.rs" in first[1]["text"] and "## Current src/train.rs" in first[1]["text"]
+    assert "best val_mse so far" in first[0]["text"]
+    refused = server.requests[2]["body"]["messages"][-1]["content"][0]
+    assert refused["is_error"] and "src/data.rs is read-only" in refused["content"]

@@ -34,6 +34,9 @@ def start(repo: Path, config: Config, detach: bool, argv: list[str]) -> int:
     preflight(git, config.tag, target)
     if not target.builtin and config.ray is not None:
         raise UsageError(f"--ray runs the builtin experiment only; {target.source} runs on local slots: drop --ray")
+    if not target.builtin and config.agent == "search":
+        raise UsageError(f"--agent search tunes train.py's constants; {target.source} needs --agent queue, "
+                         "anthropic or claude-code")
     agent = checked_agent(git.root, config)
     if detach:
         return _detach(git.root, [a for a in argv if a != "--detach"])
