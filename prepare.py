@@ -5,10 +5,14 @@ evaluator. The agent never edits this file; the daemon pins its bytes at the sta
     python prepare.py --source PATH|NAME    prepare from your own text or a downloadable corpus
     python prepare.py check                 is the data prepared and val.txt intact? (exit 0/1)
     python prepare.py eval --checkpoint DIR score a trained model on val.txt (prints val_bpb)
+    python prepare.py eval --checkpoint DIR --split holdout     ... on holdout.txt (holdout_bpb)
+    python prepare.py new-splits            maintainers: new val.txt and holdout.txt, seeds discarded
 
 Tokenization is raw UTF-8 bytes (vocabulary 256), so val_bpb is bits per byte with no tokenizer to
 game. Training data lives in the cache (AUTORESEARCH_CACHE, default ~/.cache/autoresearch); the
-validation split is val.txt next to this file, committed and pinned by SHA-256. Preparing from
+validation split is val.txt next to this file, committed and pinned by SHA-256, and holdout.txt a
+second split for confirming results; both come from generator seeds that were thrown away, so
+neither can be regenerated from this file. Preparing from
 another source writes a new val.txt only with --force-val, and records its checksum beside the
 data (val.sha256 in the cache): earlier results are then incomparable, and `check` says so.
 """
@@ -31,11 +35,17 @@ from pathlib import Path
 TIME_BUDGET = float(os.environ.get("AUTORESEARCH_TIME_BUDGET", "300"))  # training seconds
 MAX_SEQ_LEN = 1024  # context length the evaluator scores with; models must accept it
 VOCAB_SIZE = 256  # raw bytes
-VAL_SHA256 = "bd093efddb264664d8e8294856732371f37273c312c5a5a45a700700207fdf31"  # val.txt, builtin split
-VAL_BYTES = 256 * 1024  # size of the builtin validation split (rounded up to whole documents)
+# The builtin splits: generated from random seeds that were thrown away (`python prepare.py
+# new-splits`), so nobody can regenerate them; pinned by checksum. The floor of each is the
+# generator's charged bits per byte, computed when it was made.
+VAL_SHA256 = "ed16e3e4e0778f8b57b635cfa2da7ad2cef394eddaae01345d5533fcfda90233"  # val.txt
+VAL_FLOOR = 0.997866  # bits/byte of information in val.txt
+HOLDOUT_SHA256 = "c9cd27a2a238487a2afc763113df435d1a85aa40bc0590ca909be238e990b400"  # holdout.txt
+HOLDOUT_FLOOR = 0.999532  # bits/byte of information in holdout.txt
+SPLITS = {"val": ("val.txt", VAL_SHA256, VAL_FLOOR), "holdout": ("holdout.txt", HOLDOUT_SHA256, HOLDOUT_FLOOR)}
+VAL_BYTES = 256 * 1024  # size of each builtin split (rounded up to whole documents)
 BUILTIN_MB = float(os.environ.get("AUTORESEARCH_BUILTIN_MB", "100"))  # size of the training split
-TRAIN_SEED, VAL_SEED = 1, 2  # disjoint seeds: no validation document appears in training
-EVAL_BATCH = 8
+TRAIN_SEED = 1  # public: anyone can rebuild the training split; the splits' seeds are gone
 HERE = Path(__file__).resolve().parent
 DOWNLOADS = {  # --source NAME: shards fetched over HTTP (AUTORESEARCH_DATA_URL overrides the base)
     "climbmix": ("https://huggingface.co/datasets/karpathy/climbmix-400b-shuffle/resolve/main", ["shard_00000.parquet"]),
@@ -357,7 +367,9 @@ def prepare(source: str, force_val: bool) -> None:
         train, val = text[:cut], text[cut:]
     atomic_write(cache / "train.bin", train)
     if force_val:
-        val = val if val is not None else generate(VAL_SEED, VAL_BYTES)[0]
+        if val is None:
+            raise HarnessError("the builtin val.txt cannot be regenerated (its seed is gone): restore it with "
+                               "`git checkout -- val.txt`, or make new splits with `python prepare.py new-splits`")
         atomic_write(val_path(), val)
         atomic_write(cache / "val.sha256", sha256(val).encode())
         progress(f"wrote a new {val_path().name} ({len(val):,} bytes): results from earlier runs are not comparable")
@@ -368,7 +380,7 @@ def prepare(source: str, force_val: bool) -> None:
     check_val()
     progress(f"prepared {len(train):,} training bytes in {time.time() - t0:.1f}s; validation: {val_path()}")
     if source == "builtin" and VAL_SHA256 == sha256(val_path().read_bytes()):
-        progress(f"entropy floor of val.txt: {entropy_floor():.4f} bits/byte")
+        progress(f"entropy floor of val.txt: {VAL_FLOOR:.4f} bits/byte")
 
 
 def _train_ok(cache: Path, manifest: dict) -> bool:
@@ -403,15 +415,41 @@ def check() -> None:
         print(f"note: val.txt is not the builtin split (see {cache / 'val.sha256'}): results are not comparable to builtin runs")
 
 
-def entropy_floor() -> float:
-    """Bits per byte of information in val.txt: -log2 of its probability under the generator.
+def entropy_floor(split: str = "val") -> float:
+    """Bits per byte of information in a builtin split: -log2 of its probability under the generator.
 
     Every choice the generator makes is visible in the text and charged by its exact chance (words
     that two routes can produce are charged by the sum of both), so this is the cross-entropy the
-    true source itself would score: no model beats it in expectation.
+    true source itself would score: no model beats it in expectation. Recorded when the split was
+    made, since its seed is gone.
     """
-    data, bits = generate(VAL_SEED, VAL_BYTES)  # val.txt is exactly these whole documents
-    return bits / len(data)
+    return SPLITS[split][2]
+
+
+def check_split(split: str) -> bytes:
+    """The split's bytes, verified (val.txt may be a custom one, see check_val)."""
+    if split == "val":
+        return check_val()
+    name, sha, _ = SPLITS[split]
+    path = HERE / name
+    if not path.exists() or sha256(path.read_bytes()) != sha:
+        raise HarnessError(f"{path} is missing or fails its checksum: restore it with `git checkout -- {name}`")
+    return path.read_bytes()
+
+
+def new_splits() -> None:
+    """Maintainers: write new val.txt and holdout.txt from fresh random seeds that are never stored,
+    and print the constants to paste at the top of this file. Earlier results become incomparable."""
+    lines = []
+    for name, (filename, _, _) in SPLITS.items():
+        seed = int.from_bytes(os.urandom(8), "little") | 1 << 62  # never TRAIN_SEED, never kept
+        data, bits = generate(seed, VAL_BYTES)
+        del seed
+        atomic_write(HERE / filename, data)
+        lines += [f'{name.upper()}_SHA256 = "{sha256(data)}"  # {filename}',
+                  f"{name.upper()}_FLOOR = {bits / len(data):.6f}  # bits/byte of information in {filename}"]
+        progress(f"wrote {HERE / filename} ({len(data):,} bytes)")
+    print("paste into prepare.py:\n" + "\n".join(lines))
 
 
 # --- training data loader ---------------------------------------------------------------------
@@ -435,86 +473,226 @@ def train_batches(batch_size: int, seq_len: int, device: str | object = "cpu"):
 
 
 # --- the trusted evaluator -----------------------------------------------------------------------
-# Two processes. The model process (`python prepare.py model`) is the only one that imports
-# train.py: it rebuilds the model, loads the weights and answers windows of bytes with logits over
-# a private pipe. This process never runs a line of train.py: it holds the validation bytes,
-# decides what to send, computes the cross-entropy from the raw logits itself and prints the
-# result. Whatever train.py does in its own process (print, exit, patch torch) cannot reach here.
+# A scorer and three model processes. Only a model process (`python prepare.py model`) imports
+# train.py: it rebuilds the model, loads the weights and answers (B, T) byte windows with float32
+# logits over a pipe. The scorer never runs a line of train.py: it holds the split's bytes, decides
+# what to send to whom, turns the logits into log-probabilities itself and prints the result.
 #
-# Windows are T bytes that overlap by one, scored on their own bytes (logits[t] against x[t+1]),
-# and sent in a secret random order, so no other window tells the model anything about this
-# window's targets. Causality is probed on real text: secretly chosen windows are sent again with
-# their tail replaced by text from elsewhere, and the logits before the splice must not move.
+# Windows are T bytes overlapping by one, scored on their own bytes (logits[t] against x[t+1]).
+# Each model process is fresh and sees only its own requests:
+#   main    answers every window once, in a secret order;
+#   probe   answers only spliced copies (a window's head, another window's tail from a uniformly
+#           random cut in 1..T-1): its log-probabilities before the cut must equal main's for the
+#           original, so no answer may depend on a later byte, and no process ever sees both a
+#           probe and its original (it cannot tell them apart and replay);
+#   canary  answers, as its very first request, one batch of windows that main also answers in
+#           its stream: a fresh process must agree with main, so no answer may depend on other
+#           windows (memory, training at test time, rows of a batch mixing).
+# Comparisons use log_softmax (what is scored) with an absolute tolerance, so shifting or scaling
+# logits cannot widen it. The scorer bounds each process's start-up and each answer's time.
 
-PROBES = 8  # spliced copies per evaluation
-PROBE_TOLERANCE = 1e-2
+PROBES = 200  # spliced windows per evaluation
+# A model peeking at a share f of (window, position) pairs escapes one probe with chance (1 - f),
+# all of them with (1 - f)^PROBES: f = 3%: 0.97^200 = 0.23% (caught 99.8% of the time); f = 5%:
+# 0.95^200 = 0.004%; f = 1%: 0.99^200 = 13%, for a gain of at most ~1% of the bits.
+LOGPROB_TOLERANCE = 1e-3  # nats: the most a peek can gain per byte and still pass
+EVAL_TOKENS = 8192  # bytes per request: B = EVAL_TOKENS // T rows, the same B for every request
+LOAD_LIMIT_S = 120.0  # a model process must say hello within this (imports, weights, device)
+ANSWER_BASE_S, ANSWER_FACTOR = 30.0, 10.0  # an answer is due within base + factor * median answer time
+FLOOR_SLACK = 1e-3  # bits/byte below a builtin split's floor that are still believed (the first byte)
 
 
-class ModelProcess:
-    """The untrusted side of the evaluation: train.py's model behind a pipe."""
+def _prctl_not_dumpable() -> None:
+    """No process of the same user may open this one's memory (/proc/self/mem) or ptrace it."""
+    import ctypes
 
-    def __init__(self, checkpoint: Path) -> None:
-        import subprocess
-        import threading
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE = 4
+    except (OSError, AttributeError):
+        pass
 
-        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "model", "--checkpoint", str(checkpoint)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=HERE)
-        self.stderr = b""
-        threading.Thread(target=self._drain, daemon=True).start()
-        hello = self._read(6)
-        if len(hello) != 6 or hello[:2] != b"OK":
-            raise HarnessError(self.reason("eval: the model process failed to start"))
+
+class Channel:
+    """One model process seen from the scorer: a pipe to write requests, one to read answers."""
+
+    def __init__(self, name: str, read_fd: int, write_fd: int) -> None:
+        self.name, self.rfd, self.wfd = name, read_fd, write_fd
+        self.seq_len = 0
+        self.answer_seconds: list[float] = []
+
+    def read_exact(self, n: int, deadline: float, what: str) -> bytes:
+        import select
+
+        chunks, got = [], 0
+        while got < n:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.rfd], [], [], left)[0]:
+                raise HarnessError(f"eval: the {self.name} model process took too long for {what}")
+            chunk = os.read(self.rfd, min(n - got, 1 << 20))
+            if not chunk:
+                raise HarnessError(f"eval: the {self.name} model process died (during {what})")
+            chunks.append(chunk)
+            got += len(chunk)
+        return b"".join(chunks)
+
+    def hello(self, deadline: float) -> int:
+        data = self.read_exact(6, deadline, f"start-up (limit {LOAD_LIMIT_S:.0f}s)")
+        if data[:2] != b"OK":
+            raise HarnessError(f"eval: the {self.name} model process failed to start")
         # The context the model was trained for (its SEQ_LEN): shorter only costs the model.
-        self.seq_len = max(2, min(MAX_SEQ_LEN, int.from_bytes(hello[2:], "little")))
+        self.seq_len = max(2, min(MAX_SEQ_LEN, int.from_bytes(data[2:], "little")))
+        return self.seq_len
 
-    def _drain(self) -> None:
-        for chunk in iter(lambda: self.proc.stderr.read(4096), b""):  # type: ignore[union-attr]
-            self.stderr = (self.stderr + chunk)[-8192:]
-
-    def _read(self, n: int) -> bytes:
-        data = self.proc.stdout.read(n)  # type: ignore[union-attr]
-        return data if data is not None else b""
-
-    def reason(self, default: str) -> str:
-        self.proc.wait(timeout=30)
-        lines = [line for line in self.stderr.decode("utf-8", "replace").splitlines() if line.strip()]
-        ours = [line for line in lines if line.startswith("eval: ")]
-        return ours[-1] if ours else f"{default}: {lines[-1][:200]}" if lines else f"{default} (exit {self.proc.returncode})"
-
-    def logits(self, x):
-        """float64 logits (B, T, 256) for byte windows x (B, T), validated for shape and finiteness."""
+    def send(self, x) -> None:
         import numpy as np
 
         B, T = x.shape
         try:
-            self.proc.stdin.write(np.array([B, T], dtype="<u4").tobytes() + x.astype(np.uint8).tobytes())  # type: ignore[union-attr]
-            self.proc.stdin.flush()  # type: ignore[union-attr]
-        except BrokenPipeError:
-            raise HarnessError(self.reason("eval: the model process died")) from None
-        head = self._read(16)
-        if len(head) != 16:
-            raise HarnessError(self.reason("eval: the model process died"))
+            os.write(self.wfd, np.array([B, T], dtype="<u4").tobytes() + x.astype(np.uint8).tobytes())
+        except (BrokenPipeError, OSError):
+            raise HarnessError(f"eval: the {self.name} model process died") from None
+
+    def receive(self, B: int, T: int):
+        """log-probabilities (B, T, 256) as float64, validated for shape and finiteness."""
+        import numpy as np
+
+        spent = sorted(self.answer_seconds)
+        limit = ANSWER_BASE_S + ANSWER_FACTOR * (spent[len(spent) // 2] if spent else LOAD_LIMIT_S / ANSWER_FACTOR)
+        start = time.monotonic()
+        head = self.read_exact(16, start + limit, f"an answer (limit {limit:.0f}s)")
         shape = tuple(int(v) for v in np.frombuffer(head, dtype="<u4"))
-        if shape[0] == 0 or shape[1:] != (B, T, VOCAB_SIZE) or shape[0] != 3:
+        if shape[0] != 3 or shape[1:] != (B, T, VOCAB_SIZE):
             got = shape[1:] if shape[0] == 3 else "not a tensor"
             raise HarnessError(f"eval: model output has shape {got}, expected {(B, T, VOCAB_SIZE)}")
-        data = self._read(B * T * VOCAB_SIZE * 4)
-        if len(data) != B * T * VOCAB_SIZE * 4:
-            raise HarnessError(self.reason("eval: the model process died"))
-        out = np.frombuffer(data, dtype="<f4").reshape(B, T, VOCAB_SIZE).astype(np.float64)
-        if not np.isfinite(out).all():
+        data = self.read_exact(B * T * VOCAB_SIZE * 4, start + limit, f"an answer (limit {limit:.0f}s)")
+        self.answer_seconds.append(time.monotonic() - start)
+        logits = np.frombuffer(data, dtype="<f4").reshape(B, T, VOCAB_SIZE).astype(np.float64)
+        if not np.isfinite(logits).all():
             raise HarnessError("eval: model produced NaN or infinite logits")
-        return out
+        m = logits.max(axis=2, keepdims=True)
+        return logits - m - np.log(np.exp(logits - m).sum(axis=2, keepdims=True))
 
-    def close(self) -> None:
+
+def _windows(data, T: int):
+    """Windows of T bytes overlapping by one; the tail window is padded on the left with bytes
+    already scored, and `skip_last` of its positions are not scored again."""
+    starts = list(range(0, len(data) - 1, T - 1))
+    windows = [data[s : s + T] for s in starts]
+    skip_last = 0
+    if len(windows[-1]) < T:
+        skip_last = T - len(windows[-1])
+        windows[-1] = data[len(data) - T :]
+    return windows, skip_last
+
+
+def score(data: bytes, channels: list[Channel]) -> tuple[float, float]:
+    """Bits per byte of `data` under the model behind channels (main, probe, canary); raises
+    HarnessError with a one-line reason for any misbehaviour."""
+    import numpy as np
+
+    t0 = time.time()
+    split = np.frombuffer(data, dtype=np.uint8)
+    main, probe, canary = channels
+    deadline = time.monotonic() + LOAD_LIMIT_S
+    seq_lens = {ch.hello(deadline) for ch in channels}  # all three load at once
+    loaded = time.time() - t0
+    T = seq_lens.pop()
+    if seq_lens:
+        raise HarnessError("eval: model processes disagree on their context length")
+    windows, skip_last = _windows(split, T)
+    B = max(1, EVAL_TOKENS // T)
+    rng = np.random.default_rng(int.from_bytes(os.urandom(8), "little"))  # secret: no model can predict it
+    n = len(windows)
+    probes = []  # (original window, cut, spliced bytes)
+    while len(probes) < PROBES and n > 1:
+        i, cut = int(rng.integers(n)), int(rng.integers(1, T))
+        donor = windows[(i + 1 + int(rng.integers(n - 1))) % n]
+        if donor[cut] != windows[i][cut]:  # the byte right after the cut differs: a peek shows
+            probes.append((i, cut, np.concatenate([windows[i][:cut], donor[cut:]])))
+    canaries = [int(i) for i in rng.choice(n, size=min(B, n), replace=False)]
+    kept = {i for i, _, _ in probes} | set(canaries)  # windows whose answers are compared later
+    streams = {  # per channel: batches of (row ids, rows)
+        main.name: _batches(list(rng.permutation(n)), lambda j: windows[j], B),
+        probe.name: _batches(list(range(len(probes))), lambda j: probes[j][2], B),
+        canary.name: _batches(canaries, lambda j: windows[j], B),
+    }
+    answers: dict[str, dict[int, object]] = {main.name: {}, probe.name: {}, canary.name: {}}
+    total_bits = 0.0
+    count = 0
+
+    def on_answer(ch: Channel, ids: list[int], logp) -> None:
+        nonlocal total_bits, count
+        for k, j in enumerate(ids):
+            if ch is main:
+                targets = windows[j][1:].astype(np.int64)
+                nats = -logp[k, np.arange(T - 1), targets]
+                if j == n - 1 and skip_last:
+                    nats = nats[skip_last:]
+                total_bits += float(nats.sum()) / math.log(2)
+                count += len(nats)
+                if j in kept:
+                    answers[ch.name][j] = logp[k].astype(np.float32)
+            elif ch is probe:
+                answers[ch.name][j] = logp[k, : probes[j][1]].astype(np.float32)
+            else:
+                answers[ch.name][j] = logp[k].astype(np.float32)
+
+    _drive(channels, streams, B, T, on_answer)
+    print(f"models loaded in {loaded:.1f}s; {sum(len(ch.answer_seconds) for ch in channels)} requests of {B}x{T} "
+          f"answered in {time.time() - t0 - loaded:.1f}s", file=sys.stderr, flush=True)
+    for j in canaries:
+        if np.abs(answers[main.name][j] - answers[canary.name][j]).max() > LOGPROB_TOLERANCE:
+            raise HarnessError("eval: answers depend on other windows: a window scored differently alone than in "
+                               "the stream (state across windows, training while scored, or rows of a batch mixing)")
+    for k, (i, cut, _) in enumerate(probes):
+        if np.abs(answers[main.name][i][:cut] - answers[probe.name][k]).max() > LOGPROB_TOLERANCE:
+            raise HarnessError(f"eval: model is not causal: log-probabilities before position {cut} changed "
+                               "when later bytes changed")
+    return total_bits / count, time.time() - t0
+
+
+def _batches(ids: list[int], row, B: int) -> list[tuple[list[int], object]]:
+    import numpy as np
+
+    out = []
+    for s in range(0, len(ids), B):
+        chunk = [int(j) for j in ids[s : s + B]]
+        rows = [row(j) for j in chunk]
+        rows += [rows[0]] * (B - len(rows))  # one shape for every request: the model cannot tell
+        out.append((chunk, np.stack(rows)))
+    return out
+
+
+def _drive(channels: list[Channel], streams: dict, B: int, T: int, on_answer) -> None:
+    """Send every channel its batches, two in flight each (a request fits in a pipe's buffer), and
+    hand each answer over as it comes, from whichever process is ready first."""
+    import select
+
+    pending = {ch.name: list(streams[ch.name]) for ch in channels}
+    in_flight: dict[str, list[list[int]]] = {ch.name: [] for ch in channels}
+    by_fd = {ch.rfd: ch for ch in channels}
+
+    def top_up(ch: Channel) -> None:
+        while pending[ch.name] and len(in_flight[ch.name]) < 2:
+            ids, rows = pending[ch.name].pop(0)
+            ch.send(rows)
+            in_flight[ch.name].append(ids)
+
+    for ch in channels:
+        top_up(ch)
+    while any(in_flight.values()):
+        busy = [ch.rfd for ch in channels if in_flight[ch.name]]
+        ready = select.select(busy, [], [], 1.0)[0] or busy[:1]  # none ready: wait on one, with its limit
+        for fd in ready:
+            ch = by_fd[fd]
+            ids = in_flight[ch.name].pop(0)
+            on_answer(ch, ids, ch.receive(B, T))
+            top_up(ch)
+    for ch in channels:
         try:
-            self.proc.stdin.close()  # type: ignore[union-attr]
+            os.close(ch.wfd)  # end of requests: a model process exits on EOF
         except OSError:
             pass
-        try:
-            self.proc.wait(timeout=30)
-        except Exception:
-            self.proc.kill()
 
 
 def serve_model(checkpoint: Path) -> int:
@@ -558,74 +736,77 @@ def serve_model(checkpoint: Path) -> int:
     return 0
 
 
-def evaluate(checkpoint: Path, take_val: bool = False) -> tuple[float, float]:
-    """val_bpb of the model train.py builds with the saved weights; raises HarnessError with a reason."""
-    import numpy as np
+ROLES = ("main", "probe", "canary")
 
-    t0 = time.time()
-    val = np.frombuffer(check_val(), dtype=np.uint8)
-    if take_val:  # the daemon's private copy: gone before any of train.py's code runs
-        val_path().unlink()
+
+def _refuse_below_floor(data: bytes, bpb: float) -> None:
+    for name, (_, sha, floor) in SPLITS.items():
+        if sha256(data) == sha and bpb < floor - FLOOR_SLACK:
+            raise HarnessError(f"eval: below the entropy floor of {name} ({bpb:.6f} < {floor:.6f} bits/byte): "
+                               "no model can do that; the model must know the text")
+
+
+def evaluate_over_fds(data: bytes, fds: list[tuple[int, int]]) -> tuple[float, float]:
+    """The sandboxed scorer: model processes already running, reached through inherited pipes."""
+    channels = [Channel(role, r, w) for role, (r, w) in zip(ROLES, fds)]
+    bpb, seconds = score(data, channels)
+    _refuse_below_floor(data, bpb)
+    return bpb, seconds
+
+
+def evaluate(checkpoint: Path, split: str = "val") -> tuple[float, float]:
+    """Standalone, for people: score a checkpoint on a split with three unsandboxed model processes."""
+    import subprocess
+    import tempfile
+
+    data = check_split(split)
     if not (checkpoint / "model.pt").exists():
-        raise HarnessError(f"eval: no weights at {checkpoint / 'model.pt'}: train.py must save model.state_dict() there")
-    model = ModelProcess(checkpoint)
-    T = model.seq_len
-    starts = list(range(0, len(val) - 1, T - 1))
-    windows = [val[s : s + T] for s in starts]
-    if len(windows[-1]) < T:  # the tail: pad on the left with bytes already scored, score only its own
-        tail_len = len(windows[-1])
-        windows[-1] = val[len(val) - T :]
-        skip_last = T - tail_len
-    else:
-        skip_last = 0
-    rng = np.random.default_rng(int.from_bytes(os.urandom(8), "little"))  # secret: the model cannot predict it
-    probes = []
-    for i in rng.choice(len(windows) - 1, size=min(PROBES, len(windows) - 1), replace=False):
-        donor = windows[(int(i) + 1 + int(rng.integers(len(windows) - 2))) % (len(windows) - 1)]
-        cut = int(rng.integers(T // 4, 3 * T // 4 + 1))
-        spliced = np.concatenate([windows[int(i)][:cut], donor[cut:]])
-        if (spliced != windows[int(i)]).any():
-            probes.append((int(i), cut, spliced))
-    rows = windows + [p[2] for p in probes]
-    order = rng.permutation(len(rows))
+        raise HarnessError(f"eval: no weights at {checkpoint / 'model.pt'}: "
+                           "train.py must save model.state_dict() there")
+    logs = [tempfile.TemporaryFile() for _ in ROLES]
+    procs = [subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "model", "--checkpoint", str(checkpoint)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, cwd=HERE) for log in logs]
     try:
-        logits: dict[int, object] = {}
-        for b in range(0, len(order), EVAL_BATCH):
-            idx = list(order[b : b + EVAL_BATCH])
-            batch = [rows[j] for j in idx] + [rows[idx[0]]] * (EVAL_BATCH - len(idx))  # one shape for every call
-            out = model.logits(np.stack(batch))
-            for k, j in enumerate(idx):
-                logits[int(j)] = out[k]
+        pipes = [(p.stdout.fileno(), p.stdin.fileno()) for p in procs]  # type: ignore[union-attr]
+        return evaluate_over_fds(data, pipes)
+    except HarnessError as e:
+        if "model process" not in str(e):
+            raise
+        for log in logs:  # the model's own reason, when it gave one
+            log.seek(0)
+            said = [line for line in log.read().decode("utf-8", "replace").splitlines() if line.startswith("eval: ")]
+            if said:
+                raise HarnessError(said[-1]) from None
+        raise
     finally:
-        model.close()
-    for n, (i, cut, _) in enumerate(probes):
-        a, b = logits[i][:cut], logits[len(windows) + n][:cut]
-        if not np.allclose(a, b, atol=PROBE_TOLERANCE, rtol=PROBE_TOLERANCE):
-            raise HarnessError(f"eval: model is not causal: logits before position {cut} changed when later bytes changed")
-    total_bits, count = 0.0, 0
-    for i, w in enumerate(windows):
-        lg = logits[i][:-1]
-        targets = w[1:].astype(np.int64)
-        m = lg.max(axis=1, keepdims=True)
-        logp = lg - m - np.log(np.exp(lg - m).sum(axis=1, keepdims=True))
-        nats = -logp[np.arange(T - 1), targets]
-        if i == len(windows) - 1 and skip_last:
-            nats = nats[skip_last:]
-        total_bits += nats.sum() / math.log(2)
-        count += len(nats)
-    return total_bits / count, time.time() - t0
+        for p in procs:
+            p.kill()
+            p.wait()
+            p.stdin = None  # its pipe was closed by the scorer already
 
 
 # --- command line -----------------------------------------------------------------------------
 
 
+def _model_fds(text: str) -> list[tuple[int, int]]:
+    try:
+        pairs = [tuple(int(v) for v in part.split(":")) for part in text.split(",")]
+    except ValueError:
+        pairs = []
+    if len(pairs) != len(ROLES) or any(len(p) != 2 for p in pairs):
+        raise HarnessError(f"--model-fds wants {len(ROLES)} READ:WRITE pairs ({', '.join(ROLES)}), got {text!r}")
+    return [(p[0], p[1]) for p in pairs]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("command", nargs="?", default="prepare", choices=["prepare", "check", "eval", "model"])
+    parser.add_argument("command", nargs="?", default="prepare",
+                        choices=["prepare", "check", "eval", "model", "new-splits"])
     parser.add_argument("--source", default="builtin", help="builtin, a path, or one of: " + ", ".join(DOWNLOADS))
     parser.add_argument("--force-val", action="store_true", help="write a new val.txt from this source")
-    parser.add_argument("--checkpoint", type=Path, help="eval: the directory holding model.pt")
-    parser.add_argument("--take-val", action="store_true", help="eval: delete val.txt once read (the daemon's private copy)")
+    parser.add_argument("--checkpoint", type=Path, help="eval, model: the directory holding model.pt")
+    parser.add_argument("--split", default="val", choices=list(SPLITS), help="eval: which split to score")
+    parser.add_argument("--model-fds", help="eval: pipes to running model processes, split bytes on stdin")
     args = parser.parse_args(argv)
     try:
         if args.command == "model":
@@ -633,12 +814,24 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "check":
             check()
             print(f"ok: data in {data_dir()}, val.txt verified")
+        elif args.command == "new-splits":
+            new_splits()
         elif args.command == "eval":
-            if args.checkpoint is None:
-                raise HarnessError("eval needs --checkpoint DIR")
-            bpb, seconds = evaluate(args.checkpoint, args.take_val)
-            # The trusted lines come last: the daemon reads the last val_bpb line.
-            print(f"val_bpb: {bpb:.6f}\neval_seconds: {seconds:.1f}", flush=True)
+            if args.model_fds is not None:
+                # Everything the scorer needs is imported before any model answers, and no
+                # process of this user may read or write its memory.
+                import numpy.random  # noqa: F401
+                import select  # noqa: F401
+
+                _prctl_not_dumpable()
+                fds = _model_fds(args.model_fds)
+                bpb, seconds = evaluate_over_fds(sys.stdin.buffer.read(), fds)
+            elif args.checkpoint is not None:
+                bpb, seconds = evaluate(args.checkpoint, args.split)
+            else:
+                raise HarnessError("eval needs --checkpoint DIR (or --model-fds, as the daemon runs it)")
+            # The trusted lines come last: the daemon reads the last two lines.
+            print(f"{args.split}_bpb: {bpb:.6f}\neval_seconds: {seconds:.1f}", flush=True)
         else:
             prepare(args.source, args.force_val)
     except HarnessError as e:

@@ -147,15 +147,17 @@ class OutOfTime(Exception):
 
 class Budget:
     """Training time against TIME_BUDGET. A step starts only if the slowest recent step would still
-    fit: on a busy machine step times jump, and a mean would let the last step run over. On a CPU
-    the clock is also checked inside a step (hooks in the forward and backward passes, and before
-    the optimizers), and a step that runs past the budget is dropped at once; its time still
-    counts. On a GPU the kernels run asynchronously, so there only the prediction applies."""
+    fit, and its optimizer update only if the slowest recent update would: on a busy machine step
+    times jump, and a mean would let the last step run over. On a CPU the clock is also checked
+    inside the forward and backward passes (hooks). A step that would run past the budget is
+    dropped at once; its time still counts. On a GPU the kernels run asynchronously, so there only
+    the predictions apply."""
 
     def __init__(self) -> None:
         self.trained = 0.0  # seconds of timed steps, dropped ones included: never clipped
         self.slowest = 0.0
         self.recent: deque[float] = deque(maxlen=RECENT_STEPS)
+        self.recent_updates: deque[float] = deque(maxlen=RECENT_STEPS)  # optimizer phases, warm-up too
         self.step_start: float | None = None  # None outside timed steps
 
     def room_for_another_step(self) -> bool:
@@ -164,9 +166,23 @@ class Budget:
     def start(self, timed: bool) -> None:
         self.step_start = time.perf_counter() if timed else None
 
-    def check(self, *_: object) -> None:
-        if self.step_start is not None and self.trained + time.perf_counter() - self.step_start > TIME_BUDGET:
+    def check(self, ahead: float = 0.0) -> None:
+        """Raise OutOfTime if the budget is spent, or would be `ahead` seconds from now."""
+        if self.step_start is not None and self.trained + time.perf_counter() - self.step_start + ahead > TIME_BUDGET:
             raise OutOfTime
+
+    def hook(self, *_: object) -> None:
+        self.check()
+
+    def update(self, optimizers: list[torch.optim.Optimizer], warm: bool) -> None:
+        """Run the optimizers unless the slowest recent update would end past the budget."""
+        if self.step_start is not None and self.recent_updates:
+            self.check(max(self.recent_updates))
+        start = time.perf_counter()
+        for opt in optimizers:
+            opt.step()
+        if warm:  # the very first update pays one-off costs that would skew the prediction
+            self.recent_updates.append(time.perf_counter() - start)
 
     def finish(self, completed: bool) -> None:
         if self.step_start is not None:
@@ -178,9 +194,9 @@ class Budget:
 
     def watch(self, model: nn.Module) -> None:
         for module in model.modules():
-            module.register_forward_pre_hook(self.check)
+            module.register_forward_pre_hook(self.hook)
         for p in model.parameters():
-            p.register_post_accumulate_grad_hook(self.check)
+            p.register_post_accumulate_grad_hook(self.hook)
 
 
 def main() -> None:
@@ -219,13 +235,11 @@ def main() -> None:
             with torch.autocast("cuda", torch.bfloat16, enabled=ON_GPU):
                 loss = F.cross_entropy(step_model(x).view(-1, VOCAB_SIZE), y.reshape(-1))
             loss.backward()
-            budget.check()
+            budget.update(optimizers, warm=step > 0)
         except OutOfTime:
             model.zero_grad(set_to_none=True)
             budget.finish(completed=False)
             break
-        for opt in optimizers:
-            opt.step()
         model.zero_grad(set_to_none=True)
         if step % LOG_EVERY == 0 or step == WARMUP_STEPS:
             loss_value = loss.item()  # syncs the GPU, so only now and then

@@ -31,19 +31,34 @@ from pathlib import Path
 from statistics import fmean
 from typing import Any
 
-from loop import gitops, guard, target as targets
-from loop.agents.base import Agent, Context, HistoryItem, InFlight, Proposal, Usage
+from loop import gitops, guard
+from loop import target as targets
+from loop.agents.base import Agent, Context, HistoryItem, InFlight, Usage
 from loop.config import Config
 from loop.display import Display
 from loop.errors import AutoresearchError, BaselineCrashed, BudgetExhausted, InternalError, SetupError
 from loop.executor import Executor, Finished, Job, LocalExecutor, Lost, Started, TrainingEnded, plan_slots
-from loop.journal import (JOURNAL_NAME, STATUSES, ExperimentRecord, Journal, RunRecord, _jsonable, append_result,
-                          apply_event, atomic_write, experiment_dir, fold, read_events_checked, rebuild_results, run_dir,
-                          state_dir)
+from loop.journal import (
+    JOURNAL_NAME,
+    STATUSES,
+    ExperimentRecord,
+    Journal,
+    RunRecord,
+    _jsonable,
+    append_result,
+    apply_event,
+    atomic_write,
+    experiment_dir,
+    fold,
+    read_events_checked,
+    rebuild_results,
+    run_dir,
+    state_dir,
+)
 from loop.policy import Noise, Policy
 from loop.procs import Cancel
-from loop.proposer import AgentBroken, AgentWaiting, Proposer, ProposalError, ProposalReady, Request
-from loop.runner import RunOutcome, Runner, RunSpec, last_loss
+from loop.proposer import AgentBroken, AgentWaiting, ProposalError, ProposalReady, Proposer, Request
+from loop.runner import Runner, RunOutcome, RunSpec, last_loss, startup_allowance_from
 from loop.target_runner import TargetRunner
 
 EDITABLE = "train.py"
@@ -52,7 +67,6 @@ MIN_FREE_DISK_BYTES = 2 << 30  # below this the run stops rather than corrupt it
 MAX_FAILED_PROPOSALS = 5  # in a row, then the agent is clearly broken
 DIFFS_IN_HISTORY = 8  # recent experiments whose diff the agent sees
 STATE_EVERY_S = 1.0  # how often the live view (`status`) is refreshed
-ALLOWANCE_FLOOR_S = 30.0  # start-up allowance beyond twice the baseline's own start-up
 
 
 class Stop:
@@ -137,6 +151,7 @@ class Daemon:
         self.state_written = 0.0
         self.eval_since: dict[tuple[int, int], float] = {}
         self.conflicts: dict[int, str] = {}  # experiment -> the conflicting merge it is asked to redo
+        self.holdouts_pending: set[int] = set()  # kept experiments whose holdout score is being computed
         self.held: dict[str, list[int]] = {}  # hardware -> experiments waiting for the best's run there
         self.run_usage = Usage()
         self.waiting_since = 0.0
@@ -284,14 +299,16 @@ class Daemon:
         """The editable files at a commit, written as a proposal (the inverse of proposal_files)."""
         if self.target.builtin:
             return self.git.show(commit, EDITABLE).decode("utf-8", errors="replace")
-        return json.dumps({p: self.git.show(commit, p).decode("utf-8", errors="replace") for p in self.editable(commit)})
+        return json.dumps({p: self.git.show(commit, p).decode("utf-8", errors="replace")
+                           for p in self.editable(commit)})
 
     def editable(self, commit: str) -> list[str]:
         if self.target.builtin:
             return [EDITABLE]
         return self.target.editable_files(self.git.cmd.ls_tree("-r", "--name-only", commit).splitlines())
 
-    def rebase(self, old_parent: str, new_parent: str, files: dict[str, bytes]) -> tuple[dict[str, bytes], bytes | None]:
+    def rebase(self, old_parent: str, new_parent: str,
+               files: dict[str, bytes]) -> tuple[dict[str, bytes], bytes | None]:
         """Files made on old_parent, merged onto new_parent; the conflicting merge, when there is one."""
         merged: dict[str, bytes] = {}
         for path, content in files.items():
@@ -410,11 +427,13 @@ class Daemon:
             att.queued_runs.insert(0, event.job.run)
 
     def on_finished(self, job: Job, slot: str, outcome: RunOutcome) -> None:
+        if job.score_only:
+            self.on_holdout(job, outcome)
+            return
         att = self.attempts[job.n]
         att.running.pop(job.run, None)
         self.eval_since.pop(job.key, None)
-        for sub in ("train", "eval", "home", "tmp"):  # keep logs and the checkpoint, not scratch copies
-            shutil.rmtree(job.spec.exp_dir / sub, ignore_errors=True)
+        _drop_scratch(job.spec.exp_dir)
         if outcome.interrupted:
             self.journal.append("interrupted", n=job.n, run=job.run, phase="running")
             if not att.running:
@@ -443,6 +462,27 @@ class Daemon:
         if att.running or att.queued_runs:
             return  # wait for the experiment's other runs
         self.decide(att)
+
+    def score_holdout(self, att: Attempt) -> None:
+        """A kept commit is scored on the holdout once, from its first run's checkpoint. The holdout
+        never decides anything: the report sets it beside val to show whether the search is fitting
+        the validation text."""
+        if "holdout.txt" not in self.pinned or self.config.ray is not None:
+            return  # on a cluster the checkpoint stays on its node
+        run = min(r for r, o in att.outcomes.items() if o.val_bpb is not None)
+        exp_dir = self.exp_dir(att.n) if run == 0 else self.exp_dir(att.n) / f"run{run}"
+        spec = RunSpec(train_py=self.git.show(att.commit or "", EDITABLE), exp_dir=exp_dir, budget=self.config.budget,
+                       timeout=self.config.timeout, splits=("holdout",))
+        self.holdouts_pending.add(att.n)
+        self.executor.submit(Job(att.n, run, att.commit or "", spec, score_only=True))
+
+    def on_holdout(self, job: Job, outcome: RunOutcome) -> None:
+        self.holdouts_pending.discard(job.n)
+        self.journal.append("holdout", n=job.n, run=job.run, scores={"holdout": outcome.scores.get("holdout")},
+                            reason=outcome.reason, eval_seconds=round(outcome.eval_seconds, 3))
+        _drop_scratch(job.spec.exp_dir)
+        if self.config.keep_checkpoints == "none":
+            shutil.rmtree(job.spec.exp_dir / "ckpt", ignore_errors=True)
 
     def request_fix(self, att: Attempt, outcome: RunOutcome) -> None:
         """A simple crash (syntax, import, shape) goes back to the agent; it costs no row."""
@@ -480,6 +520,7 @@ class Daemon:
         mean = fmean(scores) if scores and status != "crash" else None
         if status == "keep":
             self.git.set_branch(self.branch, att.commit or "", self.editable(att.commit or ""))
+            self.score_holdout(att)
         self.finish(att, None, status=status, reason=reason, mean=mean, best_before=best_before, runs=len(scores))
         if status == "discard" and att.kind == "agent" and mean is not None:
             self.maybe_combine(att, mean)
@@ -681,7 +722,7 @@ class Daemon:
         return len(holding | asked)
 
     def runs_in_flight(self) -> bool:
-        return any(att.running for att in self.attempts.values())
+        return any(att.running for att in self.attempts.values()) or bool(self.holdouts_pending)
 
     def baseline_decided(self) -> bool:
         return not any(a.kind == "baseline" for a in self.attempts.values())
@@ -746,15 +787,13 @@ class Daemon:
         return 3 if len(self.executor.slot_names()) > 1 else 2
 
     def measure_allowance(self) -> None:
-        """Start-up allowance for every later run: twice the baseline's own start-up, plus a margin."""
-        base = next((e for e in self.run.experiments if e.n == 0), None)
-        overheads = []
-        for fields in (base.runs.values() if base else ()):
-            wall, reported = fields.get("train_seconds"), (fields.get("summary") or {}).get("training_seconds")
-            if isinstance(wall, (int, float)) and isinstance(reported, (int, float)):
-                overheads.append(max(0.0, wall - reported))
-        if overheads:
-            self.allowance = min(2 * max(overheads) + ALLOWANCE_FLOOR_S, self.config.timeout - self.config.budget)
+        """Start-up allowance for every later run, measured on the baseline's own start-up."""
+        base = self.run.by_n.get(0)
+        walls = [float(f["train_seconds"]) for f in (base.runs.values() if base else ())
+                 if isinstance(f.get("train_seconds"), (int, float))]
+        if walls:
+            allowance = startup_allowance_from(max(walls), self.config.budget)
+            self.allowance = min(allowance, self.config.timeout - self.config.budget)
 
     def seed(self, n: int, run: int) -> int:
         """The harness's seed for one run: fixed by tag, experiment and run, different for every run."""
@@ -762,7 +801,7 @@ class Daemon:
 
     def tidy_checkpoints(self, n: int, status: str) -> None:
         keep = self.config.keep_checkpoints
-        if keep == "all" or (keep == "kept" and status == "keep"):
+        if keep == "all" or status == "keep":  # a kept one's goes after its holdout score, with "none"
             return
         for ckpt in self.exp_dir(n).glob("**/ckpt"):
             shutil.rmtree(ckpt, ignore_errors=True)
@@ -855,6 +894,13 @@ def _check_metric(outcome: RunOutcome, allow_negative: bool = False) -> None:
                 or (value < 0 and not allow_negative)):
             outcome.scores, outcome.reason = {}, f"eval: impossible {split} score {value!r}"
             return
+
+
+def _drop_scratch(exp_dir: Path) -> None:
+    """Keep a run's logs and checkpoint, not its scratch copies (nor touch its repeats' folders)."""
+    for sub in exp_dir.iterdir() if exp_dir.is_dir() else ():
+        if sub.is_dir() and sub.name != "ckpt" and not sub.name.startswith("run"):
+            shutil.rmtree(sub, ignore_errors=True)
 
 
 def _hardware_key(hardware: dict | None) -> str:

@@ -21,8 +21,7 @@ from typing import Callable, Protocol, Union
 from loop import gpu
 from loop.errors import UsageError
 from loop.procs import Cancel
-from loop.runner import RunOutcome, Runner, RunSpec
-
+from loop.runner import Runner, RunOutcome, RunSpec
 
 HARDWARE_LABEL_ENV = "AUTORESEARCH_HARDWARE_LABEL"  # names this machine's hardware where models alone do not
 
@@ -35,6 +34,7 @@ class Job:
     run: int  # 0 for the first run of a commit; repeats (confirmations, baseline runs) count up
     commit: str
     spec: RunSpec
+    score_only: bool = False  # score an existing checkpoint (the holdout of a kept commit): no training
 
     @property
     def key(self) -> tuple[int, int]:
@@ -135,6 +135,9 @@ class LocalExecutor:
 
     def submit(self, job: Job, hardware: str | None = None) -> None:
         """Run `job` on a free slot (one machine: its hardware is the only hardware there is)."""
+        if job.score_only:  # scoring alone trains nothing: it takes no slot
+            threading.Thread(target=self._score, args=(job,), name=f"score-{job.n}", daemon=True).start()
+            return
         with self._lock:
             slot = self._free.pop(0)
         thread = threading.Thread(target=self._run, args=(slot, job), name=f"slot-{slot.name}", daemon=True)
@@ -171,6 +174,13 @@ class LocalExecutor:
             if not evaluating:
                 self._release(slot)
             self.events.put(Finished(job, slot.name, RunOutcome(reason=f"internal error in slot {slot.name}: {e!r}")))
+
+    def _score(self, job: Job) -> None:
+        try:
+            outcome = self.make_runner(job).evaluate(job.spec, RunOutcome())
+        except Exception as e:  # a bug here must not end the daemon
+            outcome = RunOutcome(reason=f"internal error while scoring: {e!r}")
+        self.events.put(Finished(job, "", outcome))
 
     def _release(self, slot: Slot) -> None:
         with self._lock:

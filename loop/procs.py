@@ -15,13 +15,13 @@ import functools
 import os
 import secrets
 import signal
-from collections import deque
 import subprocess
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import IO, Callable, Sequence
 
 import psutil
 
@@ -57,65 +57,91 @@ class Cancel:
         return self._event.is_set()
 
 
-def run_contained(
-    argv: Sequence[str],
-    *,
-    cwd: Path,
-    env: dict[str, str],
-    timeout: float,
-    log_path: Path,
-    log_cap: int = DEFAULT_LOG_CAP,
-    on_line: Callable[[str], None] | None = None,
-    cancel: Cancel | None = None,
-    preexec: Callable[[], None] | None = None,
-) -> ProcResult:
-    """Run argv in a new session, its output (stdout and stderr together) to log_path."""
-    become_subreaper()
-    token = secrets.token_hex(8)
-    start = time.monotonic()
-    proc = subprocess.Popen(
-        list(argv),
-        cwd=cwd,
-        env={**env, TOKEN_ENV: token},
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        preexec_fn=preexec,
-    )
-    # Remember the tree as it grows: a double-forked grandchild leaves the session's process
-    # group only by calling setsid, and by then it is usually in our snapshot already.
-    tree = _Tree(proc.pid, token)
-    pump = _LogPump(proc, log_path, log_cap, on_line)
-    pump.start()
-    timed_out = cancelled = False
-    while True:
-        try:
-            proc.wait(timeout=0.2)
-            break
-        except subprocess.TimeoutExpired:
-            tree.snapshot()
-            if time.monotonic() - start > timeout:
-                timed_out = True
+def run_contained(argv: Sequence[str], *, timeout: float, cancel: Cancel | None = None, **start: object) -> ProcResult:
+    """Run argv in a new session to completion, its output (stdout and stderr together) to log_path."""
+    return Contained(argv, **start).wait(timeout, cancel)  # type: ignore[arg-type]
+
+
+class Contained:
+    """One untrusted process tree, started at once: its own session and token, output pumped into
+    a capped log; `wait` bounds it in time and kills the whole tree at the end.
+
+    stdin_data is written to its stdin (then closed); with stdin_fd/stdout_fd it talks over pipes
+    the caller made instead (its stderr then goes to the log); pass_fds are inherited as they are.
+    """
+
+    def __init__(self, argv: Sequence[str], *, cwd: Path, env: dict[str, str], log_path: Path,
+                 log_cap: int = DEFAULT_LOG_CAP, on_line: Callable[[str], None] | None = None,
+                 preexec: Callable[[], None] | None = None, stdin_data: bytes | None = None,
+                 stdin_fd: int | None = None, stdout_fd: int | None = None, pass_fds: Sequence[int] = ()) -> None:
+        become_subreaper()
+        token = secrets.token_hex(8)
+        self.start = time.monotonic()
+        own_stdout = stdout_fd is None
+        stdin = subprocess.PIPE if stdin_data is not None else subprocess.DEVNULL if stdin_fd is None else stdin_fd
+        self.proc = subprocess.Popen(
+            list(argv),
+            cwd=cwd,
+            env={**env, TOKEN_ENV: token},
+            stdin=stdin,
+            stdout=subprocess.PIPE if own_stdout else stdout_fd,
+            stderr=subprocess.STDOUT if own_stdout else subprocess.PIPE,
+            start_new_session=True,
+            preexec_fn=preexec,
+            pass_fds=tuple(pass_fds),
+        )
+        if stdin_data is not None:
+            threading.Thread(target=_feed, args=(self.proc.stdin, stdin_data), daemon=True).start()
+        # Remember the tree as it grows: a double-forked grandchild leaves the session's process
+        # group only by calling setsid, and by then it is usually in our snapshot already.
+        self.tree = _Tree(self.proc.pid, token)
+        self.pump = _LogPump(self.proc.stdout if own_stdout else self.proc.stderr, log_path, log_cap, on_line)
+        self.pump.start()
+        self.log_path = log_path
+
+    def wait(self, timeout: float, cancel: Cancel | None = None) -> ProcResult:
+        proc = self.proc
+        timed_out = cancelled = False
+        while True:
+            try:
+                proc.wait(timeout=0.2)
                 break
-            if cancel is not None and cancel.is_set():
-                cancelled = True
-                break
-    if timed_out or cancelled:
-        kill_tree(proc.pid, tree)
-        proc.wait()
-    wall = time.monotonic() - start
-    leftovers = kill_tree(proc.pid, tree)
-    pump.join(timeout=10)
-    return ProcResult(
-        returncode=None if (timed_out or cancelled) else proc.returncode,
-        timed_out=timed_out,
-        cancelled=cancelled,
-        wall_seconds=wall,
-        log_path=log_path,
-        dropped_bytes=pump.dropped,
-        leftovers_killed=leftovers,
-    )
+            except subprocess.TimeoutExpired:
+                self.tree.snapshot()
+                if time.monotonic() - self.start > timeout:
+                    timed_out = True
+                    break
+                if cancel is not None and cancel.is_set():
+                    cancelled = True
+                    break
+        if timed_out or cancelled:
+            kill_tree(proc.pid, self.tree)
+            proc.wait()
+        wall = time.monotonic() - self.start
+        leftovers = kill_tree(proc.pid, self.tree)
+        self.pump.join(timeout=10)
+        return ProcResult(
+            returncode=None if (timed_out or cancelled) else proc.returncode,
+            timed_out=timed_out,
+            cancelled=cancelled,
+            wall_seconds=wall,
+            log_path=self.log_path,
+            dropped_bytes=self.pump.dropped,
+            leftovers_killed=leftovers,
+        )
+
+    def kill(self) -> ProcResult:
+        """End it now, whatever it is doing (a model process once its scorer is done)."""
+        kill_tree(self.proc.pid, self.tree)
+        return self.wait(timeout=KILL_GRACE_SECONDS)
+
+
+def _feed(pipe: IO[bytes], data: bytes) -> None:
+    try:
+        pipe.write(data)
+        pipe.close()
+    except OSError:
+        pass  # it exited without reading: its exit status says why
 
 
 @functools.cache
@@ -235,16 +261,15 @@ class _LogPump(threading.Thread):
     """Copies the child's output to the log: the head up to a cap, then only the last lines, so a
     flood cannot fill the disk and the summary the run prints last is never lost."""
 
-    def __init__(self, proc: subprocess.Popen, log_path: Path, cap: int, on_line: Callable[[str], None] | None) -> None:
+    def __init__(self, stream: IO[bytes], log_path: Path, cap: int, on_line: Callable[[str], None] | None) -> None:
         super().__init__(daemon=True)
-        self.proc, self.log_path, self.cap, self.on_line = proc, log_path, cap, on_line
+        self.stream, self.log_path, self.cap, self.on_line = stream, log_path, cap, on_line
         self.dropped = 0
 
     def run(self) -> None:
-        assert self.proc.stdout is not None
         written, tail, tail_bytes = 0, deque(), 0
         with open(self.log_path, "wb") as log:
-            for raw in iter(lambda: self.proc.stdout.readline(65536), b""):  # type: ignore[union-attr]
+            for raw in iter(lambda: self.stream.readline(65536), b""):
                 if written < self.cap:
                     log.write(raw)
                     written += len(raw)

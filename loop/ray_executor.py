@@ -38,7 +38,7 @@ from loop import gpu as gpu_query
 from loop.errors import SetupError
 from loop.executor import Finished, Job, Lost, Started, TrainingEnded
 from loop.procs import Cancel
-from loop.runner import RunOutcome, Runner, RunSpec, data_dir
+from loop.runner import Runner, RunOutcome, RunSpec, data_dir
 
 INSTALL_HINT = "pip install -e '.[ray]'"
 HARDWARE_PREFIX = "hw:"  # a node's custom resource "hw:H100" labels its hardware

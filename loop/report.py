@@ -114,6 +114,9 @@ def read_run(repo: Path, tag: str) -> RunView:
                 seed=ev.get("seed"), val=val if val is not None else _number(scores.get("val")),
                 holdout=_number(scores.get("holdout")), slot=ev.get("slot"), device=ev.get("device"),
                 host=ev.get("host")))
+        elif ev.get("event") == "holdout" and isinstance(ev.get("scores"), dict):
+            repeats[ev["n"]].append(Repeat(seed=None, val=None, holdout=_number(ev["scores"].get("holdout")),
+                                            slot=None, device=None, host=None))
         elif ev.get("event") == "decided" and _number(ev.get("ts")) is not None:
             decided_at[ev["n"]] = float(ev["ts"])
     _score_by_mean(run, repeats)
@@ -125,7 +128,7 @@ def _score_by_mean(run: RunRecord, repeats: dict[int, list[Repeat]]) -> None:
     # mean of its runs, as results.tsv records it. A crash stays without a score.
     for rec in run.experiments:
         vals = [r.val for r in repeats.get(rec.n, []) if r.val is not None]
-        if rec.status != "crash" and vals:
+        if rec.status != "crash" and vals and not rec.decided_runs:  # newer journals record the mean
             rec.val_bpb = sum(vals) / len(vals)
 
 

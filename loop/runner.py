@@ -1,18 +1,26 @@
 """One experiment's training and evaluation, from trusted parts, in contained processes.
 
 Per experiment, under its directory:
-  train/  train.py (the commit's bytes) and prepare.py (pinned at run start); cwd of training
-  ckpt/   AUTORESEARCH_OUT: the only thing training leaves for the evaluator
-  home/, tmp/  a fresh HOME and TMPDIR, so nothing carries over from an earlier run
-  eval/   train.py, prepare.py and val.txt (pinned copies); cwd of `python prepare.py eval`
-The evaluator never runs where training could have written, so nothing training left behind can
-shadow one of its modules; its val_bpb is the metric, the training summary is advisory.
+  train/   train.py (the commit's bytes) and prepare.py (pinned); cwd of training
+  ckpt/    AUTORESEARCH_OUT: the only thing training leaves for evaluation
+  home/, tmp/  a fresh HOME and TMPDIR for training, so nothing carries over from an earlier run
+  model/   train.py and prepare.py, read-only to the model processes
+  model-<role>/  a model process's own writable directory (cwd, HOME, TMPDIR)
+  scorer/  prepare.py only: cwd of the scorer, which no model process can see
+Evaluation is one scorer and three model processes (main, probe, canary: see prepare.py), each in
+its own sandbox and PID namespace, sharing only the pipes made here. The scorer reads the split's
+bytes on its stdin from the daemon's pinned copy, so no split ever lies where a model can reach;
+its metric line is the result, the training summary is advisory.
 """
 from __future__ import annotations
 
+import functools
+import math
 import os
+import platform
 import re
 import shutil
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -20,21 +28,33 @@ from pathlib import Path
 from typing import Callable
 
 from loop import sandbox
-from loop.procs import Cancel, ProcResult, run_contained, tail
+from loop.procs import Cancel, Contained, ProcResult, run_contained, tail
 from loop.summary import parse_summary
 
-STARTUP_ALLOWANCE_S = 120.0  # wall-clock beyond the budget for imports, compilation and saving
-OVER_BUDGET_TOLERANCE = 0.05  # reported training_seconds may exceed the budget by this share
+STARTUP_ALLOWANCE_S = 120.0  # default wall-clock beyond the budget for imports, compilation and saving
 EVAL_TIMEOUT_S = 600.0
+ROLES = ("main", "probe", "canary")  # the model processes of one evaluation, as prepare.py names them
+SPLIT_FILES = {"val": "val.txt", "holdout": "holdout.txt"}
 SIMPLE_CRASH = re.compile(r"^(SyntaxError|IndentationError|TabError|ImportError|ModuleNotFoundError|NameError|"
                           r"AttributeError|TypeError|RuntimeError: .*(size|shape|dimension|mat1 and mat2))", re.M)
 LOSS = re.compile(r"\bloss[ :=]+([0-9.]+|nan|inf)", re.I)
 PASSED_ENV = ("PATH", "LANG", "LC_ALL", "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "LD_LIBRARY_PATH")
 
 
+@dataclass(frozen=True)
+class RunSpec:
+    train_py: bytes
+    exp_dir: Path
+    budget: float
+    timeout: float  # hard wall-clock cap on the training process
+    seed: int = 0  # AUTORESEARCH_SEED for training
+    device: str | None = None  # CUDA_VISIBLE_DEVICES for training and model processes; None: CPU or all
+    startup_allowance: float = STARTUP_ALLOWANCE_S  # training's wall clock may exceed the budget by this
+    splits: tuple[str, ...] = ("val",)  # ("val", "holdout") also scores the holdout
+
+
 @dataclass
 class RunOutcome:
-    scores: dict[str, float] = field(default_factory=dict)  # split -> bits per byte
     reason: str = ""  # empty when it worked; one line otherwise
     simple_crash: bool = False  # a crash the agent can likely fix (syntax, import, shape)
     interrupted: bool = False  # cancelled by a stop --now: not the experiment's fault
@@ -43,13 +63,20 @@ class RunOutcome:
     train_seconds: float = 0.0  # the daemon's own clock for the training process
     eval_seconds: float = 0.0
     log_tail: str = ""
-
+    scores: dict[str, float] = field(default_factory=dict)  # split -> bits per byte
     timings: dict[str, float] = field(default_factory=dict)  # time.time() at started, training_ended, evaluated
     hardware: dict = field(default_factory=dict)
 
     @property
     def val_bpb(self) -> float | None:
         return self.scores.get("val")
+
+    @val_bpb.setter
+    def val_bpb(self, value: float | None) -> None:
+        if value is None:
+            self.scores.pop("val", None)
+        else:
+            self.scores["val"] = value
 
     @property
     def peak_vram_mb(self) -> float:
@@ -62,118 +89,168 @@ def data_dir() -> Path:
     return Path(os.environ.get("AUTORESEARCH_CACHE", Path.home() / ".cache" / "autoresearch")).expanduser()
 
 
-@dataclass(frozen=True)
-class RunSpec:
-    train_py: bytes
-    exp_dir: Path
-    budget: float
-    timeout: float  # hard wall-clock cap on the training process
-    seed: int = 0  # exported as AUTORESEARCH_SEED to training
-    device: str | None = None  # GPU index for CUDA_VISIBLE_DEVICES; None: CPU or all devices
-    startup_allowance: float = STARTUP_ALLOWANCE_S
-    splits: tuple[str, ...] = ("val",)
+def startup_allowance_from(baseline_wall: float, budget: float) -> float:
+    """An allowance measured on the baseline: three times its start-up (imports, compilation,
+    saving), plus ten seconds for a busy machine."""
+    return 10.0 + 3.0 * max(0.0, baseline_wall - budget)
 
 
 class Runner:
+    """Runs experiments; holds nothing that changes, so train and evaluate may run in many threads."""
+
     def __init__(self, repo: Path, pinned: dict[str, bytes], cancel: Cancel | None = None,
                  on_line: Callable[[str], None] | None = None) -> None:
-        self.repo, self.pinned = repo, pinned
+        self.repo, self.pinned = repo, dict(pinned)
         self.cancel = cancel or Cancel()
         self.on_line = on_line
         self.data = data_dir().resolve()
         self.gpu = sandbox.gpu_present()
 
     def run(self, spec: RunSpec) -> RunOutcome:
-        out = self.train(spec)
-        return out if out.reason else self.evaluate(spec, out)
+        trained = self.train(spec)
+        return trained if trained.reason else self.evaluate(spec, trained)
 
-    def _dirs(self, exp_dir: Path) -> dict[str, Path]:
-        return {name: exp_dir / name for name in ("train", "ckpt", "home", "tmp", "eval")}
-
+    # --- training ---------------------------------------------------------------------------------
     def train(self, spec: RunSpec) -> RunOutcome:
-        self.budget, self.timeout = spec.budget, spec.timeout
-        dirs = self._dirs(spec.exp_dir)
-        for d in dirs.values():
-            shutil.rmtree(d, ignore_errors=True)  # a re-run after resume starts fresh too
-            d.mkdir(parents=True)
+        dirs = _fresh(spec.exp_dir, "train", "ckpt", "home", "tmp")
         (dirs["train"] / "train.py").write_bytes(spec.train_py)
         (dirs["train"] / "prepare.py").write_bytes(self.pinned["prepare.py"])
-        out = RunOutcome()
-        out.timings["started"] = time.time()
+        out = RunOutcome(hardware=hardware(), timings={"started": time.time()})
         env = self._env(dirs["home"], dirs["tmp"], spec.device)
         env.update(AUTORESEARCH_OUT=str(dirs["ckpt"]), AUTORESEARCH_TIME_BUDGET=f"{spec.budget:g}",
                    AUTORESEARCH_CACHE=str(self.data), AUTORESEARCH_SEED=str(spec.seed))
         box = sandbox.SandboxSpec(workdir=dirs["train"], writable=(dirs["ckpt"], dirs["home"], dirs["tmp"]),
-                                  readonly=(self.data,), hide=(self.repo,), gpu=self.gpu)
-        train = self._contained(["train.py"], box, env, spec.timeout, spec.exp_dir / "train.log", self._watch)
+                                  readonly=(self.data,), hide=(self.repo,), gpu=self.gpu,
+                                  gpu_devices=_devices(spec.device))
+        # The daemon's own clock bounds all of training, start-up included.
+        limit = min(spec.timeout, spec.budget + spec.startup_allowance)
+        argv = sandbox.wrap([sys.executable, "train.py"], box)
+        train = run_contained(argv, cwd=box.workdir, env=env, timeout=limit, log_path=spec.exp_dir / "train.log",
+                              on_line=self.on_line, cancel=self.cancel, preexec=sandbox.limits_preexec(box))
         out.timings["training_ended"] = time.time()
         out.train_seconds = train.wall_seconds
         out.log_tail = tail(train.log_path)
         out.summary = parse_summary(out.log_tail)
         out.killed = train.timed_out or train.cancelled
-        out.reason = self._training_failure(train, out)
+        out.reason = self._training_failure(spec, train, out)
         return out
 
-    def evaluate(self, spec: RunSpec, out: RunOutcome) -> RunOutcome:
-        dirs = self._dirs(spec.exp_dir)
-        for name in ("train.py", "prepare.py", "val.txt"):
-            (dirs["eval"] / name).write_bytes(spec.train_py if name == "train.py" else self.pinned[name])
-        env = self._env(dirs["home"], dirs["tmp"], spec.device)
-        env.pop("AUTORESEARCH_VAL", None)
-        box = sandbox.SandboxSpec(workdir=dirs["eval"], writable=(dirs["tmp"],), readonly=(dirs["ckpt"],),
-                                  hide=(self.repo,), gpu=self.gpu)
-        ev = self._contained(["prepare.py", "eval", "--take-val", "--checkpoint", str(dirs["ckpt"])], box, env,
-                             EVAL_TIMEOUT_S, spec.exp_dir / "eval.log", None)
-        out.timings["evaluated"] = time.time()
-        out.eval_seconds = ev.wall_seconds
-        out.killed = out.killed or ev.timed_out or ev.cancelled
-        ev_text = tail(ev.log_path, 2000)
-        lines = ev_text.strip().splitlines()
-        if ev.cancelled:
-            out.interrupted, out.reason = True, "interrupted"
-        elif ev.timed_out:
-            out.reason = f"eval: timeout after {EVAL_TIMEOUT_S:.0f}s"
-        elif ev.leftovers_killed:
-            out.reason = f"eval: left {ev.leftovers_killed} process(es) running after it exited"
-        elif ev.returncode != 0 or not lines:
-            out.reason = "eval: " + (lines[-1].removeprefix("eval: ") if lines else f"exit {ev.returncode}")[:200]
-        else:
-            # The evaluator prints its two trusted lines last; anything earlier may be train.py's.
-            match = re.fullmatch(r"val_bpb: ([0-9]+\.[0-9]+)", lines[-2]) if len(lines) >= 2 else None
-            if match is None or not lines[-1].startswith("eval_seconds:"):
-                out.reason = "eval: no val_bpb line at the end of the evaluator's output"
-            else:
-                out.scores["val"] = float(match.group(1))
-        return out
-
-    def _training_failure(self, train: ProcResult, out: RunOutcome) -> str:
+    def _training_failure(self, spec: RunSpec, train: ProcResult, out: RunOutcome) -> str:
         if train.cancelled:
             out.interrupted = True
             return "interrupted"
         if train.timed_out:
-            return f"timeout after {self.timeout:.0f}s"
+            if train.wall_seconds < spec.timeout:
+                return f"over budget: ran {train.wall_seconds:.1f}s > {spec.budget + spec.startup_allowance:.1f}s"
+            return f"timeout after {spec.timeout:.0f}s"
         if train.returncode != 0:
             out.simple_crash = bool(SIMPLE_CRASH.search(out.log_tail))
             return f"exit {train.returncode}: {_last_error(out.log_tail)}"
         if not out.summary:
             return "no summary: train.py must print '---' then key: value lines last"
         reported = out.summary.get("training_seconds")
-        limit = self.budget * (1 + OVER_BUDGET_TOLERANCE)
         if not isinstance(reported, float):
             return "summary has no training_seconds"
-        if reported > limit:
-            return f"over budget: reported {reported:.1f}s > {limit:.1f}s"
-        if train.wall_seconds > self.budget + STARTUP_ALLOWANCE_S:
-            return f"over budget: ran {train.wall_seconds:.1f}s > {self.budget + STARTUP_ALLOWANCE_S:.1f}s"
+        # One step of overshoot is allowed (a step that began inside the budget may end past it on
+        # a busy machine); more is training past the budget.
+        steps = out.summary.get("num_steps")
+        step = reported / steps if isinstance(steps, (int, float)) and steps >= 1 else 0.0
+        if reported > spec.budget + step:
+            return f"over budget: reported {reported:.1f}s > {spec.budget + step:.1f}s"
+        if train.wall_seconds > spec.budget + spec.startup_allowance:
+            return f"over budget: ran {train.wall_seconds:.1f}s > {spec.budget + spec.startup_allowance:.1f}s"
         if train.leftovers_killed:
             return f"left {train.leftovers_killed} process(es) running after it exited"
         return ""
 
-    def _contained(self, args: list[str], spec: sandbox.SandboxSpec, env: dict[str, str], timeout: float,
-                   log: Path, on_line: Callable[[str], None] | None) -> ProcResult:
-        argv = sandbox.wrap([sys.executable, *args], spec)
-        return run_contained(argv, cwd=spec.workdir, env=env, timeout=timeout, log_path=log,
-                             on_line=on_line, cancel=self.cancel, preexec=sandbox.limits_preexec(spec))
+    # --- evaluation -------------------------------------------------------------------------------
+    def evaluate(self, spec: RunSpec, trained: RunOutcome) -> RunOutcome:
+        out = trained
+        for split in spec.splits:
+            started = time.monotonic()
+            score, reason = self._score(spec, split)
+            out.eval_seconds += time.monotonic() - started
+            if reason:
+                out.reason = reason
+                out.interrupted = reason == "interrupted"
+                out.killed = out.killed or out.interrupted or "timeout" in reason
+                break
+            out.scores[split] = score
+        out.timings["evaluated"] = time.time()
+        return out
+
+    def _score(self, spec: RunSpec, split: str) -> tuple[float, str]:
+        """One split's score, or a reason. Fresh model processes and a fresh scorer every time."""
+        if SPLIT_FILES[split] not in self.pinned:
+            return 0.0, f"eval: no pinned {SPLIT_FILES[split]} to score the {split} split"
+        exp = spec.exp_dir
+        dirs = _fresh(exp, "model", "scorer", *(f"model-{role}" for role in ROLES))
+        for name in ("train.py", "prepare.py"):
+            (dirs["model"] / name).write_bytes(spec.train_py if name == "train.py" else self.pinned[name])
+            (dirs["model"] / name).chmod(0o444)
+        (dirs["scorer"] / "prepare.py").write_bytes(self.pinned["prepare.py"])
+        models, scorer_fds = [], []
+        try:
+            for role in ROLES:
+                to_model_r, to_model_w = os.pipe()
+                from_model_r, from_model_w = os.pipe()
+                models.append(self._start_model(spec, role, dirs, to_model_r, from_model_w))
+                for fd in (to_model_r, from_model_w):
+                    os.close(fd)  # the model process holds these now
+                scorer_fds += [from_model_r, to_model_w]
+            ev = self._run_scorer(spec, split, dirs["scorer"], scorer_fds)
+        finally:
+            for fd in scorer_fds:
+                os.close(fd)
+            model_results = [m.kill() for m in models]
+        return self._read_score(split, ev, model_results)
+
+    def _start_model(self, spec: RunSpec, role: str, dirs: dict[str, Path], stdin_fd: int, stdout_fd: int) -> Contained:
+        own = dirs[f"model-{role}"]
+        box = sandbox.SandboxSpec(workdir=own, readonly=(dirs["model"], spec.exp_dir / "ckpt"),
+                                  hide=(self.repo, spec.exp_dir), gpu=self.gpu, gpu_devices=_devices(spec.device))
+        argv = sandbox.wrap([sys.executable, str(dirs["model"] / "prepare.py"), "model",
+                             "--checkpoint", str(spec.exp_dir / "ckpt")], box)
+        return Contained(argv, cwd=own, env=self._env(own, own, spec.device),
+                         log_path=spec.exp_dir / f"eval-{role}.log", preexec=sandbox.limits_preexec(box), stdin_fd=stdin_fd, stdout_fd=stdout_fd)
+
+    def _run_scorer(self, spec: RunSpec, split: str, workdir: Path, fds: list[int]) -> ProcResult:
+        box = sandbox.SandboxSpec(workdir=workdir, hide=(self.repo, spec.exp_dir), gpu=False)
+        pairs = ",".join(f"{fds[i]}:{fds[i + 1]}" for i in range(0, len(fds), 2))
+        # -I: neither the script's directory nor the environment shapes the scorer's imports.
+        argv = sandbox.wrap([sys.executable, "-I", str(workdir / "prepare.py"), "eval", "--split", split,
+                             "--model-fds", pairs], box)
+        env = self._env(workdir, workdir, None)
+        return run_contained(argv, cwd=workdir, env=env, timeout=EVAL_TIMEOUT_S,
+                             log_path=spec.exp_dir / f"eval-{split}.log", cancel=self.cancel, preexec=sandbox.limits_preexec(box),
+                             stdin_data=self.pinned[SPLIT_FILES[split]], pass_fds=fds)
+
+    def _read_score(self, split: str, ev: ProcResult, models: list[ProcResult]) -> tuple[float, str]:
+        lines = tail(ev.log_path, 2000).strip().splitlines()
+        if ev.cancelled:
+            return 0.0, "interrupted"
+        if ev.timed_out:
+            return 0.0, f"eval: timeout after {EVAL_TIMEOUT_S:.0f}s"
+        if ev.leftovers_killed:
+            return 0.0, f"eval: left {ev.leftovers_killed} process(es) running after it exited"
+        if ev.returncode != 0 or not lines:
+            reason = "eval: " + (lines[-1].removeprefix("eval: ") if lines else f"exit {ev.returncode}")[:200]
+            if "model process" in reason:  # say why, from the model's own log
+                why = next((_last_error(tail(m.log_path)) for m in models if tail(m.log_path).strip()), "")
+                reason = why if why.startswith("eval: ") else f"{reason}: {why}" if why else reason
+            return 0.0, reason[:300]
+        # The scorer prints its two trusted lines last. A line that looks right but is not a
+        # possible score is the experiment's crash, never the daemon's.
+        match = re.fullmatch(rf"{split}_bpb: (\S+)", lines[-2]) if len(lines) >= 2 else None
+        if match is None or not lines[-1].startswith("eval_seconds:"):
+            return 0.0, f"eval: no {split}_bpb line at the end of the evaluator's output"
+        try:
+            value = float(match.group(1))
+        except ValueError:
+            return 0.0, f"eval: {split}_bpb is not a number: {match.group(1)[:40]!r}"
+        if not math.isfinite(value) or value < 0:
+            return 0.0, f"eval: {split}_bpb is impossible: {value}"
+        return value, ""
 
     def _env(self, home: Path, tmp: Path, device: str | None) -> dict[str, str]:
         # A clean environment: no API keys or tokens of the daemon's reach the experiment.
@@ -184,9 +261,55 @@ class Runner:
                    PYTHONNOUSERSITE="1")
         return env
 
-    def _watch(self, line: str) -> None:
-        if self.on_line is not None:
-            self.on_line(line)
+
+def _fresh(exp_dir: Path, *names: str) -> dict[str, Path]:
+    """Empty directories (a re-run after resume starts fresh too)."""
+    dirs = {name: exp_dir / name for name in names}
+    for d in dirs.values():
+        if d.exists():
+            for p in d.rglob("*"):
+                if p.is_file():
+                    p.chmod(0o644)
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True)
+    return dirs
+
+
+@functools.cache
+def hardware() -> dict:
+    """What the run ran on: GPU name, driver and CUDA version, or the CPU model; torch's version."""
+    info: dict = {"host": platform.node(), "python": platform.python_version()}
+    try:
+        from importlib.metadata import version
+
+        info["torch"] = version("torch")
+    except Exception:
+        pass
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10)
+        if out.returncode == 0 and out.stdout.strip():
+            name, driver = (part.strip() for part in out.stdout.strip().splitlines()[0].split(","))
+            info.update(gpu=name, driver=driver)
+            cuda = re.search(r"CUDA Version: ([0-9.]+)", subprocess.run(["nvidia-smi"], capture_output=True,
+                                                                        text=True, timeout=10).stdout)
+            if cuda:
+                info["cuda"] = cuda.group(1)
+    except (OSError, subprocess.TimeoutExpired, ValueError):
+        pass
+    if "gpu" not in info:
+        try:
+            model = re.search(r"^model name\s*: (.*)$", Path("/proc/cpuinfo").read_text(), re.M)
+            info["cpu"] = model.group(1).strip() if model else platform.processor()
+        except OSError:
+            info["cpu"] = platform.processor()
+        info["cpu_count"] = os.cpu_count()
+    return info
+
+
+def _devices(device: str | None) -> tuple[int, ...] | None:
+    """The one GPU node a slot's run may see (None: every node, when no slot chose one)."""
+    return (int(device),) if device is not None and device.isdigit() else None
 
 
 def _last_error(log_tail: str) -> str:

@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from daemon_kit import make_repo  # noqa: E402
 from fake_anthropic import FakeAnthropic, message, tool  # noqa: E402
+
 from loop.agents.anthropic_agent import AnthropicAgent  # noqa: E402
 from loop.agents.base import Context, HistoryItem  # noqa: E402
 

@@ -24,10 +24,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-import ray  # noqa: E402
+from daemon_kit import FAKE_TRAIN, make_repo  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from daemon_kit import FAKE_TRAIN, make_repo  # noqa: E402
 from loop.executor import Finished, Job, Lost  # noqa: E402
 from loop.procs import Cancel  # noqa: E402
 from loop.ray_executor import RayExecutor  # noqa: E402

@@ -21,6 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from daemon_kit import git, make_repo  # noqa: E402
+
 from loop import guard, sandbox  # noqa: E402
 from loop.procs import leftover_processes  # noqa: E402
 

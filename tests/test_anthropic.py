@@ -6,9 +6,9 @@ import re
 from pathlib import Path
 
 import pytest
-
 from daemon_kit import assert_invariants, journal_events, make_repo, read_results, run_cli
 from fake_anthropic import FakeAnthropic, error, message, scripted, text, tool
+
 from loop.agents.anthropic_agent import AnthropicAgent
 from loop.agents.base import Context, HistoryItem
 from loop.errors import AgentFatal, AgentUnavailable, ProposalFailed

@@ -12,13 +12,13 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from daemon_kit import assert_invariants, make_repo, read_results, run_cli
+from fake_anthropic import message, text, tool
+
 from loop import sandbox
 from loop.agents import default_secret_paths
 from loop.agents.base import Context, HistoryItem
 from loop.agents.claude_code import ClaudeCodeAgent, permission_settings, secret_forms
-from fake_anthropic import message, text, tool
 from loop.errors import AgentFatal
 
 STAND_IN = '''#!{python}

@@ -17,9 +17,9 @@ from typing import Iterator
 import pytest
 
 ray = pytest.importorskip("ray")
+from daemon_kit import FAKE_TRAIN, make_repo  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from daemon_kit import FAKE_TRAIN, make_repo  # noqa: E402
 from loop.executor import Finished, Job, Lost, Started, TrainingEnded  # noqa: E402
 from loop.procs import Cancel  # noqa: E402
 from loop.ray_executor import PREPARED_MARK, RayExecutor  # noqa: E402
@@ -228,6 +228,7 @@ def test_daemon_on_the_cluster_then_killed_and_resumed(cluster, tmp_path: Path) 
     """The whole daemon with --ray: runs spread over both nodes, every invariant of a local run
     holds; the controller killed with runs in flight resumes them, none lost or run twice."""
     from daemon_kit import assert_invariants, journal_events, read_results, run_cli, start_background
+
     from loop.journal import fold
 
     c, _, _ = cluster

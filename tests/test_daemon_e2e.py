@@ -4,8 +4,9 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from loop.journal import fold
 from daemon_kit import assert_invariants, journal_events, make_repo, read_results, run_cli
+
+from loop.journal import fold
 
 
 def test_search_run_of_four_experiments(tmp_path: Path) -> None:

@@ -6,9 +6,17 @@ import signal
 from pathlib import Path
 
 import pytest
+from daemon_kit import (
+    assert_invariants,
+    journal_events,
+    make_repo,
+    queue_proposal,
+    read_results,
+    run_cli,
+    start_background,
+    wait_for_event,
+)
 
-from daemon_kit import (assert_invariants, journal_events, make_repo, queue_proposal, read_results, run_cli,
-                        start_background, wait_for_event)
 from loop.journal import fold
 
 

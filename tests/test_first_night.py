@@ -7,8 +7,18 @@ import sys
 import time
 from pathlib import Path
 
-from daemon_kit import (assert_invariants, git, journal_events, make_repo, queue_proposal, read_results, run_cli,
-                        start_background, wait_for_event)
+from daemon_kit import (
+    assert_invariants,
+    git,
+    journal_events,
+    make_repo,
+    queue_proposal,
+    read_results,
+    run_cli,
+    start_background,
+    wait_for_event,
+)
+
 from loop.journal import JOURNAL_NAME, fold, run_dir
 
 FAST = ("--budget", "2")
@@ -148,3 +158,15 @@ def test_checkpoints_of_discarded_experiments_are_not_kept(tmp_path: Path) -> No
     assert (run_dir(repo, "c") / "0002" / "train.log").exists()  # the logs stay
     config = next(e for e in journal_events(repo, "c") if e["event"] == "run_started")["config"]
     assert config["keep_checkpoints"] == "kept"
+
+
+def test_report_compare_includes_the_tag_given(tmp_path: Path) -> None:
+    repo, env = make_repo(tmp_path)
+    for tag in ("one", "two"):
+        done = run_cli(repo, "start", "--tag", tag, "--max-experiments", "1", *FAST, env=env)
+        assert done.returncode == 0, done.stderr
+        git(repo, "checkout", "-q", "main")
+    report = run_cli(repo, "report", "--tag", "one", "--compare", "two", env=env)
+    assert report.returncode == 0, report.stderr
+    rows = [line.split("\t")[0] for line in report.stdout.splitlines() if "\t" in line]
+    assert "one" in rows and "two" in rows, report.stdout

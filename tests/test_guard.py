@@ -10,8 +10,8 @@ import zlib
 from pathlib import Path
 
 import pytest
-
 from daemon_kit import MAIN, git, make_repo, run_cli
+
 from loop.agents.base import Context, HistoryItem
 from loop.agents.search import SearchAgent
 from loop.guard import SecretIndex, check_commit, check_tree, lint_train_py, protected_hashes, secret_index

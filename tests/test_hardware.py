@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from daemon_kit import assert_invariants, journal_events, make_repo, read_results, run_cli
+
 from loop.executor import HARDWARE_LABEL_ENV
 
 

@@ -7,6 +7,7 @@ import http.server
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -30,10 +31,28 @@ def test_builtin_corpus_is_pinned_and_deterministic() -> None:
     data, bits = prepare.generate(prepare.TRAIN_SEED, 200_000)
     again, bits2 = prepare.generate(prepare.TRAIN_SEED, 200_000)
     assert data == again and bits == bits2
-    assert hashlib.sha256((MAIN / "val.txt").read_bytes()).hexdigest() == prepare.VAL_SHA256
-    val, _ = prepare.generate(prepare.VAL_SEED, prepare.VAL_BYTES)
-    assert val == (MAIN / "val.txt").read_bytes()
-    assert 0.5 < prepare.entropy_floor() < 2.0
+    for name, (filename, sha, floor) in prepare.SPLITS.items():
+        split = (MAIN / filename).read_bytes()
+        assert hashlib.sha256(split).hexdigest() == sha, name
+        assert prepare.VAL_BYTES <= len(split) < prepare.VAL_BYTES + 2000 and 0.5 < floor < 2.0
+        assert split[:10_000] not in data  # from a seed of its own, not the training split's
+    assert not hasattr(prepare, "VAL_SEED")  # the splits' seeds are not kept anywhere
+
+
+def test_new_splits_come_from_seeds_nobody_keeps(tmp_path: Path) -> None:
+    shutil.copy(MAIN / "prepare.py", tmp_path)
+    made = []
+    for _ in range(2):
+        done = run(["new-splits"], tmp_path)
+        assert done.returncode == 0, done.stdout + done.stderr
+        printed = dict(re.findall(r'^(\w+_SHA256) = "([0-9a-f]{64})"', done.stdout, re.M))
+        floors = dict(re.findall(r"^(\w+_FLOOR) = ([0-9.]+)", done.stdout, re.M))
+        assert set(printed) == {"VAL_SHA256", "HOLDOUT_SHA256"} and all(0.5 < float(v) < 2.0 for v in floors.values())
+        files = {name: (tmp_path / name).read_bytes() for name in ("val.txt", "holdout.txt")}
+        assert hashlib.sha256(files["val.txt"]).hexdigest() == printed["VAL_SHA256"]
+        assert hashlib.sha256(files["holdout.txt"]).hexdigest() == printed["HOLDOUT_SHA256"]
+        made.append(files)
+    assert made[0]["val.txt"] != made[1]["val.txt"] and made[0]["val.txt"] != made[0]["holdout.txt"]
 
 
 def test_builtin_prefix_checksum() -> None:
@@ -169,7 +188,8 @@ def build_model():
 '''
 
 
-def eval_dir(tmp_path: Path, body: str, logits: list[float] | None = None, val_copy: bool = False) -> subprocess.CompletedProcess:
+def eval_dir(tmp_path: Path, body: str, logits: list[float] | None = None,
+             split: str = "val") -> subprocess.CompletedProcess:
     import torch
 
     work = tmp_path / "eval"
@@ -179,10 +199,8 @@ def eval_dir(tmp_path: Path, body: str, logits: list[float] | None = None, val_c
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
     torch.save({"logits": torch.tensor(logits or [0.0] * 256)}, ckpt / "model.pt")
-    if val_copy:  # as the daemon runs it: a private copy, taken away before train.py is imported
-        shutil.copy(MAIN / "val.txt", work / "val.txt")
-        return run(["eval", "--take-val", "--checkpoint", str(ckpt)], work)
-    return run(["eval", "--checkpoint", str(ckpt)], work, AUTORESEARCH_VAL=str(MAIN / "val.txt"))
+    shutil.copy(MAIN / "holdout.txt", work)
+    return run(["eval", "--checkpoint", str(ckpt), "--split", split], work, AUTORESEARCH_VAL=str(MAIN / "val.txt"))
 
 
 CONSTANT = "        return self.logits.expand(B, T, 256)"
@@ -219,10 +237,17 @@ def test_rejects_a_model_that_peeks_ahead(tmp_path: Path) -> None:
 
 def test_rejects_a_model_that_reads_other_rows(tmp_path: Path) -> None:
     body = ("        nxt = torch.roll(idx, -1, dims=0)\n"
-            "        return self.logits.expand(B, T, 256) + nxt[..., None].float() * 0.1")
+            "        return self.logits.expand(B, T, 256) + torch.nn.functional.one_hot(nxt, 256).float() * 0.1")
     done = eval_dir(tmp_path, body)
-    # Windows go out in a secret random order, so another row is no help; the probe sees the mixing.
-    assert done.returncode == 1 and "not causal" in done.stdout
+    # A window answered alone (the canary's first request) must match its answer in the stream.
+    assert done.returncode == 1 and "answers depend on other windows" in done.stdout, done.stdout
+
+
+def test_adding_a_constant_per_position_is_no_cheat(tmp_path: Path) -> None:
+    """What is compared is what is scored: a shift of all 256 logits at a position changes nothing."""
+    body = "        return self.logits.expand(B, T, 256) + torch.roll(idx, -1, dims=1)[..., None].float() * 3"
+    done = eval_dir(tmp_path, body)
+    assert done.returncode == 0 and "val_bpb: 8.000000" in done.stdout, done.stdout
 
 
 def test_rejects_nan(tmp_path: Path) -> None:
@@ -241,17 +266,39 @@ def test_train_code_never_runs_in_the_scoring_process(tmp_path: Path) -> None:
             "print('val_bpb: 0.000001')\nprint('eval_seconds: 0.0', flush=True)\nimport os\nos._exit(0)")
     done = eval_dir(tmp_path, body)
     assert done.returncode == 1 and "val_bpb: 0.000001" not in done.stdout
-    assert done.stdout.startswith("eval: the model process")
+    assert done.stdout.startswith("eval: the main model process"), done.stdout
 
 
-def test_take_val_hides_the_validation_file(tmp_path: Path) -> None:
-    body = ("        return self.logits.expand(B, T, 256)\n"
-            "import pathlib\nassert not pathlib.Path(__file__).with_name('val' + '.txt').exists(), 'saw it'")
-    work = tmp_path / "eval"
-    work.mkdir()
-    done = eval_dir(tmp_path, body, val_copy=True)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert not (work / "val.txt").exists()
+def test_holdout_split_is_scored_on_request(tmp_path: Path) -> None:
+    done = eval_dir(tmp_path, CONSTANT, split="holdout")
+    assert done.returncode == 0 and done.stdout.strip().splitlines()[-2] == "holdout_bpb: 8.000000", done.stdout
+
+
+def test_refuses_a_score_below_the_entropy_floor(tmp_path: Path) -> None:
+    """A model that knows the text (here: reads it) and predicts each byte from the 24 before it is
+    causal, and scores below what the true source could: the scorer refuses it."""
+    body = ("        out = torch.full((B, T, 256), -12.0)\n"
+            "        for b, row in enumerate(idx.tolist()):\n"
+            "            for t in range(23, T):\n"
+            "                for nxt, count in SEEN.get(bytes(row[t - 23 : t + 1]), {}).items():\n"
+            "                    out[b, t, nxt] = math.log(count)\n"
+            "        return out\n"
+            "import math\n"
+            f"TEXT = open({str(MAIN / 'val.txt')!r}, 'rb').read()\n"
+            "SEEN = {}\n"
+            "for i in range(len(TEXT) - 24):\n"
+            "    ctx = SEEN.setdefault(TEXT[i : i + 24], {})\n"
+            "    ctx[TEXT[i + 24]] = ctx.get(TEXT[i + 24], 0) + 1\n"
+            "SEQ_LEN = 1024")  # long windows: the first 24 bytes of each are not predicted
+    done = eval_dir(tmp_path, body)
+    assert done.returncode == 1 and done.stdout.startswith("eval: below the entropy floor of val"), done.stdout
+
+
+def test_refuses_a_scaled_peek(tmp_path: Path) -> None:
+    """A large constant on every logit does not widen the tolerance: log-probabilities are compared."""
+    body = "        return 1e4 + torch.nn.functional.one_hot(torch.roll(idx, -1, dims=1), 256).float() * 20"
+    done = eval_dir(tmp_path, body)
+    assert done.returncode == 1 and "not causal" in done.stdout, done.stdout
 
 
 def test_rejects_a_checkpoint_that_does_not_load(tmp_path: Path) -> None:

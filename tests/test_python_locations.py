@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from sandbox_kit import MARKER_MODULE, boxed, make_venv, needs_bwrap, outside  # noqa: F401  (outside: a fixture)
 
 from loop import sandbox
-from sandbox_kit import MARKER_MODULE, boxed, make_venv, needs_bwrap, outside  # noqa: F401  (outside: a fixture)
 
 pytestmark = needs_bwrap
 

@@ -8,9 +8,10 @@ import sys
 from pathlib import Path
 
 from daemon_kit import assert_invariants, journal_events, make_repo, queue_proposal, read_results, run_cli
+from sandbox_kit import boxed, needs_bwrap, outside  # noqa: F401  (outside: a fixture)
+
 from loop import sandbox
 from loop.journal import fold
-from sandbox_kit import boxed, needs_bwrap, outside  # noqa: F401  (outside: a fixture)
 
 
 def other_checkout(outside: Path) -> Path:

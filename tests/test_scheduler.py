@@ -7,8 +7,18 @@ import signal
 import time
 from pathlib import Path
 
-from daemon_kit import (assert_invariants, git, journal_events, make_repo, queue_proposal, read_results, run_cli,
-                        start_background, wait_for_event)
+from daemon_kit import (
+    assert_invariants,
+    git,
+    journal_events,
+    make_repo,
+    queue_proposal,
+    read_results,
+    run_cli,
+    start_background,
+    wait_for_event,
+)
+
 from loop.journal import fold
 
 BASE = ("--budget", "2")  # two baseline runs: the fake harness's noise (none) is then known

@@ -5,7 +5,6 @@ import time
 from pathlib import Path
 
 import psutil
-
 from daemon_kit import assert_invariants, make_repo, start_background, wait_for_event
 
 EXPERIMENTS = 200

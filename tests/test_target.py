@@ -13,11 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
+from daemon_kit import MAIN, git, journal_events, run_cli, start_background
 
 from loop import target as targets
 from loop.errors import UsageError
 from loop.journal import fold
-from daemon_kit import MAIN, git, journal_events, run_cli, start_background
 
 EXAMPLE = MAIN / "examples" / "linreg-rust"
 IGNORED = "/.autoresearch/\n/target/\n/results*.tsv\n"
@@ -198,7 +198,8 @@ def test_two_targets_one_after_the_other_then_side_by_side(tmp_path: Path) -> No
         assert done.returncode == 0, done.stdout + done.stderr
     alpha, beta = rows(repo, "results-alpha.tsv", "loss"), rows(repo, "results-beta.tsv", "accuracy")
     assert [(r[1], r[3]) for r in alpha] == [("9.000000", "keep"), ("1.000000", "keep")]
-    assert [(r[1], r[3]) for r in beta] == [("75.000000", "keep"), ("96.000000", "keep")]  # higher is better, as measured
+    # higher is better, and the file shows the accuracy as measured
+    assert [(r[1], r[3]) for r in beta] == [("75.000000", "keep"), ("96.000000", "keep")]
     assert not (repo / "results.tsv").exists()
     queue_diff(qa, "r", repo, "alpha/params.sh", "X=4", "X=3", "x to 3", rev="autoresearch/a1")
     resumed = run_cli(repo, "resume", "--tag", "a1", "--max-experiments", "2", env=env)
@@ -207,7 +208,8 @@ def test_two_targets_one_after_the_other_then_side_by_side(tmp_path: Path) -> No
     assert git(repo, "rev-parse", "--abbrev-ref", "HEAD") == "main"
 
     # side by side: alpha waits on its empty queue while beta runs whole; a second alpha is refused
-    first = start_background(repo, "start", "--tag", "a2", "--target", "alpha.toml", "--queue", str(qa), *SHORT, env=env)
+    first = start_background(repo, "start", "--tag", "a2", "--target", "alpha.toml", "--queue", str(qa), *SHORT,
+                             env=env)
     try:
         wait_for(lambda: decided(repo, "a2") == 1)
         refused = run_cli(repo, "start", "--tag", "a3", "--target", "alpha.toml", "--queue", str(qa), *SHORT, env=env)
@@ -221,7 +223,8 @@ def test_two_targets_one_after_the_other_then_side_by_side(tmp_path: Path) -> No
     finally:
         if first.poll() is None:
             first.kill()
-    assert [(r[1], r[3]) for r in rows(repo, "results-alpha.tsv", "loss")] == [("9.000000", "keep"), ("1.000000", "keep")]
+    alpha = rows(repo, "results-alpha.tsv", "loss")
+    assert [(r[1], r[3]) for r in alpha] == [("9.000000", "keep"), ("1.000000", "keep")]
     assert [(r[1], r[3]) for r in rows(repo, "results-beta.tsv", "accuracy")] == [("75.000000", "keep"),
                                                                                   ("96.000000", "keep")]
     assert git(repo, "show", "autoresearch/a2:alpha/params.sh") == "X=2"

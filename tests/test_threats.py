@@ -7,8 +7,8 @@ import hashlib
 from pathlib import Path
 
 import psutil
-
 from daemon_kit import assert_invariants, journal_events, make_repo, queue_proposal, read_results, run_cli
+
 from loop.journal import fold
 from loop.sandbox import FILE_ENV, MEMORY_ENV, available
 
@@ -33,11 +33,11 @@ ATTACKS = {
     "orphan": (f"import shutil\n_sh = shutil\nif __name__ == '__main__' and _sh.os.fork() == 0:\n"
                f"    _sh.os.setsid()\n    _sh.os.execvp('sleep', ['{MARKER}', '300'])",
                None),  # the run itself succeeds; its grandchild must not outlive it
-    "sigterm_proof_hang": (f"import signal as _sg\nif __name__ == '__main__':\n"
-                           f"    _sg.signal(_sg.SIGTERM, _sg.SIG_IGN)\n    while True:\n        pass", "guard: train.py"),
-    "sigterm_proof_hang_hidden": (f"import time as _t\nif __name__ == '__main__':\n"
-                                  f"    import asyncio.unix_events as _u\n    _sg = _u.signal\n"
-                                  f"    _sg.signal(_sg.SIGTERM, _sg.SIG_IGN)\n    while True:\n        _t.sleep(0.1)",
+    "sigterm_proof_hang": ("import signal as _sg\nif __name__ == '__main__':\n"
+                           "    _sg.signal(_sg.SIGTERM, _sg.SIG_IGN)\n    while True:\n        pass", "guard: train.py"),
+    "sigterm_proof_hang_hidden": ("import time as _t\nif __name__ == '__main__':\n"
+                                  "    import asyncio.unix_events as _u\n    _sg = _u.signal\n"
+                                  "    _sg.signal(_sg.SIGTERM, _sg.SIG_IGN)\n    while True:\n        _t.sleep(0.1)",
                                   "timeout after 4s"),
     "forks_sleepers": (f"import shutil\n_sh = shutil\nif __name__ == '__main__':\n    for _ in range(30):\n"
                        f"        if _sh.os.fork() == 0:\n"
@@ -49,9 +49,9 @@ ATTACKS = {
                          "exit 1: FileNotFoundError"),
     "warm_start": ("import pathlib as _pl\n_prev = sorted(_pl.Path('{repo}').glob('.autoresearch/runs/t/*/ckpt/model.pt'))\n"
                    "assert _prev, 'no earlier checkpoint visible'", "exit 1: AssertionError: no earlier checkpoint visible"),
-    "writes_harness": (f"import pathlib as _pl\ntry:\n    (_pl.Path('{{repo}}') / 'prepare.py').write_text('hacked')\nexcept OSError:\n    pass",
+    "writes_harness": ("import pathlib as _pl\ntry:\n    (_pl.Path('{repo}') / 'prepare.py').write_text('hacked')\nexcept OSError:\n    pass",
                        None),  # in the sandbox the repository is invisible; the file must stay intact
-    "moves_git": (f"import shutil\n_sh = shutil\n_sh.os.system('git -C {{repo}} commit -q --allow-empty -m hijack >/dev/null 2>&1')",
+    "moves_git": ("import shutil\n_sh = shutil\n_sh.os.system('git -C {repo} commit -q --allow-empty -m hijack >/dev/null 2>&1')",
                   None),
     "flood": ("import sys as _s\nif __name__ == '__main__':\n    _s.stdout.write(('x' * 1023 + '\\n') * 40_000)", None),
     "garbage": ("import sys as _s\nif __name__ == '__main__':\n    _s.stdout.buffer.write(bytes(range(256)) * 100)", None),

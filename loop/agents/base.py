@@ -90,7 +90,7 @@ class Context:
     remaining_cost_usd: float | None = None  # None: no cost cap
     in_flight: tuple[InFlight, ...] = ()  # other experiments under way right now
     conflict: str = ""  # set when the agent's last proposal no longer merges onto a new best
-    editable: dict[str, str] = field(default_factory=dict)  # a custom target's editable files (path -> text); {}: train.py
+    editable: dict[str, str] = field(default_factory=dict)  # a declared target's files, path -> text; {}: train.py
     metric: str = "val_bpb"  # what the history's scores are; lower is better ("-accuracy" for a higher-is-better one)
 
 

@@ -90,7 +90,8 @@ def _target_message(context: Context, notes: str, best: str) -> list[dict]:
             crashed = json.loads(context.fix_of)
         except ValueError:
             crashed = {}
-        now += ("## The last attempt crashed; fix it\n\n" + _files("Its {path}", crashed if isinstance(crashed, dict) else {})
+        crashed = crashed if isinstance(crashed, dict) else {}
+        now += ("## The last attempt crashed; fix it\n\n" + _files("Its {path}", crashed)
                 + "The end of its log:\n```\n" + context.last_failure[-FAILURE_CHARS:] + "\n```\n\n")
     now += (f"Budget: {context.budget_seconds:g} seconds per run. Propose one experiment: edit {names} with "
             "str_replace_based_edit_tool, then call submit_experiment with a one-line description and your hypothesis.")

@@ -89,8 +89,8 @@ def apply_target_diff(context: Context, entry: Path) -> dict[str, str]:
         for path, text in before.items():
             (scratch / path).parent.mkdir(parents=True, exist_ok=True)
             (scratch / path).write_text(text, encoding="utf-8")
-        result = subprocess.run(["git", "apply", "--unidiff-zero", "--recount", "-p1", "-"], input=diff, cwd=tmp, capture_output=True,
-                                text=True)
+        result = subprocess.run(["git", "apply", "--unidiff-zero", "--recount", "-p1", "-"], input=diff, cwd=tmp,
+                                capture_output=True, text=True)
         if result.returncode != 0:
             reason = (result.stderr.strip().splitlines() or ["does not apply"])[0]
             raise ProposalFailed(f"queue: {entry.name} does not apply to the target's files: {reason}")

@@ -89,7 +89,8 @@ class Workspace:
             return self.view(path, args.get("view_range"))
         editable = self.editable()
         if path not in editable:
-            raise ToolError(f"only {self.names()} may be edited; {path or 'no path'} is read-only (edit {self.names()})")
+            names = self.names()
+            raise ToolError(f"only {names} may be edited; {path or 'no path'} is read-only (edit {names})")
         current = editable[path]
         if command == "str_replace":
             old, new = args.get("old_str"), args.get("new_str", "")

@@ -14,7 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-from loop import gitops, sandbox, target as targets
+from loop import gitops, sandbox
+from loop import target as targets
 from loop.agents import AgentOptions, default_agent_name, default_secret_paths, make_agent
 from loop.agents.base import Agent
 from loop.commands.common import LAST_TAG, last_tag, lock_path

@@ -1,0 +1,154 @@
+"""A fake harness with noise of a known size, for tests and benchmarks of the keep rule.
+
+Same contracts as daemon_kit's fast harness (prepare.py check/eval, AUTORESEARCH_OUT, the `---`
+summary, val.txt pinned by checksum), but the score is known exactly: the TRUE score is a smooth
+function of train.py's constants (`true_score`), and the evaluator adds Gaussian noise of size
+NOISE drawn from the run's own seed. train.py saves AUTORESEARCH_SEED in its checkpoint for the
+evaluator, so two runs of one commit differ exactly as two seeds of a real run do.
+
+ORDER is the seed-like knob: it is in the checkpoint but not in the true score, so a change of it
+alone is pure noise and any keep of one is a false keep.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+from daemon_kit import git, make_repo
+
+from loop.agents.search import find_constants
+
+# The true score, as source: the evaluator runs this text and the kit executes the same text, so
+# the figure a benchmark calls "true" is exactly what the evaluator adds its noise to.
+TRUE_SCORE_SOURCE = '''
+def true_score(c):
+    """Lower is better; the optimum, 1.0, is LR 0.005, WIDTH 32, DEPTH 6. ORDER plays no part."""
+    return (1.0 + 0.5 * math.log10(c["LR"] / 0.005) ** 2 + 0.1 * math.log2(c["WIDTH"] / 32) ** 2
+            + 0.01 * (c["DEPTH"] - 6) ** 2)
+'''
+KNOBS = ("LR", "WIDTH", "DEPTH", "ORDER")
+
+NOISY_PREPARE = '''"""Fake harness with noise: the real contracts, a known true score, noise from the run's seed."""
+import hashlib, json, math, os, random, sys, time
+from pathlib import Path
+
+TIME_BUDGET = float(os.environ.get("AUTORESEARCH_TIME_BUDGET", "300"))
+MAX_SEQ_LEN, VOCAB_SIZE = 64, 256
+VAL_SHA256 = "{sha}"
+NOISE = {noise!r}  # standard deviation of the evaluator's noise
+HERE = Path(__file__).resolve().parent
+{true_score}
+
+def data_dir():
+    return Path(os.environ.get("AUTORESEARCH_CACHE", Path.home() / ".cache" / "autoresearch"))
+
+
+def main():
+    cmd = sys.argv[1] if len(sys.argv) > 1 else "prepare"
+    val = Path(os.environ.get("AUTORESEARCH_VAL", HERE / "val.txt"))
+    if cmd == "prepare":
+        data_dir().mkdir(parents=True, exist_ok=True)
+        (data_dir() / "train.bin").write_bytes(b"x" * 1000)
+        return 0
+    if cmd == "check":
+        if not (data_dir() / "train.bin").exists():
+            print(f"training data is not prepared in {{data_dir()}}: run `python prepare.py`")
+            return 1
+        if not val.exists() or hashlib.sha256(val.read_bytes()).hexdigest() != VAL_SHA256:
+            print(f"{{val}} fails its checksum: restore it with `git checkout -- val.txt`")
+            return 1
+        print("ok")
+        return 0
+    ckpt = Path(sys.argv[sys.argv.index("--checkpoint") + 1]) / "model.pt"
+    try:
+        w = json.loads(ckpt.read_text())
+    except (OSError, ValueError) as e:
+        print(f"eval: checkpoint does not load: {{e}}")
+        return 1
+    if hashlib.sha256(val.read_bytes()).hexdigest() != VAL_SHA256:
+        print("eval: val.txt fails its checksum")
+        return 1
+    bpb = true_score(w) + NOISE * random.Random(w["seed"]).gauss(0.0, 1.0)
+    print(f"val_bpb: {{bpb:.6f}}")
+    print("eval_seconds: 0.0")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+'''
+
+NOISY_TRAIN = '''"""Fake train.py with noise: saves its constants and its seed as the "model"."""
+import json, os, time
+from pathlib import Path
+
+from prepare import TIME_BUDGET
+
+LR = 0.02  # learning rate
+WIDTH = 8  # model width
+DEPTH = 2  # number of layers
+ORDER = 7  # order the batches are drawn in: changes a run, not its expected score
+sleep_s = {sleep}  # seconds of "training" (lower case: not a hyperparameter to search)
+
+if __name__ == "__main__":
+    t0 = time.time()
+    seed = int(os.environ.get("AUTORESEARCH_SEED", "0"))
+    print("step 0 | loss 3.0000", flush=True)
+    time.sleep(sleep_s)
+    print("step 1 | loss 2.5000", flush=True)
+    out = Path(os.environ.get("AUTORESEARCH_OUT", "out"))
+    out.mkdir(parents=True, exist_ok=True)
+    model = {{"LR": LR, "WIDTH": WIDTH, "DEPTH": DEPTH, "ORDER": ORDER, "seed": seed}}
+    (out / "model.pt").write_text(json.dumps(model))
+    print("---")
+    print(f"training_seconds: {{min(time.time() - t0, TIME_BUDGET):.1f}}")
+    print(f"total_seconds: {{time.time() - t0:.1f}}")
+    print("peak_vram_mb: 1024.0")
+    print("mfu_percent: 0.00")
+    print("total_tokens_M: 0.0")
+    print("num_steps: 2")
+    print("num_params_M: 0.0")
+    print(f"depth: {{DEPTH}}")
+'''
+
+_namespace: dict = {"math": math}
+exec(TRUE_SCORE_SOURCE, _namespace)  # the evaluator's own function, so the two cannot drift apart
+
+
+def true_score(constants: dict[str, float]) -> float:
+    """The score a commit would get with no noise at all."""
+    return _namespace["true_score"](constants)
+
+
+def constants_of(train_py: str) -> dict[str, float]:
+    """train.py's knobs, as the evaluator reads them from the checkpoint."""
+    return {c.name: c.value for c in find_constants(train_py) if c.name in KNOBS}
+
+
+def true_score_at(repo: Path, commit: str) -> float:
+    return true_score(constants_of(git(repo, "show", f"{commit}:train.py")))
+
+
+def make_noisy_repo(tmp_path: Path, noise: float, sleep: float = 0.0) -> tuple[Path, dict[str, str]]:
+    """daemon_kit's repo with the noisy harness committed in place of the quiet one."""
+    repo, env = make_repo(tmp_path)
+    sha = hashlib.sha256((repo / "val.txt").read_bytes()).hexdigest()
+    (repo / "prepare.py").write_text(NOISY_PREPARE.format(sha=sha, noise=float(noise), true_score=TRUE_SCORE_SOURCE))
+    (repo / "train.py").write_text(NOISY_TRAIN.format(sleep=sleep))
+    git(repo, "commit", "-q", "-am", "noisy harness")
+    subprocess.run([sys.executable, "prepare.py"], cwd=repo, env=env, check=True)
+    return repo, env
+
+
+def train_py_with(sleep: float = 0.0, **settings: float) -> str:
+    """The harness's train.py with some knobs set, e.g. train_py_with(WIDTH=32)."""
+    text = NOISY_TRAIN.format(sleep=sleep)
+    for constant in sorted(find_constants(text), key=lambda c: -c.start):  # rewrite from the end
+        if constant.name in settings:
+            text = text[: constant.start] + repr(settings.pop(constant.name)) + text[constant.end :]
+    if settings:
+        raise ValueError(f"train.py has no knob {', '.join(settings)}")
+    return text

@@ -1,0 +1,202 @@
+"""The keep rule under noise: the Policy on hand-made numbers, then the daemon through the CLI on the
+noisy fake harness (noise of a known size drawn from each run's seed, a knob that changes nothing).
+
+The daemon's seeds are fixed by tag, experiment and run, so every figure here is the same on every
+run of the test; the effect sizes are chosen far from the noise (a clear win is 40 sigma, a grey
+change about 1.5 sigma, the seed-like knob exactly 0).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from daemon_kit import assert_invariants, journal_events, read_results, run_cli
+from noisy_kit import make_noisy_repo, train_py_with, true_score_at
+
+from loop.journal import fold
+from loop.policy import MAX_CONFIRMATIONS, Noise, Policy, t_quantile
+
+SIGMA = 0.01  # the harness's noise
+TAG = "noisy"
+BASELINE_RUNS = 3
+# Whole train.py files: each is the baseline with one knob changed, whatever was kept before it (a
+# seed-only file after a kept seed-only change is still seed-only; the clear win stays clear).
+SEED_ONLY = [train_py_with(ORDER=k) for k in (1, 2, 3, 4, 5, 6)]  # experiments 1..6: pure noise
+GREY = train_py_with(LR=0.0189)  # experiment 7: a true gain of about 1.5 SIGMA over the baseline
+CLEAR_WIN = train_py_with(WIDTH=32)  # experiment 8: a true gain of 40 SIGMA
+GREY_N, WIN_N = len(SEED_ONLY) + 1, len(SEED_ONLY) + 2
+
+
+# --- the rule on hand-made numbers ------------------------------------------------------------------
+def test_no_best_keeps_the_first_result() -> None:
+    assert Policy().decide([1.0], [], Noise(None, 0)) == "keep"
+
+
+def test_not_better_is_discarded_in_every_mode() -> None:
+    noise = Noise(0.01, 10)
+    for mode in ("auto", "never", "always"):
+        assert Policy(confirm=mode).decide([1.001], [1.0], noise) == "discard"
+        assert Policy(confirm=mode).decide([1.0], [1.0], noise) == "discard"
+
+
+def test_min_delta_is_taken_off_the_gain_before_the_noise_test() -> None:
+    noise = Noise(0.001, 1000)  # the bar is about 2 * 0.0014 = 0.0028
+    assert Policy(min_delta=0.01).decide([0.995], [1.0], noise) == "discard"  # gain 0.005 < min_delta
+    assert Policy(min_delta=0.01).decide([0.988], [1.0], noise) == "confirm"  # 0.002 beyond it: grey
+    assert Policy(min_delta=0.01).decide([0.98], [1.0], noise) == "keep"  # 0.01 beyond it: clear
+    assert Policy(min_delta=0.01, confirm="never").decide([0.988], [1.0], noise) == "keep"
+
+
+def test_clear_gain_kept_grey_gain_confirmed_then_decided() -> None:
+    noise = Noise(0.01, 1000)
+    policy = Policy(keep_z=2.0)
+    assert policy.decide([0.9], [1.0], noise) == "keep"  # 10 sigma
+    assert policy.decide([0.99], [1.0], noise) == "confirm"  # 1 sigma
+    assert policy.decide([0.97, 0.96], [1.0], noise) == "keep"  # 3.5 sigma better, error 1.22 sigma
+    assert policy.decide([0.99, 0.97], [1.0], noise) == "discard"  # 2 sigma better: 1.6 errors, grey
+    assert policy.decide([0.99, 1.005], [1.0], noise) == "discard"  # still grey after the cap
+
+
+def test_confirmation_cap_is_one_extra_run() -> None:
+    noise = Noise(0.01, 1000)
+    grey = [0.995] * (MAX_CONFIRMATIONS + 1)
+    assert Policy().decide(grey[:MAX_CONFIRMATIONS], [1.0], noise) == "confirm"
+    assert Policy().decide(grey, [1.0], noise) == "discard"
+    assert Policy(confirm="always").decide(grey, [1.0], noise) == "discard"
+
+
+def test_always_confirms_even_a_clear_gain_once() -> None:
+    noise = Noise(0.01, 1000)
+    assert Policy(confirm="always").decide([0.5], [1.0], noise) == "confirm"
+    assert Policy(confirm="always").decide([0.5, 0.5], [1.0], noise) == "keep"
+
+
+def test_few_degrees_of_freedom_raise_the_bar() -> None:
+    """A sigma from two runs can be far too small: 5 standard errors is grey at 1 degree, clear at 30."""
+    gain = 5 * 0.01 * (1 + 1 / 2) ** 0.5  # five standard errors of one run against two
+    candidate, best = [1.0 - gain], [1.0, 1.0]
+    assert Policy().decide(candidate, best, Noise(0.01, 1)) == "confirm"
+    assert Policy().decide(candidate, best, Noise(0.01, 30)) == "keep"
+    assert Policy().bar(1) > 10 > Policy().bar(3) > Policy().bar(30) > Policy().bar(10_000) == pytest.approx(2.0)
+
+
+def test_t_quantiles_match_the_tables() -> None:
+    assert t_quantile(0.975, 1) == pytest.approx(12.706, abs=1e-3)
+    assert t_quantile(0.975, 2) == pytest.approx(4.303, abs=1e-3)
+    assert t_quantile(0.975, 10) == pytest.approx(2.228, abs=1e-3)
+    assert t_quantile(0.95, 5) == pytest.approx(2.015, abs=1e-3)
+
+
+def test_no_noise_estimate_confirms_and_the_repeat_gives_one() -> None:
+    """With nothing run twice yet, the candidate's own two runs are the first estimate of the noise."""
+    assert Policy().decide([0.9], [1.0], Noise(None, 0)) == "confirm"
+    # one degree of freedom, sigma 7e-5: a gain of 0.1 clears even the bar of 14 standard errors
+    assert Policy().decide([0.9, 0.9001], [1.0], Noise(None, 0)) == "keep"
+    assert Policy().decide([0.9, 0.99], [1.0], Noise(None, 0)) == "discard"  # sigma 0.064: still grey
+
+
+def test_zero_noise_keeps_any_gain() -> None:
+    """A deterministic harness (every repeat identical) measures no noise: any gain is real."""
+    assert Policy().decide([0.99999], [1.0, 1.0], Noise.pooled([[1.0, 1.0]])) == "keep"
+
+
+def test_noise_pools_repeats_and_ignores_single_runs() -> None:
+    noise = Noise.pooled([[1.0, 1.2], [2.0], [3.0, 3.1, 3.2]])
+    squares = 0.02 + 0.02  # (0.1^2 * 2) + (0.1^2 + 0 + 0.1^2)
+    assert noise.degrees == 3 and noise.sigma == pytest.approx((squares / 3) ** 0.5)
+    assert Noise.pooled([[1.0]]).sigma is None and Noise.pooled([]).degrees == 0
+    more, at_once = noise.plus([5.0, 5.2]), Noise.pooled([[1.0, 1.2], [3.0, 3.1, 3.2], [5.0, 5.2]])
+    assert more.degrees == at_once.degrees == 4 and more.sigma == pytest.approx(at_once.sigma)
+
+
+# --- the daemon on the noisy harness ------------------------------------------------------------------
+def run_scenario(tmp_path: Path, confirm: str) -> tuple[Path, list[dict]]:
+    """Six seed-only changes, a grey one and a clear win, queued, proposed one at a time."""
+    repo, env = make_noisy_repo(tmp_path, noise=SIGMA)
+    queue = tmp_path / "queue"
+    queue.mkdir()
+    for i, train_py in enumerate([*SEED_ONLY, GREY, CLEAR_WIN], start=1):
+        (queue / f"{i:02d}.py").write_text(train_py)
+    done = run_cli(repo, "start", "--tag", TAG, "--agent", "queue", "--queue", str(queue), "--budget", "1",
+                   "--max-experiments", str(WIN_N), "--lookahead", "0", "--confirm", confirm,
+                   "--baseline-runs", str(BASELINE_RUNS), env=env, timeout=300)
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert_invariants(repo, TAG)
+    return repo, journal_events(repo, TAG)
+
+
+@pytest.fixture(scope="module")
+def auto_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]]:
+    return run_scenario(tmp_path_factory.mktemp("auto"), "auto")
+
+
+def row_of(repo: Path, commit: str) -> list[str]:
+    """results.tsv's row of one experiment (rows are in the order decided, not numbered)."""
+    return next(row for row in read_results(repo) if row[0] == commit[:7])
+
+
+def events_of(events: list[dict], name: str, n: int) -> list[dict]:
+    return [e for e in events if e["event"] == name and e.get("n") == n]
+
+
+def test_baseline_runs_r_times_with_different_seeds(auto_run: tuple[Path, list[dict]]) -> None:
+    repo, events = auto_run
+    running = events_of(events, "running", 0)
+    assert [e["run"] for e in running] == list(range(BASELINE_RUNS))
+    assert len({e["seed"] for e in running}) == BASELINE_RUNS
+    assert len(events_of(events, "evaluated", 0)) == BASELINE_RUNS
+    baseline_rows = [row for row in read_results(repo) if row[4] == "baseline"]
+    assert len(baseline_rows) == 1 and baseline_rows[0][3] == "keep"
+
+
+def test_every_run_gets_its_own_seed(auto_run: tuple[Path, list[dict]]) -> None:
+    _, events = auto_run
+    seeds = [e["seed"] for e in events if e["event"] == "running"]
+    assert len(seeds) == len(set(seeds)) > BASELINE_RUNS + WIN_N  # at least one confirmation among them
+
+
+def test_seed_only_changes_are_not_kept(auto_run: tuple[Path, list[dict]]) -> None:
+    repo, events = auto_run
+    run = fold(events)
+    seed_only = [e for e in run.experiments if 1 <= e.n <= len(SEED_ONLY)]
+    assert [e.status for e in seed_only] == ["discard"] * len(SEED_ONLY)
+    for rec in seed_only:
+        assert true_score_at(repo, rec.commit or "") == true_score_at(repo, rec.parent or "")
+    # the test means something only if some of them looked better in their first run
+    looked_better = [e.n for e in seed_only if e.scores()[0] < (e.best_before or 0.0)]
+    assert looked_better, [(e.scores(), e.best_before) for e in seed_only]
+
+
+def test_clear_win_is_kept_without_a_confirmation(auto_run: tuple[Path, list[dict]]) -> None:
+    repo, events = auto_run
+    win = next(e for e in fold(events).experiments if e.n == WIN_N)
+    assert win.status == "keep" and len(win.scores()) == 1
+    assert not events_of(events, "confirming", WIN_N)
+    assert row_of(repo, win.commit or "")[3:] == ["keep", "08"]
+    assert (win.best_before or 0.0) - (win.val_bpb or 0.0) > 20 * SIGMA
+
+
+def test_grey_result_gets_exactly_one_confirmation(auto_run: tuple[Path, list[dict]]) -> None:
+    _, events = auto_run
+    assert len(events_of(events, "confirming", GREY_N)) == 1
+    assert len(events_of(events, "evaluated", GREY_N)) == 2
+    seeds = {e["seed"] for e in events_of(events, "running", GREY_N)}
+    assert len(seeds) == 2
+    grey = next(e for e in fold(events).experiments if e.n == GREY_N)
+    assert grey.status in ("keep", "discard") and grey.val_bpb == pytest.approx(sum(grey.scores()) / 2)
+
+
+def test_confirmed_row_says_it_is_a_mean(auto_run: tuple[Path, list[dict]]) -> None:
+    repo, events = auto_run
+    grey = next(e for e in fold(events).experiments if e.n == GREY_N)
+    row = row_of(repo, grey.commit or "")
+    assert row[4].endswith("(mean of 2)") and float(row[1]) == pytest.approx(grey.val_bpb, abs=1e-6), row
+
+
+def test_greedy_keeps_noise_that_auto_discards(tmp_path: Path) -> None:
+    """The same seeds under --confirm never: some seed-only change is kept (what auto prevents)."""
+    repo, events = run_scenario(tmp_path, "never")
+    run = fold(events)
+    kept_noise = [e.n for e in run.experiments if 1 <= e.n <= len(SEED_ONLY) and e.status == "keep"]
+    assert kept_noise
+    assert not [e for e in events if e["event"] == "confirming"]
