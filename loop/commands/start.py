@@ -35,6 +35,9 @@ def start(repo: Path, config: Config, detach: bool, argv: list[str]) -> int:
     preflight(git, config.tag, target)
     if not target.builtin and config.ray is not None:
         raise UsageError(f"--ray runs the builtin experiment only; {target.source} runs on local slots: drop --ray")
+    if target.timeout is not None and target.timeout < config.budget:
+        raise UsageError(f"{target.source}: run.timeout {target.timeout:g} is shorter than --budget {config.budget:g}: "
+                         "raise the timeout or lower the budget")
     if not target.builtin and config.agent == "search":
         raise UsageError(f"--agent search tunes train.py's constants; {target.source} needs --agent queue, "
                          "anthropic or claude-code")
