@@ -3,9 +3,9 @@
 Per run, under the experiment's directory:
   src/        the commit's tracked files, fresh (mtimes of now, so a build cache never mistakes
               them for what it built before); cwd of the build and run commands
-  out/        AUTORESEARCH_OUT: what the run leaves for the evaluate command
+  ckpt/       AUTORESEARCH_OUT: what the run leaves for the evaluate command (kept as --keep-checkpoints says)
   home/, tmp/ a fresh HOME and TMPDIR
-  eval/       the commit's files again, fresh; cwd of the evaluate command, which sees out/ read-only
+  eval/       the commit's files again, fresh; cwd of the evaluate command, which sees ckpt/ read-only
 The cache the target declares ([sandbox] cache, e.g. cargo's target directory) lives under
 .autoresearch/cache/NAME/K/: one of a pool, locked for the length of a build and run, so two slots
 never build into the same directory, while sources always come from the commit being run.
@@ -47,7 +47,7 @@ class TargetRunner:
         return out if out.reason else self.evaluate(spec, out)
 
     def train(self, spec: RunSpec) -> RunOutcome:
-        dirs = self._fresh(spec.exp_dir, ("src", "out", "home", "tmp", "eval"))
+        dirs = self._fresh(spec.exp_dir, ("src", "ckpt", "home", "tmp", "eval"))
         self._export(dirs["src"])
         out = RunOutcome()
         out.timings["started"] = time.time()
@@ -55,7 +55,7 @@ class TargetRunner:
         with CacheSlot(self.cache_root, self.target.cache_dir is not None) as cache:
             env = self._env(dirs, spec)
             readonly = self._readonly()
-            writable: tuple[Path, ...] = (dirs["out"], dirs["home"], dirs["tmp"])
+            writable: tuple[Path, ...] = (dirs["ckpt"], dirs["home"], dirs["tmp"])
             if cache.path is not None and self.target.cache_env:
                 env[self.target.cache_env] = str(cache.path)
                 writable += (cache.path,)
@@ -87,11 +87,11 @@ class TargetRunner:
         if self.target.evaluate is None:
             out.timings["evaluated"] = time.time()
             return out
-        dirs = {name: spec.exp_dir / name for name in ("out", "home", "tmp", "eval")}
+        dirs = {name: spec.exp_dir / name for name in ("ckpt", "home", "tmp", "eval")}
         self._export(dirs["eval"])
         env = self._env(dirs, spec)
         box = sandbox.SandboxSpec(workdir=dirs["eval"], writable=(dirs["tmp"], dirs["home"]),
-                                  readonly=(*self._readonly(), dirs["out"]), hide=(self.repo,), gpu=self.gpu)
+                                  readonly=(*self._readonly(), dirs["ckpt"]), hide=(self.repo,), gpu=self.gpu)
         ev = self._contained(self.target.evaluate, box, env, EVAL_TIMEOUT_S, spec.exp_dir / "eval.log", None)
         out.timings["evaluated"] = time.time()
         out.eval_seconds = ev.wall_seconds
@@ -164,7 +164,7 @@ class TargetRunner:
                 env[tool] = str(home / default)  # the run's HOME is fresh: point tools at the real ones
         if spec.device is not None:
             env["CUDA_VISIBLE_DEVICES"] = spec.device
-        env.update(HOME=str(dirs["home"]), TMPDIR=str(dirs["tmp"]), AUTORESEARCH_OUT=str(dirs["out"]),
+        env.update(HOME=str(dirs["home"]), TMPDIR=str(dirs["tmp"]), AUTORESEARCH_OUT=str(dirs["ckpt"]),
                    AUTORESEARCH_TIME_BUDGET=f"{spec.budget:g}", AUTORESEARCH_SEED=str(spec.seed))
         return env
 

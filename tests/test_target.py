@@ -109,7 +109,8 @@ def test_start_refuses_a_bad_target_in_one_line(tmp_path: Path) -> None:
     repo, env = new_repo(tmp_path, {"t.toml": GOOD.replace('name = "loss"', ""), "src/main.rs": "fn main() {}\n"})
     for args, words in ((("--target", "missing.toml"), "--target missing.toml: no such file"),
                         (("--target", "t.toml"), "t.toml: metric.name is missing")):
-        refused = run_cli(repo, "start", "--tag", "x", "--agent", "queue", "--queue", str(tmp_path / "q"), *args, env=env)
+        refused = run_cli(repo, "start", "--tag", "x", "--agent", "queue", "--queue", str(tmp_path / "q"), *args,
+                          env=env)
         assert refused.returncode == 2 and refused.stderr.startswith("autoresearch: ")
         assert words in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
     assert git(repo, "branch", "--list", "autoresearch/*") == ""  # a refused start leaves nothing behind
