@@ -225,6 +225,7 @@ def test_two_targets_one_after_the_other_then_side_by_side(tmp_path: Path) -> No
         wait_for(lambda: decided(repo, "a2") == 1)
         refused = run_cli(repo, "start", "--tag", "a3", "--target", "alpha.toml", "--queue", str(qa), *SHORT, env=env)
         assert refused.returncode == 4 and "target alpha" in refused.stderr
+        assert "running (tag a2" in run_cli(repo, "status", "--tag", "a2", env=env).stdout
         queue_diff(qb, "2", repo, "beta/params.sh", "Y=2", "Y=9", "y to 9")
         done = run_cli(repo, "start", "--tag", "b2", "--target", "beta.toml", "--queue", str(qb), *SHORT, env=env)
         assert done.returncode == 0, done.stdout + done.stderr

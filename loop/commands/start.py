@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from loop import gitops, sandbox
@@ -32,6 +33,8 @@ PREPARE_CHECK_TIMEOUT_S = 300
 def start(repo: Path, config: Config, detach: bool, argv: list[str]) -> int:
     git = gitops.Git(repo)
     target = targets.of_config(git.root, config.target)
+    if not target.builtin and config.target is None:  # recorded, so resume and status find the same one
+        config = replace(config, target=targets.TARGET_FILE)
     preflight(git, config.tag, target)
     if not target.builtin and config.ray is not None:
         raise UsageError(f"--ray runs the builtin experiment only; {target.source} runs on local slots: drop --ray")
