@@ -130,6 +130,17 @@ def test_a_frozen_region_is_enforced_by_the_guard(tmp_path: Path) -> None:
     assert "frozen region" in guard.check_target_commit(repo, inside, outside, {}, target)[0]
 
 
+def test_two_runs_at_once_never_share_a_build_cache(tmp_path: Path) -> None:
+    from loop.target_runner import CacheSlot
+
+    with CacheSlot(tmp_path, True) as first, CacheSlot(tmp_path, True) as second:
+        assert first.path is not None and second.path is not None and first.path != second.path
+    with CacheSlot(tmp_path, True) as again:  # both given back: the first directory, warm, is reused
+        assert again.path == first.path
+    with CacheSlot(tmp_path, False) as none:
+        assert none.path is None
+
+
 def commit_change(repo: Path, path: str, text: str) -> str:
     (repo / path).write_text(text)
     git(repo, "commit", "-q", "-am", f"change {path}")
