@@ -11,8 +11,10 @@ target is declared in a TOML file:
     protected = ["src/data.rs"]          # globs hashed at start; a change refuses the experiment
     program = "program.md"               # the human's brief to the agent
     results = "results.tsv"              # this target's results file
-    [[frozen]]                           # a region of an editable file that must not change
-    path = "src/main.rs"; begin = "// frozen: eval"; end = "// end frozen"
+    [[frozen]]                           # lines of an editable file that must not change, from the
+    path = "src/main.rs"                 # line holding `begin` to the line holding `end`
+    begin = "// frozen: eval"
+    end = "// end frozen"
     [commands]
     prepare = "..."                      # once, before the first run (optional)
     check = "..."                        # before start: exit 0 or one line of why not (optional)
@@ -28,6 +30,10 @@ target is declared in a TOML file:
     [sandbox]
     readonly = ["~/.cargo"]              # what the run may read besides its own directory
     cache = { dir = "target", env = "CARGO_TARGET_DIR" }   # kept between runs, writable
+
+The metric's direction: the controller orders scores lower-is-better everywhere (policy, noise,
+best, --min-delta), so a higher-is-better metric is negated once, in the target runner
+(`Target.score`), and un-negated for the results file (`Target.shown`); nothing else changes.
 
 What a custom target's result rests on: the guard (only editable files change, frozen regions and
 protected files are byte-identical to the start), the sandbox (every run starts in a fresh

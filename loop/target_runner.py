@@ -31,7 +31,7 @@ BUILD_SHARE = 1.0  # the build gets its own timeout of this share of the run's, 
 PASSED_TOOL_ENV = ("CARGO_HOME", "RUSTUP_HOME", "RUSTUP_TOOLCHAIN", "GOPATH", "GOCACHE", "GOROOT")
 NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?(?:nan|inf)"
 KEY_VALUE = re.compile(r"^\s*([A-Za-z_][\w.]*)\s*:\s*(" + NUMBER + r")\s*$", re.M | re.I)
-FIRST_ERROR = re.compile(r"^\s*(error\b.*|.*\berror\b.*)$", re.M | re.I)
+FIRST_ERRORS = (re.compile(r"^\s*(error\b.*)$", re.M | re.I), re.compile(r"^(.*\berror\b.*)$", re.M | re.I))
 
 
 class TargetRunner:
@@ -65,11 +65,11 @@ class TargetRunner:
                 build = self._contained(self.target.build, box, env, timeout * BUILD_SHARE,
                                         spec.exp_dir / "build.log", None)
                 if reason := self._failure(build, "build", timeout * BUILD_SHARE, out):
-                    out.reason = reason
+                    out.killed = build.timed_out or build.cancelled
+                    # a compiler's error is what an agent fixes best: it goes back to it first
+                    out.simple_crash = build.returncode not in (0, None)
+                    out.reason = f"build failed: {_first_error(build.log_path)}" if out.simple_crash else reason
                     out.log_tail = tail(build.log_path)
-                    if not build.timed_out and not build.cancelled:
-                        out.reason = f"build failed: {_first_error(build.log_path)}"
-                        out.simple_crash = True  # a compiler's error is what an agent fixes best
                     out.timings["training_ended"] = time.time()
                     return out
             run = self._contained(self.target.run or "", box, env, timeout, spec.exp_dir / "train.log", self.on_line)
@@ -213,9 +213,12 @@ def key_values(text: str) -> dict[str, float]:
 
 
 def _first_error(log: Path) -> str:
+    """The first line that starts with `error` (cargo, rustc, gcc, go), else the first naming one, else the last."""
     text = tail(log, 20000)
-    match = FIRST_ERROR.search(text)
-    return (match.group(1).strip() if match else _last_line(log))[:200]
+    for pattern in FIRST_ERRORS:
+        if match := pattern.search(text):
+            return match.group(1).strip()[:200]
+    return _last_line(log)
 
 
 def _last_line(log: Path) -> str:
