@@ -36,8 +36,7 @@ def start(repo: Path, config: Config, detach: bool, argv: list[str]) -> int:
     if not target.builtin and config.target is None:  # recorded, so resume and status find the same one
         config = replace(config, target=targets.TARGET_FILE)
     preflight(git, config.tag, target)
-    if not target.builtin and config.ray is not None:
-        raise UsageError(f"--ray runs the builtin experiment only; {target.source} runs on local slots: drop --ray")
+    _refuse_ray(target, config)
     if target.timeout is not None and target.timeout < config.budget:
         raise UsageError(f"{target.source}: run.timeout {target.timeout:g} is shorter than --budget {config.budget:g}: "
                          "raise the timeout or lower the budget")
@@ -81,6 +80,7 @@ def resume(repo: Path, tag: str, overrides: dict) -> int:
     if not target.builtin and (holder := read_holder(targets.lock_file(git.root, target))):
         raise AlreadyRunning(f"a daemon runs target {target.name} here (pid {holder['pid']}, tag {holder['tag']}): "
                              f"`autoresearch stop --target {config.target}` it first")
+    _refuse_ray(target, config)
     agent = checked_agent(git.root, config)
     lock = RepoLock(targets.lock_file(git.root, target))
     lock.acquire(tag)
@@ -135,6 +135,11 @@ def check_target(root: Path, target: targets.Target) -> None:
         _target_command(root, target, target.check, "check")
     if problem := sandbox.self_check():
         raise SetupError(problem)
+
+
+def _refuse_ray(target: targets.Target, config: Config) -> None:
+    if not target.builtin and config.ray is not None:
+        raise UsageError(f"--ray runs the builtin experiment only; {target.source} runs on local slots: drop --ray")
 
 
 def prepare_target(root: Path, target: targets.Target) -> None:
