@@ -57,6 +57,8 @@ def parser() -> argparse.ArgumentParser:
                         "cluster this machine is part of); needs pip install -e '.[ray]'")
         sp.add_argument("--screen-on", metavar="LABEL", help="with --ray: hardware label for first runs")
         sp.add_argument("--confirm-on", metavar="LABEL", help="with --ray: hardware label for confirmation runs")
+        sp.add_argument("--target", metavar="FILE", help="the target's TOML file (default: autoresearch.toml at the "
+                        "root if there is one, else the builtin train.py experiment)")
 
     s = sub.add_parser("start", formatter_class=fmt, help="start a new run on branch autoresearch/TAG")
     s.add_argument("--tag", required=True)
@@ -67,6 +69,7 @@ def parser() -> argparse.ArgumentParser:
     settings(r, fresh=False)
     st = sub.add_parser("stop", formatter_class=fmt, help="finish the experiments in flight, then exit")
     st.add_argument("--now", action="store_true", help="kill the runs in flight (journaled as interrupted)")
+    st.add_argument("--target", metavar="FILE", help="stop the daemon of this target (default: the builtin's)")
     stat = sub.add_parser("status", formatter_class=fmt, help="what the daemon is doing and how the run goes")
     stat.add_argument("--tag", help="a run other than the latest")
     one = sub.add_parser("run", formatter_class=fmt, help="one experiment of the working tree as it is, git untouched")
@@ -104,7 +107,7 @@ def dispatch(args: argparse.Namespace, argv: list[str]) -> int:
     if args.command == "stop":
         from loop.commands.stop import stop
 
-        return stop(repo, args.now)
+        return stop(repo, args.now, args.target)
     if args.command == "status":
         from loop.commands.status import status
 
@@ -135,7 +138,7 @@ def dispatch(args: argparse.Namespace, argv: list[str]) -> int:
 def _settings(args: argparse.Namespace) -> dict:
     keys = ("budget", "timeout", "min_delta", "max_experiments", "max_hours", "max_cost", "fix_attempts", "model",
             "gpus", "slots", "lookahead", "keep_checkpoints", "keep_z", "confirm", "baseline_runs", "ray", "screen_on",
-            "confirm_on")
+            "confirm_on", "target")
     values = {k: getattr(args, k) for k in keys}
     values["queue"] = str(args.queue.resolve()) if args.queue else None
     return values

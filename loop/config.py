@@ -38,6 +38,7 @@ class Config:
     ray: str | None = None  # a Ray cluster's address ("auto": the one this machine is in); None: local slots
     screen_on: str | None = None  # with Ray: hardware label first runs go to
     confirm_on: str | None = None  # with Ray: hardware label confirmation runs go to
+    target: str | None = None  # the target's TOML file, relative to the repository; None: autoresearch.toml or builtin
 
     def __post_init__(self) -> None:
         """Bad numbers are found at start, not after a baseline has spent its budget."""

@@ -32,6 +32,7 @@ from statistics import fmean
 from typing import Any
 
 from loop import gitops, guard
+from loop import target as targets
 from loop.agents.base import Agent, Context, HistoryItem, InFlight, Usage
 from loop.config import Config
 from loop.display import Display
@@ -58,6 +59,7 @@ from loop.policy import Noise, Policy
 from loop.procs import Cancel
 from loop.proposer import AgentBroken, AgentWaiting, ProposalError, ProposalReady, Proposer, Request
 from loop.runner import Runner, RunOutcome, RunSpec, last_loss, startup_allowance_from
+from loop.target_runner import TargetRunner
 
 EDITABLE = "train.py"
 PINNED = ("prepare.py", "val.txt", "holdout.txt")  # the harness's bytes, fixed at the run's start
@@ -99,7 +101,7 @@ class Attempt:
     parent: str  # the best kept commit it was proposed on
     description: str = ""
     hypothesis: str = ""
-    proposal: str | None = None  # the editable file's new text, until committed
+    proposal: str | None = None  # the editable files' new text, until committed (see proposal_files)
     commit: str | None = None
     fix_attempt: int = 0
     conflict_retried: bool = False
@@ -116,14 +118,15 @@ class Daemon:
                  executor: Executor | None = None) -> None:
         self.repo, self.config, self.agent = repo, config, agent
         self.git = gitops.Git(repo)
+        self.target = targets.of_config(repo, config.target)
         self.dir = run_dir(repo, config.tag)
         self.journal = _FoldingJournal(self.dir / JOURNAL_NAME)
-        self.results = repo / "results.tsv"
+        self.results = repo / self.target.results
         self.display = display or Display()
         self.cancel = Cancel()
         self.stop = Stop(self.cancel)
         self.branch = gitops.BRANCH_PREFIX + config.tag
-        self.state_path = state_dir(repo) / "state.json"
+        self.state_path = targets.state_file(repo, self.target)
         self.events: queue.Queue = queue.Queue()
         self.slots = plan_slots(config.gpus, config.slots) if config.ray is None else []
         self.executor = executor or self.make_executor()
@@ -216,14 +219,15 @@ class Daemon:
         req, proposal = event.request, event.proposal
         exp_dir = self.exp_dir(req.n)
         exp_dir.mkdir(parents=True, exist_ok=True)
-        (exp_dir / _proposal_name(req.attempt)).write_text(proposal.train_py, encoding="utf-8")
+        text = proposal.train_py if self.target.builtin else json.dumps(proposal.files)
+        (exp_dir / self.proposal_name(req.attempt)).write_text(text, encoding="utf-8")
         self.journal.append("proposed", n=req.n, parent=req.parent, description=proposal.description,
                             hypothesis=proposal.hypothesis, usage=proposal.usage, agent_seconds=event.agent_seconds,
                             fix_attempt=req.attempt)
         self.failed_in_row = 0
         self.waiting = ""
         att = self.attempts.setdefault(req.n, Attempt(req.n, "agent", req.parent))
-        att.parent, att.proposal, att.fix_attempt = req.parent, proposal.train_py, req.attempt
+        att.parent, att.proposal, att.fix_attempt = req.parent, text, req.attempt
         att.description = " ".join(proposal.description.split()) or f"experiment {req.n}"
         att.hypothesis = proposal.hypothesis
         self.run_usage = self.run_usage + proposal.usage
@@ -248,13 +252,13 @@ class Daemon:
     def commit(self, att: Attempt) -> bool:
         """Commit a ready proposal on the best kept commit; False when it did not become an experiment."""
         best = self.best_commit()
-        files = {EDITABLE: (att.proposal or "").encode("utf-8")}
+        files = self.proposal_files(att.proposal or "")
         rebased_from = None
         if att.parent != best:
-            merged, conflicts = self.git.rebase_text(att.parent, best, EDITABLE, files[EDITABLE])
-            if conflicts:
-                return self.hand_back_conflict(att, merged)
-            rebased_from, files = att.parent, {EDITABLE: merged}
+            files, conflict = self.rebase(att.parent, best, files)
+            if conflict is not None:
+                return self.hand_back_conflict(att, conflict)
+            rebased_from = att.parent
         try:
             commit = self.git.commit_files(best, files, att.description)
         except gitops.NothingToCommit:
@@ -281,7 +285,39 @@ class Daemon:
         return True
 
     def guard_commit(self, commit: str, parent: str) -> list[str]:
+        if not self.target.builtin:
+            return guard.check_target_commit(self.repo, commit, parent, self.protected, self.target)
         return guard.check_commit(self.repo, commit, parent, self.protected, self.secrets)
+
+    def proposal_files(self, text: str) -> dict[str, bytes]:
+        """A proposal's files: train.py's text for the builtin, a JSON object path -> text for a custom target."""
+        if self.target.builtin:
+            return {EDITABLE: text.encode("utf-8")}
+        return {path: content.encode("utf-8") for path, content in json.loads(text or "{}").items()}
+
+    def proposal_text(self, commit: str) -> str:
+        """The editable files at a commit, written as a proposal (the inverse of proposal_files)."""
+        if self.target.builtin:
+            return self.git.show(commit, EDITABLE).decode("utf-8", errors="replace")
+        return json.dumps({p: self.git.show(commit, p).decode("utf-8", errors="replace")
+                           for p in self.editable(commit)})
+
+    def editable(self, commit: str) -> list[str]:
+        if self.target.builtin:
+            return [EDITABLE]
+        return self.target.editable_files(self.git.cmd.ls_tree("-r", "--name-only", commit).splitlines())
+
+    def rebase(self, old_parent: str, new_parent: str,
+               files: dict[str, bytes]) -> tuple[dict[str, bytes], bytes | None]:
+        """Files made on old_parent, merged onto new_parent; the conflicting merge, when there is one."""
+        merged: dict[str, bytes] = {}
+        for path, content in files.items():
+            merged[path], conflicts = self.git.rebase_text(old_parent, new_parent, path, content)
+            if conflicts:
+                if self.target.builtin:
+                    return merged, merged[path]
+                return merged, json.dumps({p: t.decode("utf-8", errors="replace") for p, t in merged.items()}).encode()
+        return merged, None
 
     def hand_back_conflict(self, att: Attempt, merged: bytes) -> bool:
         """A proposal that no longer merges goes back to the agent once with the new best."""
@@ -320,7 +356,7 @@ class Daemon:
                 continue
             fresh = not att.outcomes and not att.running
             if fresh and att.kind != "baseline" and att.parent != self.best_commit():
-                att.proposal = self.git.show(att.commit, EDITABLE).decode("utf-8", errors="replace")
+                att.proposal = self.proposal_text(att.commit)
                 if not self.commit(att):  # the best moved since it was committed: rebase it now
                     continue
             if fresh:
@@ -332,7 +368,8 @@ class Daemon:
         exp_dir = self.exp_dir(att.n) if run == 0 else self.exp_dir(att.n) / f"run{run}"
         exp_dir.mkdir(parents=True, exist_ok=True)
         allowance = self.allowance if self.allowance is not None else self.config.timeout - self.config.budget
-        spec = RunSpec(train_py=self.git.show(att.commit or "", EDITABLE), exp_dir=exp_dir, budget=self.config.budget,
+        train_py = self.git.show(att.commit or "", EDITABLE) if self.target.builtin else b""
+        spec = RunSpec(train_py=train_py, exp_dir=exp_dir, budget=self.config.budget,
                        timeout=self.config.timeout, seed=self.seed(att.n, run), startup_allowance=allowance,
                        splits=("val",))
         return Job(att.n, run, att.commit or "", spec)
@@ -346,7 +383,10 @@ class Daemon:
         return RayExecutor(self.config.ray, pinned, self.events, self.cancel, gpu=self.config.slots is None,
                            screen_on=self.config.screen_on, confirm_on=self.config.confirm_on)
 
-    def make_runner(self, job: Job) -> Runner:
+    def make_runner(self, job: Job) -> Runner | TargetRunner:
+        if not self.target.builtin:
+            cache = state_dir(self.repo) / "cache" / self.target.name
+            return TargetRunner(self.repo, self.target, job.commit, cache, self.cancel, self.on_line(job))
         return Runner(self.repo, self.pinned, self.cancel, self.on_line(job))
 
     # --- 5. evaluate (events from the slots) ------------------------------------------------------------
@@ -400,10 +440,13 @@ class Daemon:
                 self.journal.append("interrupted", n=job.n, phase="running")
                 self.attempts.pop(job.n, None)
             return
-        violations = guard.check_tree(self.repo, self.protected) + self.check_git()
+        if self.target.builtin:
+            violations = guard.check_tree(self.repo, self.protected) + self.check_git()
+        else:  # the run never saw the repository; its working tree is the person's, not the run's
+            violations = guard.check_protected(self.repo, self.protected)
         if violations:
             outcome.scores, outcome.reason, outcome.simple_crash = {}, f"guard: {violations[0]}", False
-        _check_metric(outcome)
+        _check_metric(outcome, allow_negative=not self.target.builtin)
         self.journal.append("evaluated", n=job.n, run=job.run, slot=slot, val_bpb=outcome.val_bpb,
                             scores=outcome.scores, reason=outcome.reason, summary=outcome.summary,
                             peak_vram_mb=outcome.peak_vram_mb, train_seconds=round(outcome.train_seconds, 3),
@@ -444,7 +487,7 @@ class Daemon:
     def request_fix(self, att: Attempt, outcome: RunOutcome) -> None:
         """A simple crash (syntax, import, shape) goes back to the agent; it costs no row."""
         attempt = att.fix_attempt + 1
-        crashed = self.git.show(att.commit or "", EDITABLE).decode(errors="replace")
+        crashed = self.proposal_text(att.commit or "")
         self.journal.append("fix_requested", n=att.n, attempt=attempt, reason=outcome.reason)
         self.attempts[att.n] = Attempt(att.n, "agent", self.best_commit(), fix_attempt=attempt)
         self.to_ask.insert(0, (att.n, attempt, outcome.log_tail, crashed))
@@ -476,7 +519,7 @@ class Daemon:
             status, reason = verdict, ""
         mean = fmean(scores) if scores and status != "crash" else None
         if status == "keep":
-            self.git.set_branch(self.branch, att.commit or "", [EDITABLE])
+            self.git.set_branch(self.branch, att.commit or "", self.editable(att.commit or ""))
             self.score_holdout(att)
         self.finish(att, None, status=status, reason=reason, mean=mean, best_before=best_before, runs=len(scores))
         if status == "discard" and att.kind == "agent" and mean is not None:
@@ -516,7 +559,7 @@ class Daemon:
         self.attempts.pop(att.n, None)
         self.refresh()
         rec = self.run.by_n[att.n]
-        append_result(self.results, rec)
+        self.write_result(rec)
         self.journal.append("recorded", n=att.n)
         self.tidy_checkpoints(att.n, status)
         wall = time.time() - (rec.started_at or time.time())
@@ -537,26 +580,30 @@ class Daemon:
         best = self.best_commit()
         if att.parent == best or att.commit is None:
             return
-        text = self.git.show(att.commit, EDITABLE)
-        merged, conflicts = self.git.rebase_text(att.parent, best, EDITABLE, text)
-        if conflicts:
+        made = {EDITABLE: self.git.show(att.commit, EDITABLE)} if self.target.builtin else \
+            self.proposal_files(self.proposal_text(att.commit))
+        files, conflict = self.rebase(att.parent, best, made)
+        if conflict is not None:
             return
+        merged = files[EDITABLE] if self.target.builtin else json.dumps(
+            {p: t.decode("utf-8", errors="replace") for p, t in files.items()}).encode()
         n = self.next_n
         self.next_n += 1
         description = f"combine: {att.description}"
         self.journal.append("proposed", n=n, parent=best, description=description, hypothesis=att.hypothesis,
                             usage=Usage(), agent_seconds=0.0, fix_attempt=0, combine_of=att.n)
         (self.exp_dir(n)).mkdir(parents=True, exist_ok=True)
-        (self.exp_dir(n) / _proposal_name(0)).write_bytes(merged)
+        (self.exp_dir(n) / self.proposal_name(0)).write_bytes(merged)
         self.attempts[n] = Attempt(n, "combine", best, description, att.hypothesis,
                                    proposal=merged.decode("utf-8", errors="replace"))
 
     # --- start and resume ---------------------------------------------------------------------------------
     def begin(self, hardware: dict, floor: float | None = None) -> None:
         """Journal the start of a new run: what it is, where it branched, what must not change."""
-        self.protected = guard.protected_hashes(self.repo)
+        self.protected = self.protected_hashes()
         self.journal.append("run_started", tag=self.config.tag, branch=self.branch, base_commit=self.git.head(),
                             protected=self.protected, agent=self.agent.name, config=asdict(self.config),
+                            **({} if self.target.builtin else {"target": targets.describe(self.target)}),
                             hardware=hardware, floor=floor, slots=self.executor.slot_names())
 
     def load(self) -> None:
@@ -566,19 +613,25 @@ class Daemon:
             self.display.say(f"warning: {line}")
         run = fold(events)
         meta = run.meta
-        self.protected = meta.get("protected") or guard.protected_hashes(self.repo)
-        self.pinned = {name: (self.repo / name).read_bytes() for name in PINNED if (self.repo / name).is_file()}
+        self.protected = meta.get("protected") or self.protected_hashes()
+        if self.target.builtin:  # a custom target's runs take every file from the commit
+            self.pinned = {name: (self.repo / name).read_bytes() for name in PINNED if (self.repo / name).is_file()}
         self.secrets = guard.SecretIndex.build(self.pinned[k] for k in guard.SECRET_FILES if k in self.pinned)
         for rec in run.experiments:
             if rec.status in STATUSES and not rec.recorded:
                 self.journal.append("recorded", n=rec.n)  # the row is rebuilt below
         self.run = self.journal.run = fold(self.journal.events())
-        rebuild_results(self.results, self.run)
+        if self.target.builtin:
+            rebuild_results(self.results, self.run)
+        else:
+            atomic_write(self.results, targets.results_text(self.target, self.run))
         self.best = self.run.best
         tip = self.best.commit if self.best else meta.get("base_commit")
-        if tip:
+        if tip and self.target.builtin:
             self.git.checkout(self.branch)
             self.git.set_branch(self.branch, tip, [EDITABLE])
+        elif tip:  # a custom target leaves the working tree alone: two targets share it
+            self.git.set_branch(self.branch, tip, [])
         self.next_n = max((e.n for e in self.run.experiments), default=-1) + 1
         self.run_usage = self.run.total_usage
         baseline = next((e for e in self.run.experiments if e.n == 0), None)
@@ -622,7 +675,7 @@ class Daemon:
             if not att.queued_runs:
                 self.decide(att)
             return
-        saved = self.exp_dir(rec.n) / _proposal_name(rec.fix_attempts)
+        saved = self.exp_dir(rec.n) / self.proposal_name(rec.fix_attempts)
         if rec.phase in ("proposed", "running") and saved.exists():
             att.proposal = saved.read_text(encoding="utf-8")
             self.attempts[rec.n] = att
@@ -680,13 +733,16 @@ class Daemon:
         self.stopping = self.stopping or str(error)
 
     def context(self, n: int, last_failure: str, crashed: str) -> Context:
-        train_py = self.git.show(self.best_commit(), EDITABLE).decode("utf-8", errors="replace")
+        best = self.best_commit()
+        train_py = self.git.show(best, EDITABLE).decode("utf-8", errors="replace") if self.target.builtin else ""
+        editable = {} if self.target.builtin else json.loads(self.proposal_text(best))
         in_flight = tuple(InFlight(a.n, _state_of(a), a.description, a.hypothesis)
                           for a in sorted(self.attempts.values(), key=lambda a: a.n) if a.n != n and a.n > 0)
         in_flight += tuple(InFlight(m, "proposing") for m in sorted(self.proposer.in_flight()) if m != n)
         conflict = self.conflicts.pop(n, "")
         return Context(
-            repo=self.repo, program=_read(self.repo / "program.md"), train_py=train_py,
+            repo=self.repo, program=_read(self.repo / self.target.program), train_py=train_py, editable=editable,
+            metric=("-" if self.target.higher_is_better else "") + self.target.metric,
             history=tuple(self.history()), best_val_bpb=self.best_mean(), notes_path=self.dir / "notes.md",
             run_dir=self.exp_dir(n), last_failure=last_failure, fix_of=crashed if last_failure else "",
             budget_seconds=self.config.budget, in_flight=in_flight, conflict=conflict,
@@ -749,6 +805,21 @@ class Daemon:
             return
         for ckpt in self.exp_dir(n).glob("**/ckpt"):
             shutil.rmtree(ckpt, ignore_errors=True)
+
+    def protected_hashes(self) -> dict[str, str]:
+        if self.target.builtin:
+            return guard.protected_hashes(self.repo)
+        return guard.target_protected_hashes(self.repo, self.target)
+
+    def write_result(self, rec: ExperimentRecord) -> None:
+        if self.target.builtin:
+            append_result(self.results, rec)
+        else:  # the metric under its own name and sign: the small file is rewritten whole
+            atomic_write(self.results, targets.results_text(self.target, self.run))
+
+    def proposal_name(self, attempt: int) -> str:
+        name = _proposal_name(attempt)
+        return name if self.target.builtin else name.removesuffix(".py") + ".json"
 
     def check_git(self) -> list[str]:
         """The run must not have moved the branch or HEAD, or edited the tree."""
@@ -815,10 +886,12 @@ class _FoldingJournal(Journal):
         return entry
 
 
-def _check_metric(outcome: RunOutcome) -> None:
-    """A score that is not a finite number is a crash of the experiment, never of the daemon."""
+def _check_metric(outcome: RunOutcome, allow_negative: bool = False) -> None:
+    """A score that is not a finite number is a crash of the experiment, never of the daemon (bits per
+    byte are never negative; a custom target's metric, or its negation when higher is better, may be)."""
     for split, value in list(outcome.scores.items()):
-        if not isinstance(value, (int, float)) or value != value or value in (float("inf"), float("-inf")) or value < 0:
+        if (not isinstance(value, (int, float)) or value != value or value in (float("inf"), float("-inf"))
+                or (value < 0 and not allow_negative)):
             outcome.scores, outcome.reason = {}, f"eval: impossible {split} score {value!r}"
             return
 

@@ -10,6 +10,9 @@ Four checks, each returning one line per violation (empty when clean):
                 hex, base64, escaped and compressed forms found in them;
   lint_train_py static rules against the known ways to game the metric from inside train.py.
 
+A custom target (loop/target.py) brings its own lists: check_target_commit and
+target_protected_hashes take the editable and protected globs and the frozen regions from it.
+
 The lint is advisory: an early, friendly warning that names the line, so that an honest agent
 learns at once and a careless one wastes no run. It cannot be the boundary, because Python is too
 dynamic to check statically (names built at run time, reflection, other modules' attributes).
@@ -33,7 +36,10 @@ import sys
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
+
+if TYPE_CHECKING:
+    from loop.target import Target
 
 SECRET_FILES = ("val.txt", "holdout.txt")  # the splits that score: no agent or train.py may carry them
 PROTECTED_FILES = ("prepare.py", *SECRET_FILES, "program.md", "pyproject.toml", ".gitignore")
@@ -120,6 +126,36 @@ def check_tree(repo: Path, protected: dict[str, str]) -> list[str]:
         elif not line.startswith("??") and path != EDITABLE:
             found.append(f"{path} was modified during the run")
     return found + _hash_changes(repo, protected)
+
+
+def target_protected_hashes(repo: Path, target: Target) -> dict[str, str]:
+    """sha256 of every tracked file a custom target protects, as it is in the working tree now."""
+    return {p: sha256_file(repo / p) for p in _tracked(repo) if target.is_protected(p) and (repo / p).is_file()}
+
+
+def check_target_commit(repo: Path, commit: str, parent: str, protected: dict[str, str], target: Target) -> list[str]:
+    """The commit changes the target's editable files only, keeps its frozen regions, and the
+    protected files hash as at the start."""
+    names = subprocess.run(["git", "diff", "--name-only", "--no-renames", "-z", parent, commit],
+                           cwd=repo, capture_output=True, text=True, check=True).stdout.split("\0")
+    allowed = ", ".join(target.editable)
+    found = [f"{p} changed: only {allowed} may change" for p in names if p and not target.is_editable(p)]
+    for region in target.frozen:
+        before, after = (_text_at(repo, rev, region.path) for rev in (parent, commit))
+        if region.text(before) is not None and region.text(before) != region.text(after):
+            found.append(f"{region.path}: the frozen region from {region.begin!r} to {region.end!r} changed "
+                         "(it must stay byte for byte as it is)")
+    return found + _hash_changes(repo, protected)
+
+
+def check_protected(repo: Path, protected: dict[str, str]) -> list[str]:
+    """After a custom target's run: the protected files still hash as at the start."""
+    return _hash_changes(repo, protected)
+
+
+def _text_at(repo: Path, rev: str, path: str) -> str:
+    shown = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=repo, capture_output=True)
+    return shown.stdout.decode("utf-8", errors="replace") if shown.returncode == 0 else ""
 
 
 def _hash_changes(repo: Path, protected: dict[str, str]) -> list[str]:

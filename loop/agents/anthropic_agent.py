@@ -88,7 +88,7 @@ class AnthropicAgent:
         client = anthropic.Anthropic(max_retries=2)  # short: the daemon's backoff does the long waits
         notes = context.notes_path.read_text(encoding="utf-8") if context.notes_path.exists() else ""
         secrets = (*self.secret_paths, *default_secret_paths(context.repo))
-        work = Workspace(context.repo, context.train_py, context.notes_path, secrets)
+        work = Workspace(context.repo, context.train_py, context.notes_path, secrets, files=dict(context.editable))
         system = [{"type": "text", "text": context.program, "cache_control": {"type": "ephemeral"}}]
         messages: list[dict] = [{"role": "user", "content": first_message(context, notes)}]
         usage, reminded = Usage(), False
@@ -105,10 +105,10 @@ class AnthropicAgent:
             if context.remaining_cost_usd is not None and usage.cost_usd > context.remaining_cost_usd:
                 raise ProposalFailed(f"anthropic: stopped at ${usage.cost_usd:.2f}, past the remaining budget", usage)
             messages.append({"role": "assistant", "content": [b.model_dump(mode="json", exclude_none=True) for b in response.content]})
-            results, submitted = self._run_tools(response.content, work, context.train_py)
+            results, submitted = self._run_tools(response.content, work)
             if submitted is not None:
                 return Proposal(work.train_py, " ".join(str(submitted.get("description", "")).split())[:200] or "unnamed change",
-                                str(submitted.get("hypothesis", "")), usage)
+                                str(submitted.get("hypothesis", "")), usage, files=work.changed_files())
             if results:
                 messages.append({"role": "user", "content": results})
             elif reminded:
@@ -144,7 +144,7 @@ class AnthropicAgent:
         except (anthropic.APIConnectionError, anthropic.APITimeoutError) as e:
             raise AgentUnavailable(f"anthropic: cannot reach the API ({type(e).__name__})") from None
 
-    def _run_tools(self, content: list, work: Workspace, original: str) -> tuple[list[dict], dict | None]:
+    def _run_tools(self, content: list, work: Workspace) -> tuple[list[dict], dict | None]:
         results = []
         for block in content:
             if block.type != "tool_use":
@@ -152,8 +152,8 @@ class AnthropicAgent:
             args = block.input if isinstance(block.input, dict) else {}
             try:
                 if block.name == "submit_experiment":
-                    if work.train_py == original:
-                        raise ToolError("train.py is unchanged: edit it first, then submit")
+                    if work.unchanged():
+                        raise ToolError(f"{work.names()} is unchanged: edit it first, then submit")
                     if not str(args.get("description", "")).strip():
                         raise ToolError("submit_experiment needs a one-line description")
                     return results, args

@@ -1,7 +1,8 @@
 """The agent protocol: what the daemon gives an agent (Context) and what it gets back (Proposal).
 
 An agent implements one method, `propose(context) -> Proposal`. It never runs git or training;
-it returns the full text of a new train.py. It may raise:
+it returns the full text of a new train.py (the builtin experiment), or of the target's editable
+files it changed (`Proposal.files`, for a target declared in autoresearch.toml). It may raise:
   - errors.AgentUnavailable: cannot answer now (rate limit, outage); the daemon backs off, retries.
   - errors.AgentFatal: cannot work at all (bad key, unknown model); the daemon stops the run.
   - errors.ProposalFailed: tried and produced nothing usable; costs no experiment.
@@ -89,16 +90,19 @@ class Context:
     remaining_cost_usd: float | None = None  # None: no cost cap
     in_flight: tuple[InFlight, ...] = ()  # other experiments under way right now
     conflict: str = ""  # set when the agent's last proposal no longer merges onto a new best
+    editable: dict[str, str] = field(default_factory=dict)  # a declared target's files, path -> text; {}: train.py
+    metric: str = "val_bpb"  # what the history's scores are; lower is better ("-accuracy" for a higher-is-better one)
 
 
 @dataclass(frozen=True)
 class Proposal:
-    """A complete new train.py and why."""
+    """A complete new train.py (or a custom target's changed files) and why."""
 
     train_py: str
     description: str  # one line; becomes the commit message and the results.tsv description
     hypothesis: str = ""
     usage: Usage = field(default_factory=Usage)
+    files: dict[str, str] = field(default_factory=dict)  # a custom target's changed files: path -> whole new text
 
 
 class Agent(Protocol):

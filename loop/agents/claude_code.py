@@ -76,10 +76,15 @@ class ClaudeCodeAgent:
             root = Path(tmp)
             scratch = root / "work"
             copy_scratch(context.repo, scratch, secrets)
-            (scratch / "train.py").write_text(context.train_py, encoding="utf-8")
+            editable = context.editable or {"train.py": context.train_py}
+            for path, text in editable.items():
+                (scratch / path).parent.mkdir(parents=True, exist_ok=True)
+                (scratch / path).write_text(text, encoding="utf-8")
             settings = root / "settings.json"
             settings.write_text(json.dumps(permission_settings(context.repo, secrets), indent=1), encoding="utf-8")
-            before = {p: p.read_bytes() for p in scratch.rglob("*") if p.is_file() and p.name != "train.py"}
+            before = {p: p.read_bytes() for p in scratch.rglob("*")
+                      if p.is_file() and str(p.relative_to(scratch)) not in editable}
+            prompt = prompt.replace("edit train.py only", f"edit {', '.join(editable)} only")
             argv = self._argv(prompt, context, settings)
             command = confined(argv, root, hidden=(context.repo, *secrets))
             try:
@@ -95,17 +100,21 @@ class ClaudeCodeAgent:
                           output_tokens=int(result.get("usage", {}).get("output_tokens", 0)),
                           cost_usd=float(result.get("total_cost_usd", 0.0)), calls=int(result.get("num_turns", 1)))
             changed = [str(p.relative_to(scratch)) for p, data in before.items() if not p.exists() or p.read_bytes() != data]
+            names = ", ".join(editable)
             if changed:
-                raise ProposalFailed(f"claude-code: changed {', '.join(changed[:3])}; only train.py may change", usage)
-            train_py = (scratch / "train.py").read_text(encoding="utf-8", errors="replace")
-        if train_py == context.train_py:
-            raise ProposalFailed("claude-code: train.py was not changed", usage)
+                raise ProposalFailed(f"claude-code: changed {', '.join(changed[:3])}; only {names} may change", usage)
+            after = {p: (scratch / p).read_text(encoding="utf-8", errors="replace") if (scratch / p).is_file() else ""
+                     for p in editable}
+        if after == editable:
+            raise ProposalFailed(f"claude-code: {names} was not changed", usage)
         reply = str(result.get("result", ""))
-        return Proposal(train_py, _field(reply, "DESCRIPTION") or "claude-code change", _field(reply, "HYPOTHESIS"), usage)
+        files = {p: t for p, t in after.items() if t != editable[p]} if context.editable else {}
+        return Proposal(after.get("train.py", ""), _field(reply, "DESCRIPTION") or "claude-code change",
+                        _field(reply, "HYPOTHESIS"), usage, files=files)
 
     def _argv(self, prompt: str, context: Context, settings: Path) -> list[str]:
         argv = [str(self.exe), "-p", prompt, "--output-format", "json", "--max-turns", str(self.max_turns),
-                "--tools", TOOLS, "--allowedTools", ALLOWED, "--disallowedTools", DISALLOWED,
+                "--tools", TOOLS, "--allowedTools", allowed(context), "--disallowedTools", DISALLOWED,
                 "--permission-mode", "acceptEdits", "--settings", str(settings), "--strict-mcp-config",
                 "--append-system-prompt", context.program]
         if self.model:
@@ -141,6 +150,13 @@ def copy_scratch(repo: Path, scratch: Path, secrets: tuple[Path, ...]) -> None:
             continue
         (scratch / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(target, scratch / rel)
+
+
+def allowed(context: Context) -> str:
+    """The edits that run without asking: train.py's, or a declared target's editable files'."""
+    if not context.editable:
+        return ALLOWED
+    return ",".join(["Read", *(f"{tool}({path})" for path in context.editable for tool in ("Edit", "Write"))])
 
 
 def permission_settings(repo: Path, secrets: tuple[Path, ...]) -> dict:

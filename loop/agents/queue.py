@@ -3,6 +3,9 @@
 Taken in name order: `NAME.py` is a whole new train.py, `NAME.diff` a unified diff against the
 current train.py; the description is the first line of `NAME.txt` if present, else NAME. A used
 proposal (and its .txt) moves to `DIR/done/`. An empty queue waits for the next file.
+For a target declared in autoresearch.toml (many editable files, any language) a proposal is a
+`NAME.diff` against its editable files; files it names that are not editable are read from the
+repository, so that the guard, not the queue, refuses such a change.
 """
 from __future__ import annotations
 
@@ -56,6 +59,9 @@ class QueueAgent:
         done = self.dir / "done"
         done.mkdir(exist_ok=True)
         try:
+            if context.editable:
+                files = apply_target_diff(context, entry)
+                return Proposal(train_py="", description=description, files=files)
             if entry.suffix == ".py":
                 text = entry.read_text(encoding="utf-8", errors="replace")
             else:
@@ -65,6 +71,31 @@ class QueueAgent:
                 if f.exists():
                     shutil.move(str(f), done / f.name)
         return Proposal(train_py=text, description=description)
+
+
+def apply_target_diff(context: Context, entry: Path) -> dict[str, str]:
+    """A unified diff of the target's files, applied with `git apply`; returns the files it changed."""
+    if entry.suffix != ".diff":
+        raise ProposalFailed(f"queue: {entry.name}: this target takes NAME.diff proposals (a unified diff of "
+                             f"{', '.join(sorted(context.editable))})")
+    diff = entry.read_text(encoding="utf-8", errors="replace")
+    named = {line[6:].strip() for line in diff.splitlines() if line.startswith("+++ b/")}
+    with tempfile.TemporaryDirectory() as tmp:
+        scratch = Path(tmp)
+        before = dict(context.editable)
+        for path in named - set(before):
+            source = context.repo / path
+            before[path] = source.read_text(encoding="utf-8", errors="replace") if source.is_file() else ""
+        for path, text in before.items():
+            (scratch / path).parent.mkdir(parents=True, exist_ok=True)
+            (scratch / path).write_text(text, encoding="utf-8")
+        result = subprocess.run(["git", "apply", "--unidiff-zero", "--recount", "-p1", "-"], input=diff, cwd=tmp,
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            reason = (result.stderr.strip().splitlines() or ["does not apply"])[0]
+            raise ProposalFailed(f"queue: {entry.name} does not apply to the target's files: {reason}")
+        after = {p: (scratch / p).read_text(encoding="utf-8") for p in before if (scratch / p).is_file()}
+    return {p: text for p, text in after.items() if text != before[p]}
 
 
 def apply_diff(train_py: str, diff: str) -> str:

@@ -1,6 +1,7 @@
 """The tools the LLM agent works with, on an in-memory copy of train.py.
 
-The text editor tool (view, str_replace, create, insert) may edit train.py only and view the
+The text editor tool (view, str_replace, create, insert) may edit train.py only (or a declared
+target's editable files, `Workspace.files`) and view the
 repository's tracked files, never a secret path (val.txt, holdout.txt, the prepared data) nor
 anything a symlink or `..` leads to outside the repository; every misuse comes back as an error
 message that helps the model fix its call, never as an exception. Nothing here touches the
@@ -12,7 +13,7 @@ from __future__ import annotations
 import os
 import subprocess
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 EDITABLE = "train.py"
@@ -33,6 +34,29 @@ class Workspace:
     train_py: str
     notes_path: Path
     secret_paths: tuple[Path, ...] = ()
+    files: dict[str, str] = field(default_factory=dict)  # a declared target's editable files; {}: train.py
+
+    def __post_init__(self) -> None:
+        self._start = (self.train_py, dict(self.files))
+
+    def editable(self) -> dict[str, str]:
+        return self.files if self.files else {EDITABLE: self.train_py}
+
+    def names(self) -> str:
+        return ", ".join(self.editable())
+
+    def unchanged(self) -> bool:
+        return (self.train_py, self.files) == self._start
+
+    def changed_files(self) -> dict[str, str]:
+        """A declared target's files the agent changed: what its proposal carries."""
+        return {p: t for p, t in self.files.items() if t != self._start[1].get(p)}
+
+    def _set(self, path: str, text: str) -> None:
+        if self.files:
+            self.files[path] = text
+        else:
+            self.train_py = text
 
     def tracked(self) -> set[str]:
         out = subprocess.run(["git", "ls-files", "-z"], cwd=self.repo, capture_output=True).stdout
@@ -63,43 +87,48 @@ class Workspace:
         command, path = args.get("command"), self.resolve(str(args.get("path", "")))
         if command == "view":
             return self.view(path, args.get("view_range"))
-        if path != EDITABLE:
-            raise ToolError(f"only train.py may be edited; {path or 'no path'} is read-only (edit train.py)")
+        editable = self.editable()
+        if path not in editable:
+            names = self.names()
+            raise ToolError(f"only {names} may be edited; {path or 'no path'} is read-only (edit {names})")
+        current = editable[path]
         if command == "str_replace":
             old, new = args.get("old_str"), args.get("new_str", "")
             if not isinstance(old, str) or not old:
                 raise ToolError("str_replace needs old_str: the exact text to replace")
-            count = self.train_py.count(old)
+            count = current.count(old)
             if count != 1:
-                raise ToolError(f"old_str matches {count} times in train.py; it must match exactly once "
+                raise ToolError(f"old_str matches {count} times in {path}; it must match exactly once "
                                 "(copy it exactly from a view, with more surrounding lines to make it unique)")
-            self.train_py = self.train_py.replace(old, str(new))
-            return "replaced 1 occurrence in train.py"
+            self._set(path, current.replace(old, str(new)))
+            return f"replaced 1 occurrence in {path}"
         if command == "create":
             text = args.get("file_text")
             if not isinstance(text, str):
-                raise ToolError("create needs file_text: the whole new train.py")
-            self.train_py = text
-            return "train.py rewritten"
+                raise ToolError(f"create needs file_text: the whole new {path}")
+            self._set(path, text)
+            return f"{path} rewritten"
         if command == "insert":
             text = args.get("insert_text", args.get("new_str"))
             line = args.get("insert_line")
-            lines = self.train_py.splitlines(keepends=True)
+            lines = current.splitlines(keepends=True)
             if not isinstance(text, str) or not isinstance(line, int) or not 0 <= line <= len(lines):
                 raise ToolError(f"insert needs insert_text and insert_line between 0 and {len(lines)}")
-            self.train_py = "".join(lines[:line]) + text + ("" if text.endswith("\n") else "\n") + "".join(lines[line:])
+            self._set(path, "".join(lines[:line]) + text + ("" if text.endswith("\n") else "\n") + "".join(lines[line:]))
             return f"inserted after line {line}"
         raise ToolError(f"unknown command {command!r}: use view, str_replace, create or insert")
 
     def view(self, path: str, view_range: object) -> str:
-        if path != EDITABLE and self.is_secret(path):
+        editable = self.editable()
+        if path not in editable and self.is_secret(path):
             raise ToolError(SECRET_REFUSAL.format(path=path or "that path"))
-        if path == EDITABLE:
-            text = self.train_py
+        if path in editable:
+            text = editable[path]
         elif path in self.tracked():
             text = (self.repo / path).read_text(encoding="utf-8", errors="replace")
         else:
-            raise ToolError(f"{path or 'no path'} is not a tracked file of the repository; train.py is the one to edit")
+            one = "is the one" if len(editable) == 1 else "are the ones"
+            raise ToolError(f"{path or 'no path'} is not a tracked file of the repository; {self.names()} {one} to edit")
         lines = text.splitlines()
         start, end = 1, len(lines)
         if view_range is not None:

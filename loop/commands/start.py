@@ -12,16 +12,18 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from loop import gitops, sandbox
+from loop import target as targets
 from loop.agents import AgentOptions, default_agent_name, default_secret_paths, make_agent
 from loop.agents.base import Agent
 from loop.commands.common import LAST_TAG, last_tag, lock_path
 from loop.config import Config
 from loop.daemon import Daemon
 from loop.display import Display
-from loop.errors import AlreadyRunning, BaselineCrashed, SetupError
+from loop.errors import AlreadyRunning, BaselineCrashed, SetupError, UsageError
 from loop.journal import JOURNAL_NAME, load_run, run_dir, state_dir
 from loop.lock import RepoLock, read_holder
 
@@ -30,16 +32,30 @@ PREPARE_CHECK_TIMEOUT_S = 300
 
 def start(repo: Path, config: Config, detach: bool, argv: list[str]) -> int:
     git = gitops.Git(repo)
-    preflight(git, config.tag)
+    target = targets.of_config(git.root, config.target)
+    if not target.builtin and config.target is None:  # recorded, so resume and status find the same one
+        config = replace(config, target=targets.TARGET_FILE)
+    preflight(git, config.tag, target)
+    _refuse_ray(target, config)
+    if target.timeout is not None and target.timeout < config.budget:
+        raise UsageError(f"{target.source}: run.timeout {target.timeout:g} is shorter than --budget {config.budget:g}: "
+                         "raise the timeout or lower the budget")
+    if not target.builtin and config.agent == "search":
+        raise UsageError(f"--agent search tunes train.py's constants; {target.source} needs --agent queue, "
+                         "anthropic or claude-code")
     agent = checked_agent(git.root, config)
     if detach:
         return _detach(git.root, [a for a in argv if a != "--detach"])
-    lock = RepoLock(lock_path(git.root))
+    lock = RepoLock(targets.lock_file(git.root, target))
     lock.acquire(config.tag)
     try:
-        _archive_results(git.root)
         home = git.current_branch()
-        git.checkout_new_branch(gitops.BRANCH_PREFIX + config.tag)
+        if target.builtin:
+            _archive_results(git.root)
+            git.checkout_new_branch(gitops.BRANCH_PREFIX + config.tag)
+        else:  # a custom target's runs come from commits: the working tree stays the person's
+            prepare_target(git.root, target)
+            git.pin(f"refs/heads/{gitops.BRANCH_PREFIX}{config.tag}", git.head())
         try:
             return _run_daemon(git.root, config, agent, begin=True)
         except BaselineCrashed as e:
@@ -60,8 +76,13 @@ def resume(repo: Path, tag: str, overrides: dict) -> int:
         raise SetupError(f"the working tree has uncommitted changes on {git.current_branch()}: commit or stash them first")
     run = load_run(git.root, tag)
     config = Config.from_saved(run.meta.get("config", {}), overrides)
+    target = targets.of_config(git.root, config.target)
+    if not target.builtin and (holder := read_holder(targets.lock_file(git.root, target))):
+        raise AlreadyRunning(f"a daemon runs target {target.name} here (pid {holder['pid']}, tag {holder['tag']}): "
+                             f"`autoresearch stop --target {config.target}` it first")
+    _refuse_ray(target, config)
     agent = checked_agent(git.root, config)
-    lock = RepoLock(lock_path(git.root))
+    lock = RepoLock(targets.lock_file(git.root, target))
     lock.acquire(tag)
     try:
         base = run.meta.get("base_commit")
@@ -73,17 +94,23 @@ def resume(repo: Path, tag: str, overrides: dict) -> int:
         lock.release()
 
 
-def preflight(git: gitops.Git, tag: str) -> None:
+def preflight(git: gitops.Git, tag: str, target: targets.Target = targets.BUILTIN) -> None:
     """The refusals of `start`, in the order a user would fix them."""
-    if holder := read_holder(lock_path(git.root)):
+    if target.builtin and (holder := read_holder(lock_path(git.root))):
         raise AlreadyRunning(f"another autoresearch daemon runs in this repository (pid {holder['pid']}, "
                              f"tag {holder['tag']}): `autoresearch stop` it first")
+    if not target.builtin and (holder := read_holder(targets.lock_file(git.root, target))):
+        raise AlreadyRunning(f"a daemon runs target {target.name} here (pid {holder['pid']}, tag {holder['tag']}): "
+                             "`autoresearch stop --target FILE` it first")
     if dirty := git.dirty():
         raise SetupError(f"the working tree has uncommitted changes ({', '.join(dirty[:3])}): commit or stash them first")
     if git.ref_sha(gitops.BRANCH_PREFIX + tag) is not None:
         raise SetupError(f"branch {gitops.BRANCH_PREFIX}{tag} already exists: choose a new --tag, "
                          f"or `autoresearch resume --tag {tag}`")
-    check_harness(git.root)
+    if target.builtin:
+        check_harness(git.root)
+    else:
+        check_target(git.root, target)
 
 
 def check_harness(root: Path) -> None:
@@ -97,6 +124,40 @@ def check_harness(root: Path) -> None:
         raise SetupError(lines[-1])
     if problem := sandbox.self_check():
         raise SetupError(problem)
+
+
+def check_target(root: Path, target: targets.Target) -> None:
+    """A custom target's files are there, its check command passes, and the sandbox works."""
+    if not target.editable_files(gitops.Git(root).ls_files()):
+        raise SetupError(f"{target.source}: no tracked file matches editable = {list(target.editable)}: "
+                         "commit the files, or fix the globs")
+    if target.check:
+        _target_command(root, target, target.check, "check")
+    if problem := sandbox.self_check():
+        raise SetupError(problem)
+
+
+def _refuse_ray(target: targets.Target, config: Config) -> None:
+    if not target.builtin and config.ray is not None:
+        raise UsageError(f"--ray runs the builtin experiment only; {target.source} runs on local slots: drop --ray")
+
+
+def prepare_target(root: Path, target: targets.Target) -> None:
+    """The target's prepare command, once, at start, in the repository as the person left it."""
+    if target.prepare:
+        _target_command(root, target, target.prepare, "prepare")
+
+
+def _target_command(root: Path, target: targets.Target, command: str, what: str) -> None:
+    try:
+        done = subprocess.run(["/bin/sh", "-c", command], cwd=root, capture_output=True, text=True,
+                              timeout=PREPARE_CHECK_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise SetupError(f"{target.source}: commands.{what} ran past {PREPARE_CHECK_TIMEOUT_S}s: "
+                         "make it quicker or drop it") from None
+    if done.returncode != 0:
+        lines = (done.stdout + done.stderr).strip().splitlines() or [f"exit {done.returncode}"]
+        raise SetupError(f"{target.source}: commands.{what} failed: {lines[-1][:200]}")
 
 
 def checked_agent(root: Path, config: Config) -> Agent:
@@ -113,8 +174,8 @@ def checked_agent(root: Path, config: Config) -> Agent:
 def _run_daemon(root: Path, config: Config, agent: Agent, begin: bool) -> int:
     (state_dir(root) / LAST_TAG).write_text(config.tag)
     display = Display()
-    _banner(display, config)
     daemon = Daemon(root, config, agent, display)
+    _banner(display, config, daemon.target.results)
     if hasattr(agent, "should_stop"):
         agent.should_stop = lambda: daemon.stop.requested or bool(daemon.stopping)  # type: ignore[attr-defined]
     if begin:
@@ -152,12 +213,12 @@ def hardware() -> dict:
     return info
 
 
-def _banner(display: Display, config: Config) -> None:
+def _banner(display: Display, config: Config, results: str = "results.tsv") -> None:
     if config.agent == "search" and default_agent_name() == "search":
         display.say("agent: search (offline hyperparameter search; set ANTHROPIC_API_KEY to research with Claude)")
     if warning := sandbox.warning():
         display.say(warning)
-    display.say(f"run {config.tag}: budget {config.budget:g}s per experiment; results in results.tsv")
+    display.say(f"run {config.tag}: budget {config.budget:g}s per experiment; results in {results}")
 
 
 def _archive_results(root: Path) -> None:

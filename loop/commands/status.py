@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from loop import gitops
+from loop import target as targets
 from loop.commands.common import last_tag, lock_path, read_json, state_path
 from loop.journal import STATUSES, load_run
 from loop.lock import read_holder
@@ -25,11 +26,15 @@ def status(repo: Path, tag: str | None = None) -> int:
     if tag is None:
         print("not running; no run yet: `autoresearch start --tag NAME`")
         return 0
-    running = bool(holder) and holder.get("tag") == tag
     run = load_run(root, tag)
+    live = state_path(root)
+    if declared := (run.meta.get("config") or {}).get("target"):  # a declared target's daemon: its own lock and view
+        target = targets.of_config(root, declared)
+        holder, live = read_holder(targets.lock_file(root, target)), targets.state_file(root, target)
+    running = bool(holder) and holder.get("tag") == tag
     print(f"{'running' if running else 'not running'} (tag {tag}{', pid ' + str(holder['pid']) if running else ''})")
     if running:
-        _live(read_json(state_path(root)), tag)
+        _live(read_json(live), tag)
     elif run.stop_reason:
         print(f"stopped: {run.stop_reason}")
     for problem in run.problems:

@@ -6,7 +6,7 @@ import signal
 import time
 from pathlib import Path
 
-from loop import gitops
+from loop import gitops, target
 from loop.commands.common import lock_path
 from loop.errors import NotRunning
 from loop.lock import read_holder
@@ -14,9 +14,10 @@ from loop.lock import read_holder
 STOP_NOW_WAIT_S = 60.0
 
 
-def stop(repo: Path, now: bool) -> int:
+def stop(repo: Path, now: bool, target_file: str | None = None) -> int:
     root = gitops.Git(repo).root
-    holder = read_holder(lock_path(root))
+    lock = target.lock_file(root, target.of_config(root, target_file)) if target_file else lock_path(root)
+    holder = read_holder(lock)
     if not holder:
         raise NotRunning("no autoresearch daemon is running in this repository")
     os.kill(int(holder["pid"]), signal.SIGUSR1 if now else signal.SIGTERM)
@@ -25,7 +26,7 @@ def stop(repo: Path, now: bool) -> int:
               "then exits")
         return 0
     deadline = time.monotonic() + STOP_NOW_WAIT_S
-    while read_holder(lock_path(root)) and time.monotonic() < deadline:
+    while read_holder(lock) and time.monotonic() < deadline:
         time.sleep(0.2)
     print(f"stopped now: the experiments in flight were interrupted (pid {holder['pid']}); "
           f"`autoresearch resume --tag {holder['tag']}` continues")
