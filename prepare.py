@@ -585,20 +585,22 @@ def _windows(data, T: int):
     return windows, skip_last
 
 
-def score(data: bytes, channels: list[Channel]) -> tuple[float, float]:
+def score(data: bytes, channels: list[Channel], lifecycle: Lifecycle) -> tuple[float, float]:
     """Bits per byte of `data` under the model behind channels (main, probe, canary); raises
-    HarnessError with a one-line reason for any misbehaviour."""
+    HarnessError with a one-line reason for any misbehaviour.
+
+    The three model processes live one after another, never two at once: canary, then probe, then
+    main, each started only once the one before is gone. Processes alive together could pass
+    notes (a lock on a file they can all read is enough), and main could then answer the windows
+    the others had seen honestly and peek everywhere else."""
     import numpy as np
 
     t0 = time.time()
     split = np.frombuffer(data, dtype=np.uint8)
     main, probe, canary = channels
-    deadline = time.monotonic() + LOAD_LIMIT_S
-    seq_lens = {ch.hello(deadline) for ch in channels}  # all three load at once
+    lifecycle.begin(canary)
+    T = canary.hello(time.monotonic() + LOAD_LIMIT_S)
     loaded = time.time() - t0
-    T = seq_lens.pop()
-    if seq_lens:
-        raise HarnessError("eval: model processes disagree on their context length")
     windows, skip_last = _windows(split, T)
     B = max(1, EVAL_TOKENS // T)
     rng = np.random.default_rng(int.from_bytes(os.urandom(8), "little"))  # secret: no model can predict it
@@ -637,9 +639,15 @@ def score(data: bytes, channels: list[Channel]) -> tuple[float, float]:
             else:
                 answers[ch.name][j] = logp[k].astype(np.float32)
 
-    _drive(channels, streams, B, T, on_answer)
-    print(f"models loaded in {loaded:.1f}s; {sum(len(ch.answer_seconds) for ch in channels)} requests of {B}x{T} "
-          f"answered in {time.time() - t0 - loaded:.1f}s", file=sys.stderr, flush=True)
+    for ch in (canary, probe, main):
+        if ch is not canary:
+            lifecycle.begin(ch)
+            if ch.hello(time.monotonic() + LOAD_LIMIT_S) != T:
+                raise HarnessError("eval: model processes disagree on their context length")
+        _drive([ch], streams, B, T, on_answer)
+        lifecycle.end(ch)
+    print(f"first model loaded in {loaded:.1f}s; {sum(len(ch.answer_seconds) for ch in channels)} requests of "
+          f"{B}x{T}; all done in {time.time() - t0:.1f}s", file=sys.stderr, flush=True)
     for j in canaries:
         if np.abs(answers[main.name][j] - answers[canary.name][j]).max() > LOGPROB_TOLERANCE:
             raise HarnessError("eval: answers depend on other windows: a window scored differently alone than in "
@@ -688,11 +696,6 @@ def _drive(channels: list[Channel], streams: dict, B: int, T: int, on_answer) ->
             ids = in_flight[ch.name].pop(0)
             on_answer(ch, ids, ch.receive(B, T))
             top_up(ch)
-    for ch in channels:
-        try:
-            os.close(ch.wfd)  # end of requests: a model process exits on EOF
-        except OSError:
-            pass
 
 
 def serve_model(checkpoint: Path) -> int:
@@ -739,6 +742,33 @@ def serve_model(checkpoint: Path) -> int:
 ROLES = ("main", "probe", "canary")
 
 
+class Lifecycle:
+    """Starts a model process when the scorer needs it and ends it when the scorer is done with it.
+
+    In the daemon the runner does both, told over a control pipe (`ROLE start` / `ROLE done`
+    lines), since the scorer's own sandbox cannot start or end another; standalone, `Local`."""
+
+    def __init__(self, control_fd: int | None = None) -> None:
+        self.control_fd = control_fd
+
+    def begin(self, ch: Channel) -> None:
+        self._say(f"{ch.name} start")
+
+    def end(self, ch: Channel) -> None:
+        try:
+            os.close(ch.wfd)  # end of requests: a model process exits on EOF
+        except OSError:
+            pass
+        self._say(f"{ch.name} done")
+
+    def _say(self, line: str) -> None:
+        if self.control_fd is not None:
+            try:
+                os.write(self.control_fd, (line + "\n").encode())
+            except OSError:
+                raise HarnessError("eval: the runner stopped listening") from None
+
+
 def _refuse_below_floor(data: bytes, bpb: float) -> None:
     for name, (_, sha, floor) in SPLITS.items():
         if sha256(data) == sha and bpb < floor - FLOOR_SLACK:
@@ -746,43 +776,81 @@ def _refuse_below_floor(data: bytes, bpb: float) -> None:
                                "no model can do that; the model must know the text")
 
 
-def evaluate_over_fds(data: bytes, fds: list[tuple[int, int]]) -> tuple[float, float]:
-    """The sandboxed scorer: model processes already running, reached through inherited pipes."""
+def evaluate_over_fds(data: bytes, fds: list[tuple[int, int]], lifecycle: Lifecycle) -> tuple[float, float]:
+    """The sandboxed scorer: model processes reached through inherited pipes, started and ended by
+    whoever holds the other ends of them."""
     channels = [Channel(role, r, w) for role, (r, w) in zip(ROLES, fds)]
-    bpb, seconds = score(data, channels)
+    bpb, seconds = score(data, channels, lifecycle)
     _refuse_below_floor(data, bpb)
     return bpb, seconds
 
 
+class _LocalModels(Lifecycle):
+    """Standalone evaluation: unsandboxed model processes on pipes made up front, one at a time."""
+
+    def __init__(self, checkpoint: Path) -> None:
+        super().__init__()
+        import tempfile
+
+        self.checkpoint = checkpoint
+        self.logs = {role: tempfile.TemporaryFile() for role in ROLES}
+        self.child_ends: dict[str, tuple[int, int]] = {}
+        self.fds: list[tuple[int, int]] = []
+        for role in ROLES:
+            to_model_r, to_model_w = os.pipe()
+            from_model_r, from_model_w = os.pipe()
+            self.child_ends[role] = (to_model_r, from_model_w)
+            self.fds.append((from_model_r, to_model_w))
+        self.procs: dict[str, object] = {}
+
+    def begin(self, ch: Channel) -> None:
+        import subprocess
+
+        stdin, stdout = self.child_ends[ch.name]
+        self.procs[ch.name] = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "model", "--checkpoint", str(self.checkpoint)],
+            stdin=stdin, stdout=stdout, stderr=self.logs[ch.name], cwd=HERE)
+        os.close(stdin)
+        os.close(stdout)
+
+    def end(self, ch: Channel) -> None:
+        super().end(ch)
+        self._stop(ch.name)
+
+    def _stop(self, role: str) -> None:
+        proc = self.procs.pop(role, None)
+        if proc is not None:
+            proc.kill()  # type: ignore[attr-defined]
+            proc.wait()  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        for role in list(self.procs):
+            self._stop(role)
+
+    def reason(self) -> str | None:
+        for log in self.logs.values():  # the model's own reason, when it gave one
+            log.seek(0)
+            said = [line for line in log.read().decode("utf-8", "replace").splitlines() if line.startswith("eval: ")]
+            if said:
+                return said[-1]
+        return None
+
+
 def evaluate(checkpoint: Path, split: str = "val") -> tuple[float, float]:
     """Standalone, for people: score a checkpoint on a split with three unsandboxed model processes."""
-    import subprocess
-    import tempfile
-
     data = check_split(split)
     if not (checkpoint / "model.pt").exists():
         raise HarnessError(f"eval: no weights at {checkpoint / 'model.pt'}: "
                            "train.py must save model.state_dict() there")
-    logs = [tempfile.TemporaryFile() for _ in ROLES]
-    procs = [subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "model", "--checkpoint", str(checkpoint)],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, cwd=HERE) for log in logs]
+    models = _LocalModels(checkpoint)
     try:
-        pipes = [(p.stdout.fileno(), p.stdin.fileno()) for p in procs]  # type: ignore[union-attr]
-        return evaluate_over_fds(data, pipes)
+        return evaluate_over_fds(data, models.fds, models)
     except HarnessError as e:
-        if "model process" not in str(e):
-            raise
-        for log in logs:  # the model's own reason, when it gave one
-            log.seek(0)
-            said = [line for line in log.read().decode("utf-8", "replace").splitlines() if line.startswith("eval: ")]
-            if said:
-                raise HarnessError(said[-1]) from None
+        if "model process" in str(e) and (said := models.reason()):
+            raise HarnessError(said) from None
         raise
     finally:
-        for p in procs:
-            p.kill()
-            p.wait()
-            p.stdin = None  # its pipe was closed by the scorer already
+        models.close()
 
 
 # --- command line -----------------------------------------------------------------------------
@@ -806,7 +874,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force-val", action="store_true", help="write a new val.txt from this source")
     parser.add_argument("--checkpoint", type=Path, help="eval, model: the directory holding model.pt")
     parser.add_argument("--split", default="val", choices=list(SPLITS), help="eval: which split to score")
-    parser.add_argument("--model-fds", help="eval: pipes to running model processes, split bytes on stdin")
+    parser.add_argument("--model-fds", help="eval: pipes to the model processes, split bytes on stdin")
+    parser.add_argument("--control-fd", type=int, help="eval: where to say when each model process is needed")
     args = parser.parse_args(argv)
     try:
         if args.command == "model":
@@ -820,12 +889,13 @@ def main(argv: list[str] | None = None) -> int:
             if args.model_fds is not None:
                 # Everything the scorer needs is imported before any model answers, and no
                 # process of this user may read or write its memory.
-                import numpy.random  # noqa: F401
                 import select  # noqa: F401
+
+                import numpy.random  # noqa: F401
 
                 _prctl_not_dumpable()
                 fds = _model_fds(args.model_fds)
-                bpb, seconds = evaluate_over_fds(sys.stdin.buffer.read(), fds)
+                bpb, seconds = evaluate_over_fds(sys.stdin.buffer.read(), fds, Lifecycle(args.control_fd))
             elif args.checkpoint is not None:
                 bpb, seconds = evaluate(args.checkpoint, args.split)
             else:

@@ -19,13 +19,14 @@ import math
 import os
 import platform
 import re
+import select
 import shutil
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from loop import sandbox
 from loop.procs import Cancel, Contained, ProcResult, run_contained, tail
@@ -93,9 +94,10 @@ ALLOWANCE_MARGIN_S = 20.0  # a busy machine can slow a start-up by this much wit
 
 
 def startup_allowance_from(baseline_wall: float, budget: float) -> float:
-    """An allowance measured on the baseline: three times its start-up (imports, compilation,
-    saving), plus a margin for a busy machine."""
-    return ALLOWANCE_MARGIN_S + 3.0 * max(0.0, baseline_wall - budget)
+    """An allowance measured on the baseline: one and a half times its start-up (imports,
+    compilation, saving), plus a margin for a busy machine. Whatever a run does inside it is
+    training the daemon cannot tell from start-up, so it is kept tight."""
+    return ALLOWANCE_MARGIN_S + 1.5 * max(0.0, baseline_wall - budget)
 
 
 class Runner:
@@ -158,6 +160,7 @@ class Runner:
         # a busy machine); more is training past the budget.
         steps = out.summary.get("num_steps")
         step = reported / steps if isinstance(steps, (int, float)) and steps >= 1 else 0.0
+        step = min(step, spec.budget / 2)  # the run's own word: never half a budget more
         if reported > spec.budget + step:
             return f"over budget: reported {reported:.1f}s > {spec.budget + step:.1f}s"
         if train.wall_seconds > spec.budget + spec.startup_allowance:
@@ -192,21 +195,40 @@ class Runner:
             (dirs["model"] / name).write_bytes(spec.train_py if name == "train.py" else self.pinned[name])
             (dirs["model"] / name).chmod(0o444)
         (dirs["scorer"] / "prepare.py").write_bytes(self.pinned["prepare.py"])
-        models, scorer_fds = [], []
+        # Pipes for every role are made now; a model process is started on them only when the
+        # scorer says it needs it, and ended when the scorer is done with it: never two at once.
+        child_ends: dict[str, tuple[int, int]] = {}
+        scorer_fds: list[int] = []
+        for role in ROLES:
+            to_model_r, to_model_w = os.pipe()
+            from_model_r, from_model_w = os.pipe()
+            child_ends[role] = (to_model_r, from_model_w)
+            scorer_fds += [from_model_r, to_model_w]
+        control_r, control_w = os.pipe()
+        models: dict[str, Contained] = {}
+        results: list[ProcResult] = []
         try:
-            for role in ROLES:
-                to_model_r, to_model_w = os.pipe()
-                from_model_r, from_model_w = os.pipe()
-                models.append(self._start_model(spec, role, dirs, to_model_r, from_model_w))
-                for fd in (to_model_r, from_model_w):
-                    os.close(fd)  # the model process holds these now
-                scorer_fds += [from_model_r, to_model_w]
-            ev = self._run_scorer(spec, split, dirs["scorer"], scorer_fds)
+            scorer = self._start_scorer(spec, split, dirs["scorer"], scorer_fds, control_w)
+            for fd in (*scorer_fds, control_w):
+                os.close(fd)  # the scorer holds these now
+            scorer_fds, control_w = [], -1
+            for line in _lines(control_r, time.monotonic() + EVAL_TIMEOUT_S, self.cancel):
+                role, _, what = line.partition(" ")
+                if what == "start" and role in child_ends and role not in models:
+                    stdin_fd, stdout_fd = child_ends.pop(role)
+                    models[role] = self._start_model(spec, role, dirs, stdin_fd, stdout_fd)
+                    os.close(stdin_fd)
+                    os.close(stdout_fd)
+                elif what == "done" and role in models:
+                    results.append(models.pop(role).kill())
+            ev = scorer.wait(timeout=max(1.0, EVAL_TIMEOUT_S - (time.monotonic() - scorer.start)), cancel=self.cancel)
         finally:
-            for fd in scorer_fds:
+            for fd in (*scorer_fds, control_r, *(fd for pair in child_ends.values() for fd in pair)):
                 os.close(fd)
-            model_results = [m.kill() for m in models]
-        return self._read_score(split, ev, model_results)
+            if control_w >= 0:
+                os.close(control_w)
+            results += [m.kill() for m in models.values()]
+        return self._read_score(split, ev, results)
 
     def _start_model(self, spec: RunSpec, role: str, dirs: dict[str, Path], stdin_fd: int, stdout_fd: int) -> Contained:
         own = dirs[f"model-{role}"]
@@ -217,16 +239,16 @@ class Runner:
         return Contained(argv, cwd=own, env=self._env(own, own, spec.device),
                          log_path=spec.exp_dir / f"eval-{role}.log", preexec=sandbox.limits_preexec(box), stdin_fd=stdin_fd, stdout_fd=stdout_fd)
 
-    def _run_scorer(self, spec: RunSpec, split: str, workdir: Path, fds: list[int]) -> ProcResult:
+    def _start_scorer(self, spec: RunSpec, split: str, workdir: Path, fds: list[int], control_fd: int) -> Contained:
         box = sandbox.SandboxSpec(workdir=workdir, hide=(self.repo, spec.exp_dir), gpu=False)
         pairs = ",".join(f"{fds[i]}:{fds[i + 1]}" for i in range(0, len(fds), 2))
         # -I: neither the script's directory nor the environment shapes the scorer's imports.
         argv = sandbox.wrap([sys.executable, "-I", str(workdir / "prepare.py"), "eval", "--split", split,
-                             "--model-fds", pairs], box)
+                             "--model-fds", pairs, "--control-fd", str(control_fd)], box)
         env = self._env(workdir, workdir, None)
-        return run_contained(argv, cwd=workdir, env=env, timeout=EVAL_TIMEOUT_S,
-                             log_path=spec.exp_dir / f"eval-{split}.log", cancel=self.cancel, preexec=sandbox.limits_preexec(box),
-                             stdin_data=self.pinned[SPLIT_FILES[split]], pass_fds=fds)
+        return Contained(argv, cwd=workdir, env=env, log_path=spec.exp_dir / f"eval-{split}.log",
+                         preexec=sandbox.limits_preexec(box), stdin_data=self.pinned[SPLIT_FILES[split]],
+                         pass_fds=(*fds, control_fd))
 
     def _read_score(self, split: str, ev: ProcResult, models: list[ProcResult]) -> tuple[float, str]:
         lines = tail(ev.log_path, 2000).strip().splitlines()
@@ -308,6 +330,21 @@ def hardware() -> dict:
             info["cpu"] = platform.processor()
         info["cpu_count"] = os.cpu_count()
     return info
+
+
+def _lines(fd: int, deadline: float, cancel: Cancel) -> Iterator[str]:
+    """Lines from a pipe until its writer closes it, the deadline passes or a stop is asked for."""
+    buffer = b""
+    while time.monotonic() < deadline and not cancel.is_set():
+        if not select.select([fd], [], [], 0.2)[0]:
+            continue
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            return
+        buffer += chunk
+        while b"\n" in buffer:
+            line, buffer = buffer.split(b"\n", 1)
+            yield line.decode("utf-8", errors="replace")
 
 
 def _devices(device: str | None) -> tuple[int, ...] | None:

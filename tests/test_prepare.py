@@ -266,7 +266,7 @@ def test_train_code_never_runs_in_the_scoring_process(tmp_path: Path) -> None:
             "print('val_bpb: 0.000001')\nprint('eval_seconds: 0.0', flush=True)\nimport os\nos._exit(0)")
     done = eval_dir(tmp_path, body)
     assert done.returncode == 1 and "val_bpb: 0.000001" not in done.stdout
-    assert done.stdout.startswith("eval: the main model process"), done.stdout
+    assert done.stdout.startswith("eval: the canary model process"), done.stdout  # the first one started
 
 
 def test_holdout_split_is_scored_on_request(tmp_path: Path) -> None:
@@ -309,3 +309,23 @@ def test_rejects_a_checkpoint_that_does_not_load(tmp_path: Path) -> None:
     (work / "ckpt" / "model.pt").write_bytes(b"not a checkpoint")
     bad = run(["eval", "--checkpoint", str(work / "ckpt")], work / "eval", AUTORESEARCH_VAL=str(MAIN / "val.txt"))
     assert bad.returncode == 1 and "does not load" in bad.stdout
+
+
+# Each model process holds a read lock on train.py, which they can all read, for as long as it
+# lives; a process that finds another's lock knows it is not alone, and then could trade notes.
+# Here it answers NaN so the evaluation fails loudly if two are ever alive at once.
+NOT_ALONE = '''        import fcntl, os, struct
+        if not hasattr(self, "_fd"):
+            self._fd = os.open(__file__, os.O_RDONLY)
+            probe = struct.pack("hhqqi", fcntl.F_WRLCK, 0, 7, 1, 0)
+            self._alone = struct.unpack("hhqqi", fcntl.fcntl(self._fd, fcntl.F_OFD_GETLK, probe))[0] == fcntl.F_UNLCK
+            fcntl.fcntl(self._fd, fcntl.F_OFD_SETLK, struct.pack("hhqqi", fcntl.F_RDLCK, 0, 7, 1, 0))
+        out = self.logits.expand(B, T, 256)
+        return out if self._alone else out * float("nan")'''
+
+
+def test_model_processes_never_live_at_once(tmp_path: Path) -> None:
+    """No two model processes are alive together, so none can pass notes to another (a lock on a file
+    they all can read is enough for that)."""
+    done = eval_dir(tmp_path, NOT_ALONE)
+    assert done.returncode == 0 and "val_bpb: 8.000000" in done.stdout, done.stdout
