@@ -99,6 +99,8 @@ def visible_gpus() -> list[str]:
 def plan_slots(gpus: str, slots: int | None) -> list[Slot]:
     """The slots for `--gpus all|N|0,2,5` (N alone is a count) and `--slots N` (CPU machines, tests)."""
     available = visible_gpus()
+    if slots is None and not available and gpus != "all":
+        raise UsageError(f"--gpus {gpus}: no GPU is visible here; use --slots N for CPU slots")
     if slots is not None or not available:
         return [Slot(f"cpu{i}", None) for i in range(slots or 1)]
     if gpus == "all":

@@ -564,8 +564,8 @@ def report_command(repo: Path, tag: str | None, out: Path | None, compare: list[
     print(text)
     print("\nkept improvements:\n" + "\n".join(f"  #{n} {c} {b:.6f} {'' if d is None else f'{d:+.6f}'}  {desc}"
                                                for n, c, desc, b, d in s.kept))
-    print("crashes by reason:\n" + "\n".join(f"  {len(ns):3d}  {kind}  (#{', #'.join(map(str, ns))})"
-                                             for kind, ns in s.crashes.items()))
+    crashes = [f"  {len(ns):3d}  {kind}  (#{', #'.join(map(str, ns))})" for kind, ns in s.crashes.items()]
+    print("crashes by reason:\n" + ("\n".join(crashes) or "  (none)"))
     plot_progress(view, s, out / "progress.png", x)
     experiments_frame(view).to_csv(out / "experiments.csv", index=False)
     (out / "report.md").write_text(report_markdown(view, s, text), encoding="utf-8")

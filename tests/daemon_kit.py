@@ -71,7 +71,12 @@ def main():
         print("eval: val.txt fails its checksum")
         return 1
     fds = sys.argv[sys.argv.index("--model-fds") + 1]
+    control = int(sys.argv[sys.argv.index("--control-fd") + 1]) if "--control-fd" in sys.argv else None
+    if control is not None:  # the runner starts a model process only when asked, one at a time
+        os.write(control, b"main start\\n")
     answer = os.fdopen(int(fds.split(",")[0].split(":")[0]), "rb").readline().decode().strip()
+    if control is not None:
+        os.write(control, b"main done\\n")
     if not answer:
         print("eval: the main model process died")
         return 1

@@ -11,7 +11,8 @@ from pathlib import Path
 from loop import gitops
 from loop import target as targets
 from loop.commands.common import last_tag, lock_path, read_json, state_path
-from loop.journal import STATUSES, load_run
+from loop.errors import SetupError
+from loop.journal import JOURNAL_NAME, STATUSES, load_run, run_dir
 from loop.lock import read_holder
 from loop.policy import Noise
 
@@ -26,6 +27,8 @@ def status(repo: Path, tag: str | None = None) -> int:
     if tag is None:
         print("not running; no run yet: `autoresearch start --tag NAME`")
         return 0
+    if not (run_dir(root, tag) / JOURNAL_NAME).exists() and not (holder and holder.get("tag") == tag):
+        raise SetupError(f"no run tagged {tag} here: `autoresearch runs` lists the runs")
     run = load_run(root, tag)
     live = state_path(root)
     if declared := (run.meta.get("config") or {}).get("target"):  # a declared target's daemon: its own lock and view
@@ -77,7 +80,8 @@ def _live(state: dict, tag: str) -> None:
             print(f"slot {slot['slot']}{device}: idle{busy}")
             continue
         loss = f", loss {slot['loss']}" if slot.get("loss") else ""
-        print(f"slot {slot['slot']}{device}: experiment {slot['n']} training for {now - slot['since']:.0f}s "
+        run = f" (run {slot['run'] + 1})" if slot.get("run") else ""
+        print(f"slot {slot['slot']}{device}: experiment {slot['n']}{run} training for {now - slot['since']:.0f}s "
               f"of {budget:.0f}s{loss}{busy}")
     for ev in state.get("evaluating", []):
         print(f"experiment {ev['n']}: evaluating for {now - ev['since']:.0f}s")
