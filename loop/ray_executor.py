@@ -177,10 +177,10 @@ def _collect(exp_dir: Path, outcome: RunOutcome, host: str, fetch: bool) -> Node
     """Logs as compressed bytes, the checkpoint fetched or left in place, scratch copies removed."""
     import shutil
 
-    logs = {name: zlib.compress((exp_dir / name).read_bytes())
-            for name in ("train.log", "eval.log") if (exp_dir / name).is_file()}
-    for sub in ("train", "eval", "home", "tmp"):
-        shutil.rmtree(exp_dir / sub, ignore_errors=True)
+    logs = {log.name: zlib.compress(log.read_bytes()) for log in sorted(exp_dir.glob("*.log")) if log.is_file()}
+    for sub in exp_dir.iterdir():  # scratch copies: everything but the checkpoint
+        if sub.is_dir() and sub.name != "ckpt":
+            shutil.rmtree(sub, ignore_errors=True)
     for name in logs:
         (exp_dir / name).unlink(missing_ok=True)
     ckpt = exp_dir / "ckpt"

@@ -118,7 +118,7 @@ def test_twenty_jobs_spread_over_both_nodes(cluster, harness) -> None:
     assert len([e for e in seen if isinstance(e, TrainingEnded)]) == 20
     # Scores differ with each job's LR, so each result is its own run's; logs came back to the controller.
     assert len({e.outcome.val_bpb for e in done}) == 20
-    assert all("val_bpb:" in (e.job.spec.exp_dir / "eval.log").read_text() for e in done)
+    assert all("val_bpb:" in (e.job.spec.exp_dir / "eval-val.log").read_text() for e in done)
     assert all(":" in e.outcome.hardware["checkpoint"] for e in done)
     assert len(list((base / "node-cache").glob(PREPARED_MARK + "*"))) == 1  # prepared once, shared here
 
