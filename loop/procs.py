@@ -31,6 +31,7 @@ KILL_GRACE_SECONDS = 5.0
 EXIT_SETTLE_SECONDS = 0.1  # a run's process still alive this long after the run ended was left running
 TOKEN_ENV = "AUTORESEARCH_RUN_TOKEN"
 PR_SET_CHILD_SUBREAPER = 36
+_STARTED: set[int] = set()  # pids of Contained processes whose exit status their owner has yet to read
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,7 @@ class Contained:
         # Remember the tree as it grows: a double-forked grandchild leaves the session's process
         # group only by calling setsid, and by then it is usually in our snapshot already.
         self.tree = _Tree(self.proc.pid, token)
+        _STARTED.add(self.proc.pid)
         self.pump = _LogPump(self.proc.stdout if own_stdout else self.proc.stderr, log_path, log_cap, on_line)
         self.pump.start()
         self.log_path = log_path
@@ -119,6 +121,7 @@ class Contained:
             proc.wait()
         wall = time.monotonic() - self.start
         leftovers = kill_tree(proc.pid, self.tree)
+        _STARTED.discard(proc.pid)
         self.pump.join(timeout=10)
         return ProcResult(
             returncode=None if (timed_out or cancelled) else proc.returncode,
@@ -208,7 +211,9 @@ class _Tree:
         helper process can be reparented to us and die between two snapshots.
         """
         zombies = {c.pid for c in psutil.Process().children() if _is_zombie(c)}
-        for pid in set(self.seen) | zombies:
+        # Never another Contained's own process: its exit status is its owner's to collect (a
+        # scorer that ended while its model processes were killed would read as exit 0).
+        for pid in (set(self.seen) | zombies) - (_STARTED - {self.root}):
             try:
                 os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:
