@@ -575,7 +575,11 @@ class Daemon:
     def maybe_combine(self, att: Attempt, mean: float) -> None:
         """A change that beat its own parent but not a best that moved on while it ran is rebased onto
         the new best and tried once more, as a "combine" experiment."""
-        if att.parent_score is None or mean >= att.parent_score - self.config.min_delta or not self.room_for_more():
+        limit = self.config.max_experiments
+        under_way = {a.n for a in self.attempts.values() if a.n > 0 and (a.commit or a.proposal)}
+        if limit is not None and self.decided_count() + len(under_way) >= limit:
+            return  # a combine goes before what the agent has yet to propose, never past the limit
+        if att.parent_score is None or mean >= att.parent_score - self.config.min_delta:
             return
         best = self.best_commit()
         if att.parent == best or att.commit is None:
