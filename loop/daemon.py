@@ -557,7 +557,7 @@ class Daemon:
         self.journal.append("decided", n=att.n, status=status, reason=reason, best_before=best_before,
                             best_after=best_after, tip=self.git.ref_sha(self.branch), val_bpb=mean, runs=runs)
         self.attempts.pop(att.n, None)
-        self.refresh()
+        self.best = self.run.best
         rec = self.run.by_n[att.n]
         self.write_result(rec)
         self.journal.append("recorded", n=att.n)
@@ -760,9 +760,6 @@ class Daemon:
                             hypothesis=e.hypothesis, reason=e.reason,
                             diff=_read(self.exp_dir(e.n) / "diff.patch") if e.n in recent else "")
                 for e in decided]
-
-    def refresh(self) -> None:
-        self.best = self.run.best
 
     def best_commit(self) -> str:
         if self.best is not None and self.best.commit:

@@ -6,8 +6,6 @@ nothing behind, and a baseline that cannot run never uses up the tag.
 """
 from __future__ import annotations
 
-import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -26,6 +24,7 @@ from loop.display import Display
 from loop.errors import AlreadyRunning, BaselineCrashed, SetupError, UsageError
 from loop.journal import JOURNAL_NAME, load_run, run_dir, state_dir
 from loop.lock import RepoLock, read_holder
+from loop.runner import hardware
 
 PREPARE_CHECK_TIMEOUT_S = 300
 
@@ -179,7 +178,7 @@ def _run_daemon(root: Path, config: Config, agent: Agent, begin: bool) -> int:
     if hasattr(agent, "should_stop"):
         agent.should_stop = lambda: daemon.stop.requested or bool(daemon.stopping)  # type: ignore[attr-defined]
     if begin:
-        daemon.begin(hardware())
+        daemon.begin(hardware())  # the same record every run's outcome carries
     reason = daemon.run_loop()
     if daemon.best is None:  # stopped before the baseline was decided
         display.say(f"stopped ({reason}) before the baseline finished: `autoresearch resume --tag {config.tag}` runs it")
@@ -202,15 +201,6 @@ def _give_back_tag(git: gitops.Git, tag: str, home: str | None, error: BaselineC
         shutil.move(str(runs), kept)
     return SetupError(f"the baseline crashed ({error}); nothing was kept and the tag is free again: "
                       f"see {kept / '0000'}, fix the cause, then run the same `autoresearch start --tag {tag}`")
-
-
-def hardware() -> dict:
-    info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()}
-    if shutil.which("nvidia-smi"):
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=30).stdout.strip()
-        info["gpus"] = out.splitlines()
-    return info
 
 
 def _banner(display: Display, config: Config, results: str = "results.tsv") -> None:
