@@ -473,23 +473,25 @@ def train_batches(batch_size: int, seq_len: int, device: str | object = "cpu"):
 
 
 # --- the trusted evaluator -----------------------------------------------------------------------
-# A scorer and three model processes. Only a model process (`python prepare.py model`) imports
+# A scorer and two model processes. Only a model process (`python prepare.py model`) imports
 # train.py: it rebuilds the model, loads the weights and answers (B, T) byte windows with float32
 # logits over a pipe. The scorer never runs a line of train.py: it holds the split's bytes, decides
 # what to send to whom, turns the logits into log-probabilities itself and prints the result.
 #
 # Windows are T bytes overlapping by one, scored on their own bytes (logits[t] against x[t+1]).
-# Each model process is fresh and sees only its own requests:
-#   main    answers every window once, in a secret order;
-#   probe   answers only spliced copies (a window's head, another window's tail from a uniformly
-#           random cut in 1..T-1): its log-probabilities before the cut must equal main's for the
-#           original, so no answer may depend on a later byte, and no process ever sees both a
-#           probe and its original (it cannot tell them apart and replay);
-#   canary  answers, as its very first request, one batch of windows that main also answers in
-#           its stream: a fresh process must agree with main, so no answer may depend on other
-#           windows (memory, training at test time, rows of a batch mixing).
-# Comparisons use log_softmax (what is scored) with an absolute tolerance, so shifting or scaling
-# logits cannot widen it. The scorer bounds each process's start-up and each answer's time.
+# Each model process is fresh, sees only its own requests, and never lives beside the other:
+#   reference  first answers one batch of canary windows, which main also answers in its stream:
+#              a fresh process must agree with main, so no answer may depend on other windows
+#              (memory, training at test time, rows of a batch mixing). Then it answers spliced
+#              probes (a window's head, a donor window's tail from a uniformly random cut in
+#              1..T-1): its log-probabilities before the cut must equal main's for the original,
+#              so no answer may depend on a later byte. A probe's original is never a canary,
+#              never probed twice and never a donor, so the reference never sees a byte of an
+#              original past its cut and cannot answer a probe as main would by remembering;
+#   main       then answers every window once, in a secret order.
+# Comparisons use log-probabilities (what is scored) with an absolute tolerance, so shifting or
+# scaling logits cannot widen it, and a comparison that is not a number fails. The scorer bounds
+# each process's start-up and each answer's time.
 
 PROBES = 200  # spliced windows per evaluation
 # A model peeking at a share f of (window, position) pairs escapes one probe with chance (1 - f),
@@ -518,22 +520,28 @@ class Channel:
     def __init__(self, name: str, read_fd: int, write_fd: int) -> None:
         self.name, self.rfd, self.wfd = name, read_fd, write_fd
         self.seq_len = 0
+        try:  # an answer is megabytes: read it in fewer, larger pieces than the default 64 KiB
+            import fcntl
+
+            fcntl.fcntl(read_fd, fcntl.F_SETPIPE_SZ, 1 << 20)
+        except (OSError, AttributeError):
+            pass
         self.answer_seconds: list[float] = []
 
-    def read_exact(self, n: int, deadline: float, what: str) -> bytes:
+    def read_exact(self, n: int, deadline: float, what: str) -> bytearray:
         import select
 
-        chunks, got = [], 0
+        buf = bytearray(n)
+        view, got = memoryview(buf), 0
         while got < n:
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([self.rfd], [], [], left)[0]:
                 raise HarnessError(f"eval: the {self.name} model process took too long for {what}")
-            chunk = os.read(self.rfd, min(n - got, 1 << 20))
+            chunk = os.readv(self.rfd, [view[got:]])  # straight into place: an answer is megabytes
             if not chunk:
                 raise HarnessError(f"eval: the {self.name} model process died (during {what})")
-            chunks.append(chunk)
-            got += len(chunk)
-        return b"".join(chunks)
+            got += chunk
+        return buf
 
     def hello(self, deadline: float) -> int:
         data = self.read_exact(6, deadline, f"start-up (limit {LOAD_LIMIT_S:.0f}s)")
@@ -553,7 +561,7 @@ class Channel:
             raise HarnessError(f"eval: the {self.name} model process died") from None
 
     def receive(self, B: int, T: int):
-        """log-probabilities (B, T, 256) as float64, validated for shape and finiteness."""
+        """log-probabilities (B, T, 256) as float32, from logits validated for shape and finiteness."""
         import numpy as np
 
         spent = sorted(self.answer_seconds)
@@ -566,11 +574,29 @@ class Channel:
             raise HarnessError(f"eval: model output has shape {got}, expected {(B, T, VOCAB_SIZE)}")
         data = self.read_exact(B * T * VOCAB_SIZE * 4, start + limit, f"an answer (limit {limit:.0f}s)")
         self.answer_seconds.append(time.monotonic() - start)
-        logits = np.frombuffer(data, dtype="<f4").reshape(B, T, VOCAB_SIZE).astype(np.float64)
+        logits = np.frombuffer(data, dtype="<f4").reshape(B, T, VOCAB_SIZE)
         if not np.isfinite(logits).all():
             raise HarnessError("eval: model produced NaN or infinite logits")
-        m = logits.max(axis=2, keepdims=True)
-        return logits - m - np.log(np.exp(logits - m).sum(axis=2, keepdims=True))
+        return log_probs(logits)
+
+
+def log_probs(logits):
+    """log_softmax over the last axis in float32 (a few 1e-7 nats from float64, far inside the
+    tolerance, at a quarter of the cost). Logits further apart than float32 reaches are held at
+    -1e30 below the largest instead of becoming -inf, so every comparison stays a number."""
+    import numpy as np
+
+    z = logits - logits.max(axis=2, keepdims=True)
+    np.maximum(z, np.float32(-1e30), out=z)
+    z -= np.log(np.exp(z).sum(axis=2, keepdims=True))
+    return z
+
+
+def _agree(a, b) -> bool:
+    """Equal within the tolerance everywhere; NaN anywhere is disagreement."""
+    import numpy as np
+
+    return bool((np.abs(a - b) <= LOGPROB_TOLERANCE).all())
 
 
 def _windows(data, T: int):
@@ -586,39 +612,33 @@ def _windows(data, T: int):
 
 
 def score(data: bytes, channels: list[Channel], lifecycle: Lifecycle) -> tuple[float, float]:
-    """Bits per byte of `data` under the model behind channels (main, probe, canary); raises
+    """Bits per byte of `data` under the model behind channels (main, reference); raises
     HarnessError with a one-line reason for any misbehaviour.
 
-    The three model processes live one after another, never two at once: canary, then probe, then
-    main, each started only once the one before is gone. Processes alive together could pass
-    notes (a lock on a file they can all read is enough), and main could then answer the windows
-    the others had seen honestly and peek everywhere else."""
+    The model processes live one after another, never both at once: reference, then main, started
+    only once the reference is gone. Processes alive together could pass notes (a lock on a file
+    they can both read is enough), and main could then answer the windows the reference had seen
+    honestly and peek everywhere else."""
     import numpy as np
 
     t0 = time.time()
     split = np.frombuffer(data, dtype=np.uint8)
-    main, probe, canary = channels
-    lifecycle.begin(canary)
-    T = canary.hello(time.monotonic() + LOAD_LIMIT_S)
+    main, reference = channels
+    lifecycle.begin(reference)
+    T = reference.hello(time.monotonic() + LOAD_LIMIT_S)
     loaded = time.time() - t0
     windows, skip_last = _windows(split, T)
     B = max(1, EVAL_TOKENS // T)
     rng = np.random.default_rng(int.from_bytes(os.urandom(8), "little"))  # secret: no model can predict it
     n = len(windows)
-    probes = []  # (original window, cut, spliced bytes)
-    while len(probes) < PROBES and n > 1:
-        i, cut = int(rng.integers(n)), int(rng.integers(1, T))
-        donor = windows[(i + 1 + int(rng.integers(n - 1))) % n]
-        if donor[cut] != windows[i][cut]:  # the byte right after the cut differs: a peek shows
-            probes.append((i, cut, np.concatenate([windows[i][:cut], donor[cut:]])))
-    canaries = [int(i) for i in rng.choice(n, size=min(B, n), replace=False)]
-    kept = {i for i, _, _ in probes} | set(canaries)  # windows whose answers are compared later
-    streams = {  # per channel: batches of (row ids, rows)
+    canaries, probes = _checks(windows, B, rng)
+    kept = {i for i, _, _ in probes} | set(canaries)  # windows whose answers main must match
+    streams = {  # per channel: batches of (row ids, rows); the reference's canary batch comes first
         main.name: _batches(list(rng.permutation(n)), lambda j: windows[j], B),
-        probe.name: _batches(list(range(len(probes))), lambda j: probes[j][2], B),
-        canary.name: _batches(canaries, lambda j: windows[j], B),
+        reference.name: _batches(canaries, lambda j: windows[j], B)
+        + _batches(list(range(n, n + len(probes))), lambda j: probes[j - n][2], B),
     }
-    answers: dict[str, dict[int, object]] = {main.name: {}, probe.name: {}, canary.name: {}}
+    answers: dict[str, dict[int, object]] = {main.name: {}, reference.name: {}}
     total_bits = 0.0
     count = 0
 
@@ -627,20 +647,20 @@ def score(data: bytes, channels: list[Channel], lifecycle: Lifecycle) -> tuple[f
         for k, j in enumerate(ids):
             if ch is main:
                 targets = windows[j][1:].astype(np.int64)
-                nats = -logp[k, np.arange(T - 1), targets]
+                nats = -logp[k, np.arange(T - 1), targets].astype(np.float64)
                 if j == n - 1 and skip_last:
                     nats = nats[skip_last:]
                 total_bits += float(nats.sum()) / math.log(2)
                 count += len(nats)
                 if j in kept:
-                    answers[ch.name][j] = logp[k].astype(np.float32)
-            elif ch is probe:
-                answers[ch.name][j] = logp[k, : probes[j][1]].astype(np.float32)
+                    answers[ch.name][j] = logp[k].copy()
+            elif j >= n:  # a probe: what comes before its cut
+                answers[ch.name][j] = logp[k, : probes[j - n][1]].copy()
             else:
-                answers[ch.name][j] = logp[k].astype(np.float32)
+                answers[ch.name][j] = logp[k].copy()
 
-    for ch in (canary, probe, main):
-        if ch is not canary:
+    for ch in (reference, main):
+        if ch is not reference:
             lifecycle.begin(ch)
             if ch.hello(time.monotonic() + LOAD_LIMIT_S) != T:
                 raise HarnessError("eval: model processes disagree on their context length")
@@ -649,14 +669,38 @@ def score(data: bytes, channels: list[Channel], lifecycle: Lifecycle) -> tuple[f
     print(f"first model loaded in {loaded:.1f}s; {sum(len(ch.answer_seconds) for ch in channels)} requests of "
           f"{B}x{T}; all done in {time.time() - t0:.1f}s", file=sys.stderr, flush=True)
     for j in canaries:
-        if np.abs(answers[main.name][j] - answers[canary.name][j]).max() > LOGPROB_TOLERANCE:
+        if not _agree(answers[main.name][j], answers[reference.name][j]):
             raise HarnessError("eval: answers depend on other windows: a window scored differently alone than in "
                                "the stream (state across windows, training while scored, or rows of a batch mixing)")
     for k, (i, cut, _) in enumerate(probes):
-        if np.abs(answers[main.name][i][:cut] - answers[probe.name][k]).max() > LOGPROB_TOLERANCE:
+        if not _agree(answers[main.name][i][:cut], answers[reference.name][n + k]):
             raise HarnessError(f"eval: model is not causal: log-probabilities before position {cut} changed "
                                "when later bytes changed")
     return total_bits / count, time.time() - t0
+
+
+def _checks(windows: list, B: int, rng) -> tuple[list[int], list[tuple[int, int, object]]]:
+    """The canary windows (one batch) and the probes (original window, cut, spliced bytes).
+
+    A probe's original is never a canary, never probed twice and never another probe's donor, so
+    the reference, which answers all of them, never sees a byte of an original past its cut. (The
+    one byte two neighbouring windows share is left: it could tell a probe cut right before its
+    window's last byte, 1 in T-1 of them.)"""
+    import numpy as np
+
+    n, T = len(windows), len(windows[0])
+    canaries = [int(i) for i in rng.choice(n, size=max(1, min(B, n // 4)), replace=False)]
+    originals = [int(i) for i in rng.permutation(sorted(set(range(n)) - set(canaries)))]
+    originals = originals[: min(PROBES, len(originals) - 1)]  # at least one window left for donors
+    donors = sorted(set(range(n)) - set(originals))
+    probes = []
+    for i in originals:
+        for _ in range(20):  # a cut where the donor's next byte differs, so a peek shows
+            cut, donor = int(rng.integers(1, T)), windows[donors[int(rng.integers(len(donors)))]]
+            if donor[cut] != windows[i][cut]:
+                probes.append((i, cut, np.concatenate([windows[i][:cut], donor[cut:]])))
+                break
+    return canaries, probes
 
 
 def _batches(ids: list[int], row, B: int) -> list[tuple[list[int], object]]:
@@ -739,7 +783,7 @@ def serve_model(checkpoint: Path) -> int:
     return 0
 
 
-ROLES = ("main", "probe", "canary")
+ROLES = ("main", "reference")
 
 
 class Lifecycle:

@@ -7,7 +7,7 @@ Per experiment, under its directory:
   model/   train.py and prepare.py, read-only to the model processes
   model-<role>/  a model process's own writable directory (cwd, HOME, TMPDIR)
   scorer/  prepare.py only: cwd of the scorer, which no model process can see
-Evaluation is one scorer and three model processes (main, probe, canary: see prepare.py), each in
+Evaluation is one scorer and two model processes (main, reference: see prepare.py), each in
 its own sandbox and PID namespace, sharing only the pipes made here. The scorer reads the split's
 bytes on its stdin from the daemon's pinned copy, so no split ever lies where a model can reach;
 its metric line is the result, the training summary is advisory.
@@ -34,7 +34,7 @@ from loop.summary import parse_summary
 
 STARTUP_ALLOWANCE_S = 120.0  # default wall-clock beyond the budget for imports, compilation and saving
 EVAL_TIMEOUT_S = 600.0
-ROLES = ("main", "probe", "canary")  # the model processes of one evaluation, as prepare.py names them
+ROLES = ("main", "reference")  # the model processes of one evaluation, as prepare.py names them
 SPLIT_FILES = {"val": "val.txt", "holdout": "holdout.txt"}
 SIMPLE_CRASH = re.compile(r"^(SyntaxError|IndentationError|TabError|ImportError|ModuleNotFoundError|NameError|"
                           r"AttributeError|TypeError|RuntimeError: .*(size|shape|dimension|mat1 and mat2))", re.M)

@@ -1,6 +1,7 @@
-"""What evaluation costs next to training, as the daemon runs them (sandboxed), and what the
-stronger evaluation (scorer + main/probe/canary model processes) costs against the earlier one
-(one model process, eight probes), both measured here in one run on the same checkpoint.
+"""What evaluation costs next to training, as the daemon runs them (sandboxed), where that time goes,
+and what the checked evaluation (a scorer and two model processes: reference, then main) costs
+against the floor (the model's own forward over every window, in one process, nothing checked) and
+against the earlier evaluator (one model process, eight probes), all in one run on one checkpoint.
 
     python scripts/bench_eval.py [--budget 20] [--repeats 3] [--old-rev cc0b4ca]
 
@@ -10,6 +11,8 @@ the CPU default of train.py; the GPU default (12 layers, 1024-byte windows) need
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import statistics
 import subprocess
 import sys
@@ -35,6 +38,36 @@ def old_evaluation_seconds(rev: str, work: Path, checkpoint: Path) -> tuple[floa
     return time.monotonic() - started, done.stdout.strip().splitlines()[-2] if done.returncode == 0 else done.stdout
 
 
+FORWARD_ONLY = """
+import sys, time
+t0 = time.monotonic()
+import numpy as np, torch
+sys.path.insert(0, sys.argv[1])
+import prepare, train
+model = train.build_model()
+model.load_state_dict(torch.load(sys.argv[2], map_location="cpu", weights_only=True))
+device = "cuda" if torch.cuda.is_available() else "cpu"
+model = model.to(device).eval()
+T = min(prepare.MAX_SEQ_LEN, getattr(train, "SEQ_LEN", prepare.MAX_SEQ_LEN))
+windows, _ = prepare._windows(np.frombuffer(prepare.check_split("val"), dtype=np.uint8), T)
+B = max(1, prepare.EVAL_TOKENS // T)
+loaded = time.monotonic()
+with torch.no_grad(), torch.autocast("cuda", torch.bfloat16, enabled=device == "cuda"):
+    for s in range(0, len(windows), B):
+        x = torch.from_numpy(np.stack(windows[s : s + B]).astype(np.int64)).to(device)
+        model(x).float().cpu()
+print(f"{loaded - t0:.3f} {time.monotonic() - loaded:.3f}")
+"""
+
+
+def floor_seconds(model_dir: Path, checkpoint: Path) -> tuple[float, float]:
+    """(start-up, forward) seconds of one unsandboxed process answering every window once."""
+    done = subprocess.run([sys.executable, "-c", FORWARD_ONLY, str(model_dir), str(checkpoint / "model.pt")],
+                          capture_output=True, text=True, check=True, env={**os.environ, "AUTORESEARCH_VAL": str(ROOT / "val.txt")})
+    load, forward = (float(v) for v in done.stdout.split())
+    return load, forward
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--budget", type=float, default=20.0, help="training seconds")
@@ -56,7 +89,7 @@ def main() -> int:
         if trained.reason:
             print(f"training failed: {trained.reason}")
             return 1
-        new, old = [], []
+        new, old, floors = [], [], []
         score = old_score = ""
         for _ in range(args.repeats):
             outcome = runner.evaluate(spec, RunOutcome())
@@ -69,15 +102,26 @@ def main() -> int:
             old_dir.mkdir(exist_ok=True)
             seconds, old_score = old_evaluation_seconds(args.old_rev, old_dir, exp / "ckpt")
             old.append(seconds)
-            print(f"repeat {len(old)}: {new[-1]:.1f}s now, {old[-1]:.1f}s before", flush=True)
+            floors.append(floor_seconds(exp / "model", exp / "ckpt"))
+            print(f"repeat {len(old)}: {new[-1]:.1f}s now, {old[-1]:.1f}s before, floor {sum(floors[-1]):.1f}s "
+                  f"(start-up {floors[-1][0]:.1f}s + forward {floors[-1][1]:.1f}s)", flush=True)
+        first_load = re.search(r"first model loaded in ([0-9.]+)s; (\d+) requests", (exp / "eval-val.log").read_text())
     print(f"training: {trained.train_seconds:.1f}s wall for a {args.budget:g}s budget "
           f"({trained.summary.get('num_steps', '?')} steps)")
-    print(f"evaluation, sandboxed, 3 model processes: median {statistics.median(new):.1f}s of {args.repeats} "
+    now = statistics.median(new)
+    load, forward = statistics.median(f[0] for f in floors), statistics.median(f[1] for f in floors)
+    print(f"evaluation, sandboxed, scorer + 2 model processes: median {now:.1f}s of {args.repeats} "
           f"({', '.join(f'{s:.1f}' for s in new)}); {score} on this val.txt")
+    if first_load:
+        print(f"  the last one: {first_load.group(1)}s for the first model process to load, {first_load.group(2)} requests")
+    print(f"floor, one unsandboxed process, nothing checked: median {load + forward:.1f}s "
+          f"(start-up {load:.1f}s, forward over every window {forward:.1f}s)")
+    print(f"  so the checks, the second process and the sandboxes cost {now - load - forward:.1f}s "
+          f"({(now - load - forward) / now:.0%} of the evaluation)")
     print(f"evaluation at {args.old_rev}, unsandboxed, 1 model process: median {statistics.median(old):.1f}s "
           f"({', '.join(f'{s:.1f}' for s in old)}); {old_score} on its own val.txt")
-    print(f"evaluation / budget: {statistics.median(new) / args.budget:.0%} now, "
-          f"{statistics.median(old) / args.budget:.0%} before")
+    print(f"evaluation / budget: {now / args.budget:.0%} now, {statistics.median(old) / args.budget:.0%} before; "
+          f"at other budgets (same model): " + ", ".join(f"{b:g}s {now / b:.0%}" for b in (30, 60, 300)))
     return 0
 
 

@@ -239,7 +239,7 @@ def test_rejects_a_model_that_reads_other_rows(tmp_path: Path) -> None:
     body = ("        nxt = torch.roll(idx, -1, dims=0)\n"
             "        return self.logits.expand(B, T, 256) + torch.nn.functional.one_hot(nxt, 256).float() * 0.1")
     done = eval_dir(tmp_path, body)
-    # A window answered alone (the canary's first request) must match its answer in the stream.
+    # A window answered alone (the reference's first request) must match its answer in the stream.
     assert done.returncode == 1 and "answers depend on other windows" in done.stdout, done.stdout
 
 
@@ -266,7 +266,7 @@ def test_train_code_never_runs_in_the_scoring_process(tmp_path: Path) -> None:
             "print('val_bpb: 0.000001')\nprint('eval_seconds: 0.0', flush=True)\nimport os\nos._exit(0)")
     done = eval_dir(tmp_path, body)
     assert done.returncode == 1 and "val_bpb: 0.000001" not in done.stdout
-    assert done.stdout.startswith("eval: the canary model process"), done.stdout  # the first one started
+    assert done.stdout.startswith("eval: the reference model process"), done.stdout  # the first one started
 
 
 def test_holdout_split_is_scored_on_request(tmp_path: Path) -> None:
@@ -299,6 +299,38 @@ def test_refuses_a_scaled_peek(tmp_path: Path) -> None:
     body = "        return 1e4 + torch.nn.functional.one_hot(torch.roll(idx, -1, dims=1), 256).float() * 20"
     done = eval_dir(tmp_path, body)
     assert done.returncode == 1 and "not causal" in done.stdout, done.stdout
+
+
+# Peeks on every third position, with logits as far apart as float32 allows: log-probabilities
+# of -6e38 that overflow to -inf make every comparison NaN, and a NaN is never "too far".
+HUGE_PEEK = ("        nxt = torch.nn.functional.one_hot(torch.roll(idx, -1, dims=1), 256).bool()\n"
+             "        huge = torch.where(nxt, torch.tensor(3e38), torch.tensor(-3e38))\n"
+             "        every_third = (torch.arange(T) % 3 == 0)[None, :, None]\n"
+             "        return torch.where(every_third, huge, self.logits.expand(B, T, 256))")
+
+
+def test_refuses_a_peek_hidden_in_logits_too_far_apart(tmp_path: Path) -> None:
+    done = eval_dir(tmp_path, HUGE_PEEK)
+    assert done.returncode == 1 and "not causal" in done.stdout, done.stdout
+
+
+@pytest.mark.parametrize("n, T, B", [(2065, 128, 64), (256, 1024, 8), (7, 16, 512)])
+def test_the_reference_never_sees_an_original_past_its_cut(n: int, T: int, B: int) -> None:
+    """Canaries, probe originals and donors are apart: no window probed twice, none both a canary
+    and probed, no probe's tail taken from another probe's original."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    windows = [rng.integers(0, 256, T).astype(np.uint8) for _ in range(n)]
+    canaries, probes = prepare._checks(windows, B, rng)
+    originals = [i for i, _, _ in probes]
+    assert len(set(originals)) == len(originals) and not set(originals) & set(canaries)
+    assert len(canaries) == min(B, max(1, n // 4)) and len(probes) >= min(prepare.PROBES, n - len(canaries) - 1) - 2
+    for i, cut, spliced in probes:
+        assert (spliced[:cut] == windows[i][:cut]).all() and spliced[cut] != windows[i][cut]
+        if cut <= T - 8:  # a tail of 8 random bytes or more names its donor
+            donors = [d for d in range(n) if (windows[d][cut:] == spliced[cut:]).all()]
+            assert len(donors) == 1 and donors[0] not in originals
 
 
 def test_rejects_a_checkpoint_that_does_not_load(tmp_path: Path) -> None:

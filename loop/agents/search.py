@@ -2,7 +2,10 @@
 
 Evolutionary in a small way: it always mutates the best kept train.py, prefers the constants
 whose changes have paid off before (and the direction that paid), never proposes a configuration
-it has already tried, keeps ints as ints and powers of two as powers of two. It needs no network
+it has already tried, keeps ints as ints and powers of two as powers of two. A change tried on
+one best may be tried again on a later one: "DEPTH 4 -> 6" means another configuration once the
+learning rate has moved, and a good change once lost to noise or to a bad neighbour gets its
+second chance that way. It needs no network
 and no key, so it is the default without ANTHROPIC_API_KEY, and the baseline an LLM must beat.
 Safe to call from several threads: proposals are made one at a time (each takes milliseconds),
 and one already handed out counts as tried, even before its result is in the history.
@@ -63,11 +66,16 @@ def _line_offsets(source: str) -> list[int]:
     return offsets
 
 
+def configuration(source: str) -> tuple[tuple[str, int | float], ...]:
+    """What a train.py sets: its constants, by name (comments and layout aside)."""
+    return tuple((c.name, c.value) for c in find_constants(source))
+
+
 def mutate_value(value: int | float, rng: random.Random) -> int | float:
     if isinstance(value, bool):
         return value
     if isinstance(value, int):
-        if value > 1 and value & (value - 1) == 0:  # powers of two stay powers of two
+        if value >= 8 and value & (value - 1) == 0:  # sizes that are powers of two stay so; small counts step
             return value * 2 if rng.random() < 0.5 else value // 2
         if value == 0:
             return 1
@@ -87,7 +95,7 @@ class SearchAgent:
         self.max_changes = max_changes
         # `X = gpu_value if ON_GPU else cpu_value`: only the branch this machine runs matters.
         self.skip_branch = "[else]" if on_gpu else "[if]"
-        self.handed_out: set[str] = set()  # descriptions proposed by this agent, in flight or done
+        self.handed_out: set[tuple[tuple[str, int | float], ...]] = set()  # configurations proposed by this agent, in flight or done
         self.lock = threading.Lock()
 
     def check(self) -> None:
@@ -96,7 +104,7 @@ class SearchAgent:
     def propose(self, context: Context) -> Proposal:
         with self.lock:
             proposal = self._propose(context)
-            self.handed_out.add(proposal.description)
+            self.handed_out.add(configuration(proposal.train_py))
             return proposal
 
     def _propose(self, context: Context) -> Proposal:
@@ -104,7 +112,9 @@ class SearchAgent:
                      if not INERT.search(c.name) and not c.name.endswith(self.skip_branch)]
         if not constants:
             raise ProposalFailed("search: train.py has no uppercase numeric constants to mutate")
-        tried = {item.description for item in context.history} | self.handed_out
+        # Tried: what this agent handed out (by configuration), and, for what it never saw (a
+        # resumed run), what was tried on this same best (the same best score).
+        tried = {item.description for item in context.history if item.best_before == context.best_val_bpb}
         weights = self._weights(context, [c.name for c in constants])
         for attempt in range(MAX_TRIES):
             # Near the best first; once the neighbourhood is used up, step further and change more.
@@ -121,6 +131,8 @@ class SearchAgent:
             source = context.train_py
             for c, v in sorted(changes, key=lambda cv: -cv[0].start):  # rewrite from the end
                 source = source[: c.start] + repr(v) + source[c.end :]
+            if configuration(source) in self.handed_out:
+                continue
             return Proposal(train_py=source, description=description,
                             hypothesis="a nearby setting of these hyperparameters trains better within the budget")
         raise ProposalFailed("search: every nearby configuration has been tried")
