@@ -627,6 +627,7 @@ def score(data: bytes, channels: list[Channel], lifecycle: Lifecycle) -> tuple[f
     lifecycle.begin(reference)
     T = reference.hello(time.monotonic() + LOAD_LIMIT_S)
     loaded = time.time() - t0
+    lifecycle.warm(main.name)  # main's trusted start-up runs while the reference answers
     windows, skip_last = _windows(split, T)
     B = max(1, EVAL_TOKENS // T)
     rng = np.random.default_rng(int.from_bytes(os.urandom(8), "little"))  # secret: no model can predict it
@@ -742,24 +743,36 @@ def _drive(channels: list[Channel], streams: dict, B: int, T: int, on_answer) ->
             top_up(ch)
 
 
-def serve_model(checkpoint: Path) -> int:
-    """The model process: answers (B, T) byte windows with float32 logits, nothing else."""
+def serve_model(checkpoint: Path, gate_fd: int | None = None) -> int:
+    """The model process: answers (B, T) byte windows with float32 logits, nothing else.
+
+    With a gate, the trusted start-up (imports, the weights, the device) runs first and train.py
+    is imported only once a byte arrives on the gate: a process may be started while another runs
+    train.py, and so starts quicker, but never runs a line of train.py beside it."""
     proto = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # whatever train.py prints lands on stderr, never in the protocol
     import numpy as np
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        state = torch.load(checkpoint / "model.pt", map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        print(f"eval: no weights at {checkpoint / 'model.pt'}: train.py must save model.state_dict() there", file=sys.stderr)
+        return 1
+    except Exception as e:  # any way the weights fail to come back is the model's failure
+        print(f"eval: checkpoint does not load: {str(e).splitlines()[0][:200] if str(e) else type(e).__name__}", file=sys.stderr)
+        return 1
+    if device == "cuda":
+        torch.zeros(1, device=device)  # the device's context, before the gate
+    if gate_fd is not None and not os.read(gate_fd, 1):
+        return 0  # closed without a go: this process is not needed
     sys.path.insert(0, str(HERE))
     try:
         import train
 
         model = train.build_model()
-        state = torch.load(checkpoint / "model.pt", map_location="cpu", weights_only=True)
         model.load_state_dict(state, strict=True)
-    except FileNotFoundError:
-        print(f"eval: no weights at {checkpoint / 'model.pt'}: train.py must save model.state_dict() there", file=sys.stderr)
-        return 1
     except Exception as e:  # any way the model fails to come back is the model's failure
         print(f"eval: checkpoint does not load: {str(e).splitlines()[0][:200] if str(e) else type(e).__name__}", file=sys.stderr)
         return 1
@@ -789,11 +802,16 @@ ROLES = ("main", "reference")
 class Lifecycle:
     """Starts a model process when the scorer needs it and ends it when the scorer is done with it.
 
-    In the daemon the runner does both, told over a control pipe (`ROLE start` / `ROLE done`
-    lines), since the scorer's own sandbox cannot start or end another; standalone, `Local`."""
+    In the daemon the runner does both, told over a control pipe (`ROLE warm`, `ROLE start` and
+    `ROLE done` lines), since the scorer's own sandbox cannot start or end another; standalone,
+    `_LocalModels`. `warm` starts a process behind its gate (see serve_model); `start` opens the
+    gate, or starts the process when it was not warmed."""
 
     def __init__(self, control_fd: int | None = None) -> None:
         self.control_fd = control_fd
+
+    def warm(self, role: str) -> None:
+        self._say(f"{role} warm")
 
     def begin(self, ch: Channel) -> None:
         self._say(f"{ch.name} start")
@@ -846,22 +864,32 @@ class _LocalModels(Lifecycle):
             self.child_ends[role] = (to_model_r, from_model_w)
             self.fds.append((from_model_r, to_model_w))
         self.procs: dict[str, object] = {}
+        self.gates: dict[str, int] = {}  # write ends of the gates of processes started
 
-    def begin(self, ch: Channel) -> None:
+    def warm(self, role: str) -> None:
         import subprocess
 
-        stdin, stdout = self.child_ends[ch.name]
-        self.procs[ch.name] = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "model", "--checkpoint", str(self.checkpoint)],
-            stdin=stdin, stdout=stdout, stderr=self.logs[ch.name], cwd=HERE)
-        os.close(stdin)
-        os.close(stdout)
+        stdin, stdout = self.child_ends[role]
+        gate_r, self.gates[role] = os.pipe()
+        self.procs[role] = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "model", "--checkpoint", str(self.checkpoint),
+             "--gate", str(gate_r)],
+            stdin=stdin, stdout=stdout, stderr=self.logs[role], cwd=HERE, pass_fds=(gate_r,))
+        for fd in (stdin, stdout, gate_r):
+            os.close(fd)
+
+    def begin(self, ch: Channel) -> None:
+        if ch.name not in self.gates:
+            self.warm(ch.name)
+        os.write(self.gates[ch.name], b"g")
 
     def end(self, ch: Channel) -> None:
         super().end(ch)
         self._stop(ch.name)
 
     def _stop(self, role: str) -> None:
+        if role in self.gates:
+            os.close(self.gates.pop(role))
         proc = self.procs.pop(role, None)
         if proc is not None:
             proc.kill()  # type: ignore[attr-defined]
@@ -920,10 +948,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="val", choices=list(SPLITS), help="eval: which split to score")
     parser.add_argument("--model-fds", help="eval: pipes to the model processes, split bytes on stdin")
     parser.add_argument("--control-fd", type=int, help="eval: where to say when each model process is needed")
+    parser.add_argument("--gate", type=int, help="model: import train.py only once a byte arrives here")
     args = parser.parse_args(argv)
     try:
         if args.command == "model":
-            return serve_model(args.checkpoint)
+            return serve_model(args.checkpoint, args.gate)
         if args.command == "check":
             check()
             print(f"ok: data in {data_dir()}, val.txt verified")
@@ -931,6 +960,8 @@ def main(argv: list[str] | None = None) -> int:
             new_splits()
         elif args.command == "eval":
             if args.model_fds is not None:
+                lifecycle = Lifecycle(args.control_fd)
+                lifecycle.warm("reference")  # the first model process starts up beside the scorer's own
                 # Everything the scorer needs is imported before any model answers, and no
                 # process of this user may read or write its memory.
                 import select  # noqa: F401
@@ -939,7 +970,7 @@ def main(argv: list[str] | None = None) -> int:
 
                 _prctl_not_dumpable()
                 fds = _model_fds(args.model_fds)
-                bpb, seconds = evaluate_over_fds(sys.stdin.buffer.read(), fds, Lifecycle(args.control_fd))
+                bpb, seconds = evaluate_over_fds(sys.stdin.buffer.read(), fds, lifecycle)
             elif args.checkpoint is not None:
                 bpb, seconds = evaluate(args.checkpoint, args.split)
             else:

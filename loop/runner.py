@@ -195,8 +195,9 @@ class Runner:
             (dirs["model"] / name).write_bytes(spec.train_py if name == "train.py" else self.pinned[name])
             (dirs["model"] / name).chmod(0o444)
         (dirs["scorer"] / "prepare.py").write_bytes(self.pinned["prepare.py"])
-        # Pipes for every role are made now; a model process is started on them only when the
-        # scorer says it needs it, and ended when the scorer is done with it: never two at once.
+        # Pipes for every role are made now; a model process is started on them when the scorer
+        # says it needs it, or warmed behind a gate before that (its trusted start-up only), and
+        # ended when the scorer is done with it: never two running train.py at once.
         child_ends: dict[str, tuple[int, int]] = {}
         scorer_fds: list[int] = []
         for role in ROLES:
@@ -206,6 +207,7 @@ class Runner:
             scorer_fds += [from_model_r, to_model_w]
         control_r, control_w = os.pipe()
         models: dict[str, Contained] = {}
+        gates: dict[str, int] = {}  # write ends of the gates of warmed model processes (-1: none)
         results: list[ProcResult] = []
         try:
             scorer = self._start_scorer(spec, split, dirs["scorer"], scorer_fds, control_w)
@@ -214,30 +216,38 @@ class Runner:
             scorer_fds, control_w = [], -1
             for line in _lines(control_r, time.monotonic() + EVAL_TIMEOUT_S, self.cancel):
                 role, _, what = line.partition(" ")
-                if what == "start" and role in child_ends and role not in models:
+                if what in ("warm", "start") and role in child_ends and role not in models:
                     stdin_fd, stdout_fd = child_ends.pop(role)
-                    models[role] = self._start_model(spec, role, dirs, stdin_fd, stdout_fd)
-                    os.close(stdin_fd)
-                    os.close(stdout_fd)
+                    gate_r, gates[role] = os.pipe() if what == "warm" else (-1, -1)
+                    models[role] = self._start_model(spec, role, dirs, stdin_fd, stdout_fd, gate_r)
+                    for fd in (stdin_fd, stdout_fd, gate_r):
+                        if fd >= 0:
+                            os.close(fd)
+                if what == "start" and gates.get(role, -1) >= 0:
+                    os.write(gates[role], b"g")  # the one moment this process may import train.py
                 elif what == "done" and role in models:
                     results.append(models.pop(role).kill())
             ev = scorer.wait(timeout=max(1.0, EVAL_TIMEOUT_S - (time.monotonic() - scorer.start)), cancel=self.cancel)
         finally:
-            for fd in (*scorer_fds, control_r, *(fd for pair in child_ends.values() for fd in pair)):
+            for fd in (*scorer_fds, control_r, *(fd for pair in child_ends.values() for fd in pair),
+                       *(fd for fd in gates.values() if fd >= 0)):
                 os.close(fd)
             if control_w >= 0:
                 os.close(control_w)
             results += [m.kill() for m in models.values()]
         return self._read_score(split, ev, results)
 
-    def _start_model(self, spec: RunSpec, role: str, dirs: dict[str, Path], stdin_fd: int, stdout_fd: int) -> Contained:
+    def _start_model(self, spec: RunSpec, role: str, dirs: dict[str, Path], stdin_fd: int, stdout_fd: int,
+                     gate_fd: int = -1) -> Contained:
         own = dirs[f"model-{role}"]
         box = sandbox.SandboxSpec(workdir=own, readonly=(dirs["model"], spec.exp_dir / "ckpt"),
                                   hide=(self.repo, spec.exp_dir), gpu=self.gpu, gpu_devices=_devices(spec.device))
+        gate = ["--gate", str(gate_fd)] if gate_fd >= 0 else []
         argv = sandbox.wrap([sys.executable, str(dirs["model"] / "prepare.py"), "model",
-                             "--checkpoint", str(spec.exp_dir / "ckpt")], box)
-        return Contained(argv, cwd=own, env=self._env(own, own, spec.device),
-                         log_path=spec.exp_dir / f"eval-{role}.log", preexec=sandbox.limits_preexec(box), stdin_fd=stdin_fd, stdout_fd=stdout_fd)
+                             "--checkpoint", str(spec.exp_dir / "ckpt"), *gate], box)
+        return Contained(argv, cwd=own, env=self._env(own, own, spec.device), log_path=spec.exp_dir / f"eval-{role}.log",
+                         preexec=sandbox.limits_preexec(box), stdin_fd=stdin_fd, stdout_fd=stdout_fd,
+                         pass_fds=(gate_fd,) if gate_fd >= 0 else ())
 
     def _start_scorer(self, spec: RunSpec, split: str, workdir: Path, fds: list[int], control_fd: int) -> Contained:
         box = sandbox.SandboxSpec(workdir=workdir, hide=(self.repo, spec.exp_dir), gpu=False)

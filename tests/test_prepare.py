@@ -343,21 +343,38 @@ def test_rejects_a_checkpoint_that_does_not_load(tmp_path: Path) -> None:
     assert bad.returncode == 1 and "does not load" in bad.stdout
 
 
-# Each model process holds a read lock on train.py, which they can all read, for as long as it
-# lives; a process that finds another's lock knows it is not alone, and then could trade notes.
-# Here it answers NaN so the evaluation fails loudly if two are ever alive at once.
-NOT_ALONE = '''        import fcntl, os, struct
-        if not hasattr(self, "_fd"):
-            self._fd = os.open(__file__, os.O_RDONLY)
-            probe = struct.pack("hhqqi", fcntl.F_WRLCK, 0, 7, 1, 0)
-            self._alone = struct.unpack("hhqqi", fcntl.fcntl(self._fd, fcntl.F_OFD_GETLK, probe))[0] == fcntl.F_UNLCK
-            fcntl.fcntl(self._fd, fcntl.F_OFD_SETLK, struct.pack("hhqqi", fcntl.F_RDLCK, 0, 7, 1, 0))
+# Each model process holds a read lock on train.py, which they can all read, from the moment it
+# imports train.py for as long as it lives; a process that finds another's lock knows it is not
+# alone, and then could trade notes. Here it answers NaN so the evaluation fails loudly if two
+# ever run train.py at once, its import included (a process warmed behind its gate has not).
+NOT_ALONE = '''        global CALLS
+        CALLS += 1
+        if CALLS <= 3:
+            time.sleep(1.0)  # a slow first answers: the next process starts meanwhile
         out = self.logits.expand(B, T, 256)
-        return out if self._alone else out * float("nan")'''
+        return out if ALONE else out * float("nan")
+import fcntl, os, struct, time
+CALLS = 0
+_fd = os.open(__file__, os.O_RDONLY)
+_probe = struct.pack("hhqqi", fcntl.F_WRLCK, 0, 7, 1, 0)
+ALONE = struct.unpack("hhqqi", fcntl.fcntl(_fd, fcntl.F_OFD_GETLK, _probe))[0] == fcntl.F_UNLCK
+fcntl.fcntl(_fd, fcntl.F_OFD_SETLK, struct.pack("hhqqi", fcntl.F_RDLCK, 0, 7, 1, 0))'''
 
 
-def test_model_processes_never_live_at_once(tmp_path: Path) -> None:
-    """No two model processes are alive together, so none can pass notes to another (a lock on a file
-    they all can read is enough for that)."""
-    done = eval_dir(tmp_path, NOT_ALONE)
+def test_model_processes_never_run_train_py_at_once(tmp_path: Path) -> None:
+    """No two model processes run train.py together, so none can pass notes to another (a lock on a
+    file they all can read is enough for that), standalone and as the daemon's runner does it."""
+    import torch
+
+    from loop.runner import Runner, RunOutcome, RunSpec
+
+    (tmp_path / "standalone").mkdir()
+    done = eval_dir(tmp_path / "standalone", NOT_ALONE)
     assert done.returncode == 0 and "val_bpb: 8.000000" in done.stdout, done.stdout
+    exp = tmp_path / "runner" / "0001"
+    (exp / "ckpt").mkdir(parents=True)
+    torch.save({"logits": torch.zeros(256)}, exp / "ckpt" / "model.pt")
+    pinned = {name: (MAIN / name).read_bytes() for name in ("prepare.py", "val.txt", "holdout.txt")}
+    spec = RunSpec(MODEL_HEAD.format(body=NOT_ALONE).encode(), exp, budget=1.0, timeout=60.0)
+    outcome = Runner(tmp_path / "runner", pinned).evaluate(spec, RunOutcome())
+    assert outcome.reason == "" and outcome.scores == {"val": 8.0}, outcome.reason
