@@ -8,7 +8,7 @@ from importlib import metadata
 from pathlib import Path
 
 from loop.agents import default_agent_name
-from loop.config import Config, default
+from loop.config import BEST_RUNS, Config, default
 from loop.errors import AutoresearchError, UsageError
 
 
@@ -53,6 +53,9 @@ def parser() -> argparse.ArgumentParser:
                         help="rerun grey-zone results with a fresh seed (never: keep any gain, greedy)")
         sp.add_argument("--baseline-runs", type=int,
                         help="runs of the baseline, to measure the noise (default 3 with spare slots, else 2)")
+        sp.add_argument("--best-runs", type=int,
+                        help="runs a new best gets, with fresh seeds, so later results are compared with its mean "
+                        f"rather than the one lucky run that won (default {BEST_RUNS}; 1 with --confirm never)")
         sp.add_argument("--ray", metavar="ADDRESS", help="run experiments as tasks on a Ray cluster (auto: the "
                         "cluster this machine is part of); needs pip install -e '.[ray]'")
         sp.add_argument("--screen-on", metavar="LABEL", help="with --ray: hardware label for first runs")
@@ -137,8 +140,8 @@ def dispatch(args: argparse.Namespace, argv: list[str]) -> int:
 
 def _settings(args: argparse.Namespace) -> dict:
     keys = ("budget", "timeout", "min_delta", "max_experiments", "max_hours", "max_cost", "fix_attempts", "model",
-            "gpus", "slots", "lookahead", "keep_checkpoints", "keep_z", "confirm", "baseline_runs", "ray", "screen_on",
-            "confirm_on", "target")
+            "gpus", "slots", "lookahead", "keep_checkpoints", "keep_z", "confirm", "baseline_runs", "best_runs", "ray",
+            "screen_on", "confirm_on", "target")
     values = {k: getattr(args, k) for k in keys}
     values["queue"] = str(args.queue.resolve()) if args.queue else None
     return values

@@ -13,6 +13,7 @@ from loop.errors import UsageError
 
 KEEP_CHECKPOINTS = ("all", "kept", "none")
 CONFIRM_MODES = ("auto", "never", "always")
+BEST_RUNS = 3  # runs a new best gets (--best-runs), unless the rule is greedy (--confirm never)
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class Config:
     keep_z: float = 2.0  # standard errors of the difference a keep must clear
     confirm: str = "auto"  # auto | never | always: rerun grey-zone results with a fresh seed
     baseline_runs: int | None = None  # None: 3 with spare slots at start, else 2
+    best_runs: int | None = None  # runs a new best gets before it is compared with; None: BEST_RUNS, 1 with confirm never
     ray: str | None = None  # a Ray cluster's address ("auto": the one this machine is in); None: local slots
     screen_on: str | None = None  # with Ray: hardware label first runs go to
     confirm_on: str | None = None  # with Ray: hardware label confirmation runs go to
@@ -49,7 +51,7 @@ class Config:
         if self.timeout < self.budget:
             raise UsageError(f"--timeout {self.timeout:g} is shorter than --budget {self.budget:g}: "
                              "the hard limit must leave room for the whole budget")
-        for name in ("max_experiments", "max_hours", "max_cost", "slots", "baseline_runs"):
+        for name in ("max_experiments", "max_hours", "max_cost", "slots", "baseline_runs", "best_runs"):
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise UsageError(f"--{name.replace('_', '-')} {value}: must be positive")

@@ -34,7 +34,7 @@ from typing import Any
 from loop import gitops, guard
 from loop import target as targets
 from loop.agents.base import Agent, Context, HistoryItem, InFlight, Usage
-from loop.config import Config
+from loop.config import BEST_RUNS, Config
 from loop.display import Display
 from loop.errors import AutoresearchError, BaselineCrashed, BudgetExhausted, InternalError, SetupError
 from loop.executor import Executor, Finished, Job, LocalExecutor, Lost, Started, TrainingEnded, plan_slots
@@ -67,6 +67,7 @@ MIN_FREE_DISK_BYTES = 2 << 30  # below this the run stops rather than corrupt it
 MAX_FAILED_PROPOSALS = 5  # in a row, then the agent is clearly broken
 DIFFS_IN_HISTORY = 8  # recent experiments whose diff the agent sees
 STATE_EVERY_S = 1.0  # how often the live view (`status`) is refreshed
+SETTLING = "settling"  # key of the decisions held until the best's settling runs are in
 
 
 class Stop:
@@ -110,7 +111,7 @@ class Attempt:
     running: dict[int, str] = field(default_factory=dict)  # run index -> phase (running, evaluating)
     outcomes: dict[int, RunOutcome] = field(default_factory=dict)
     parent_score: float | None = None  # the best's mean when this experiment was dispatched
-    hardware: str = ""  # remeasure: the hardware the best is measured on
+    hardware_of: dict[int, str] = field(default_factory=dict)  # best runs: run index -> hardware it must run on
 
 
 class Daemon:
@@ -170,6 +171,7 @@ class Daemon:
                     self.stopping = self.limit_reached()
                 if not self.stopping:
                     self.ask_ahead()
+                    self.settle_best()
                     self.dispatch()
                 if self.stopping and not self.runs_in_flight():
                     break
@@ -343,7 +345,7 @@ class Daemon:
             self.first_dispatch = self.first_dispatch or time.time()
             att = self.attempts[job.n]
             att.running[job.run] = "running"
-            self.executor.submit(job, hardware=att.hardware or None)
+            self.executor.submit(job, hardware=att.hardware_of.get(job.run) or None)
 
     def next_job(self) -> Job | None:
         """Runs of experiments already under way first (repeats, resumed ones), then new ones, each on
@@ -437,7 +439,8 @@ class Daemon:
         if outcome.interrupted:
             self.journal.append("interrupted", n=job.n, run=job.run, phase="running")
             if not att.running:
-                self.journal.append("interrupted", n=job.n, phase="running")
+                if att.kind != "best":  # the best's own later runs: the best stays decided
+                    self.journal.append("interrupted", n=job.n, phase="running")
                 self.attempts.pop(job.n, None)
             return
         if self.target.builtin:
@@ -453,8 +456,8 @@ class Daemon:
                             eval_seconds=round(outcome.eval_seconds, 3), timings=outcome.timings,
                             hardware=outcome.hardware)
         att.outcomes[job.run] = outcome
-        if att.kind == "remeasure":
-            self.remeasured(att)
+        if att.kind == "best":
+            self.best_run_done(att, job.run)
             return
         if outcome.reason and att.kind == "agent" and outcome.simple_crash and att.fix_attempt < self.config.fix_attempts:
             self.request_fix(att, outcome)
@@ -507,6 +510,9 @@ class Daemon:
             if not best_scores:  # the best never ran on this hardware: measure it there first
                 self.remeasure_best(hardware, att)
                 return
+            if self.settling():  # compared with the best's mean once it has its runs
+                self.held.setdefault(SETTLING, []).append(att.n)
+                return
             scores = [o.val_bpb for _, o in sorted(att.outcomes.items())
                       if o.val_bpb is not None and _hardware_key(o.hardware) == hardware]
             verdict = self.policy.decide(scores, best_scores, self.noise())
@@ -521,6 +527,7 @@ class Daemon:
         if status == "keep":
             self.git.set_branch(self.branch, att.commit or "", self.editable(att.commit or ""))
             self.score_holdout(att)
+            self.drop_best_runs()
         self.finish(att, None, status=status, reason=reason, mean=mean, best_before=best_before, runs=len(scores))
         if status == "discard" and att.kind == "agent" and mean is not None:
             self.maybe_combine(att, mean)
@@ -531,20 +538,76 @@ class Daemon:
         self.held.setdefault(hardware, []).append(waiting.n)
         if len(self.held[hardware]) > 1 or self.best is None or not self.best.commit:
             return  # already being measured
-        best = self.best
-        run = max(best.runs, default=-1) + 1
-        self.journal.append("remeasuring", n=best.n, run=run, hardware=hardware, for_n=waiting.n)
-        self.display.say(f"measuring the best (#{best.n:04d}) on {hardware} before comparing results there")
-        att = Attempt(best.n, "remeasure", best.commit, best.description, commit=best.commit, runs_wanted=run + 1,
-                      queued_runs=[run], hardware=hardware)
-        self.attempts[best.n] = att
+        att = self.best_attempt()
+        run = self.next_best_run(att)
+        self.journal.append("remeasuring", n=att.n, run=run, hardware=hardware, for_n=waiting.n)
+        self.display.say(f"measuring the best (#{att.n:04d}) on {hardware} before comparing results there")
+        att.queued_runs.insert(0, run)
+        att.hardware_of[run] = hardware
 
-    def remeasured(self, att: Attempt) -> None:
-        """The best's run on new hardware is in: decide what was waiting for it."""
-        self.attempts.pop(att.n, None)
-        for n in self.held.pop(att.hardware, []):
+    def settle_best(self) -> None:
+        """A new best is run again, with fresh seeds, until it has --best-runs runs. One run that won
+        is a lucky draw more often than not (it was kept for being low), and every later result is
+        compared with it: with the best's mean over a few runs, the next real gain is not held to a
+        score the best never had, and the noise estimate grows with every one."""
+        best = self.best
+        if best is None or not best.commit or self.stopping:
+            return
+        att = self.attempts.get(best.n)
+        under_way = len(att.queued_runs) + len(att.running) if att is not None else 0
+        runs = sum(1 for r in best.runs.values() if r.get("phase") == "evaluated") + under_way
+        if runs >= self.best_runs():
+            return
+        att = self.best_attempt()
+        for _ in range(self.best_runs() - runs):
+            run = self.next_best_run(att)
+            self.journal.append("settling", n=att.n, run=run)
+            att.queued_runs.append(run)
+
+    def drop_best_runs(self) -> None:
+        """A new best: the former best's runs not started yet are not needed any more (those waiting
+        for a remeasure stay, whoever they are compared with now)."""
+        for att in [a for a in self.attempts.values() if a.kind == "best"]:
+            att.queued_runs = [r for r in att.queued_runs if att.hardware_of.get(r)]
+            if not att.running and not att.queued_runs:
+                self.attempts.pop(att.n, None)
+
+    def best_attempt(self) -> Attempt:
+        """The best's runs after its decision (settling, remeasuring): one attempt of kind "best"."""
+        best = self.best
+        assert best is not None and best.commit
+        att = self.attempts.get(best.n)
+        if att is None:
+            att = self.attempts[best.n] = Attempt(best.n, "best", best.commit, best.description, commit=best.commit,
+                                                  runs_wanted=0)
+        return att
+
+    def next_best_run(self, att: Attempt) -> int:
+        taken = [*(self.best.runs if self.best else ()), *att.outcomes, *att.running, *att.queued_runs]
+        att.runs_wanted = max(taken, default=-1) + 2
+        return att.runs_wanted - 1
+
+    def best_run_done(self, att: Attempt, run: int) -> None:
+        """One of the best's later runs is in: decide what waited for a run on its hardware, or for
+        its settling to end."""
+        hardware = att.hardware_of.pop(run, "")
+        if not att.running and not att.queued_runs:
+            self.attempts.pop(att.n, None)
+        waiting = self.held.pop(hardware, []) if hardware else [] if self.settling() else self.held.pop(SETTLING, [])
+        for n in waiting:
             if n in self.attempts:
                 self.decide(self.attempts[n])
+
+    def settling(self) -> bool:
+        """The best has settling runs queued or running (its runs for another hardware aside)."""
+        att = self.attempts.get(self.best.n) if self.best is not None else None
+        return att is not None and att.kind == "best" and any(
+            not att.hardware_of.get(r) for r in [*att.queued_runs, *att.running])
+
+    def best_runs(self) -> int:
+        if self.config.best_runs is not None:
+            return self.config.best_runs
+        return 1 if self.config.confirm == "never" else BEST_RUNS
 
     def finish(self, att: Attempt, guard_outcome: RunOutcome | None, status: str = "crash", reason: str = "",
                mean: float | None = None, best_before: float | None = None, runs: int = 0) -> None:
@@ -777,7 +840,10 @@ class Daemon:
         return [r["scores"]["val"] for r in runs]
 
     def best_mean(self) -> float | None:
-        return self.best.val_bpb if self.best is not None else None
+        """The best's score as measured so far: the mean of all its runs, those after its decision
+        (settling, remeasuring) included, so what is shown is what results are compared with."""
+        scores = self.best_scores()
+        return fmean(scores) if scores else self.best.val_bpb if self.best is not None else None
 
     def noise(self) -> Noise:
         return Noise.pooled(e.scores() for e in self.run.experiments if e.status in ("keep", "discard"))

@@ -14,8 +14,9 @@ first --experiments are also shown, at equal experiments). Per rule it prints:
 
   keeps, false keeps (kept changes whose TRUE score is worse than or equal to their parent's) as a
   share of keeps and of experiments, the true score of the final best (and the mean that made it
-  the best), the runs and process seconds spent on confirmations, and the wins missed (discarded
-  changes truly better than their parent by more than the noise).
+  the best), the runs and process seconds spent on confirmations, the runs a new best got after
+  its decision (--best-runs; none under greedy), and the wins missed (discarded changes truly
+  better than their parent by more than the noise).
 """
 from __future__ import annotations
 
@@ -39,8 +40,9 @@ class Figures:
     rule: str
     experiments: int
     runs: int
-    confirm_runs: int
+    confirm_runs: int  # a candidate's runs before its decision, past the first
     confirm_seconds: float
+    settle_runs: int  # a new best's runs after its decision (--best-runs)
     run_seconds: float
     keeps: int
     false_keeps: int
@@ -75,7 +77,7 @@ def figures(repo: Path, tag: str, rule: str, wall: float, noise: float, max_runs
             true_of[commit] = true_score_at(repo, commit)
         return true_of[commit]
 
-    f = Figures(rule, 0, 0, 0, 0.0, 0.0, 0, 0, 0.0, 0.0, wall)
+    f = Figures(rule, 0, 0, 0, 0.0, 0, 0.0, 0, 0, 0.0, 0.0, wall)
     best = None
     for rec in run.decided:  # in the order decided
         runs = sorted(rec.runs.items())
@@ -85,9 +87,11 @@ def figures(repo: Path, tag: str, rule: str, wall: float, noise: float, max_runs
             break
         f.runs += len(runs)
         f.run_seconds += sum((r.get("train_seconds") or 0.0) + (r.get("eval_seconds") or 0.0) for _, r in runs)
+        decided = max(rec.decided_runs, 1)
+        f.settle_runs += len(runs) - decided
         if rec.n > 0:
             f.experiments += 1
-            extra = [r for i, r in runs if i > 0]
+            extra = [r for _, r in runs[1:decided]]
             f.confirm_runs += len(extra)
             f.confirm_seconds += sum((r.get("train_seconds") or 0.0) + (r.get("eval_seconds") or 0.0) for r in extra)
         if rec.status == "keep":
@@ -107,14 +111,15 @@ def figures(repo: Path, tag: str, rule: str, wall: float, noise: float, max_runs
 def show(rows: list[Figures], noise: float) -> None:
     print(f"noise sigma {noise:g}; true optimum 1.000000; false keep: kept with a true score >= its parent's")
     print(f"{'rule':<26}{'exps':>5}{'runs':>6}{'keeps':>6}{'false':>6}{'of keeps':>9}{'of exps':>8}"
-          f"{'best true':>11}{'best measured':>14}{'confirm runs':>13}{'confirm s':>10}{'missed':>7}{'wall s':>8}")
+          f"{'best true':>11}{'best measured':>14}{'confirm runs':>13}{'confirm s':>10}{'settle runs':>12}{'missed':>7}"
+          f"{'wall s':>8}")
     for f in rows:
         share = f.false_keeps / f.keeps if f.keeps else 0.0
         per_exp = f.false_keeps / f.experiments if f.experiments else 0.0
         confirm_share = f.confirm_seconds / f.run_seconds if f.run_seconds else 0.0
         print(f"{f.rule:<26}{f.experiments:>5}{f.runs:>6}{f.keeps:>6}{f.false_keeps:>6}{share:>9.1%}{per_exp:>8.1%}"
               f"{f.best_true:>11.6f}{f.best_measured:>14.6f}{f.confirm_runs:>13}"
-              f"{f'{f.confirm_seconds:.0f} ({confirm_share:.0%})':>10}{f.missed:>7}{f.wall:>8.0f}")
+              f"{f'{f.confirm_seconds:.0f} ({confirm_share:.0%})':>10}{f.settle_runs:>12}{f.missed:>7}{f.wall:>8.0f}")
         for crash in f.crashes:
             print(f"    crash {crash}")
 

@@ -5,13 +5,13 @@ import ast
 from pathlib import Path
 
 from loop.agents.base import Context, HistoryItem
-from loop.agents.search import SearchAgent, find_constants
+from loop.agents.search import SearchAgent, configuration, find_constants, mutate_value
 
 MAIN = Path(__file__).resolve().parents[1]
 
 
-def context(train_py: str, history: tuple[HistoryItem, ...] = ()) -> Context:
-    return Context(repo=MAIN, program="", train_py=train_py, history=history, best_val_bpb=None,
+def context(train_py: str, history: tuple[HistoryItem, ...] = (), best: float | None = None) -> Context:
+    return Context(repo=MAIN, program="", train_py=train_py, history=history, best_val_bpb=best,
                    notes_path=MAIN / "notes.md", run_dir=MAIN)
 
 
@@ -19,8 +19,10 @@ def test_mutations_stay_valid_and_never_repeat() -> None:
     source = (MAIN / "train.py").read_text()
     agent = SearchAgent(seed=1)
     history: list[HistoryItem] = []
+    made = []
     for n in range(60):
         proposal = agent.propose(context(source, tuple(history)))
+        made.append(configuration(proposal.train_py))
         ast.parse(proposal.train_py)
         assert proposal.train_py != source
         before = {c.name: c.value for c in find_constants(source)}
@@ -29,9 +31,35 @@ def test_mutations_stay_valid_and_never_repeat() -> None:
         assert changed and all(k.endswith("[else]") or "[" not in k for k in changed)  # the CPU branch
         assert all(type(before[k]) is type(after[k]) for k in changed)
         assert all(after[k] & (after[k] - 1) == 0 for k in changed if isinstance(before[k], int)
-                   and before[k] > 1 and before[k] & (before[k] - 1) == 0)
+                   and before[k] >= 8 and before[k] & (before[k] - 1) == 0)  # sizes stay powers of two
         history.append(HistoryItem(n, "abc1234", "discard", 1.0, 1.0, 0.0, proposal.description))
-    assert len({h.description for h in history}) == len(history)
+    assert len(set(made)) == len(made) and len({h.description for h in history}) == len(history)
+
+
+def test_small_counts_step_by_one_and_sizes_by_powers_of_two() -> None:
+    """DEPTH = 2 may become 3 (a count, not a size); WIDTH = 64 only halves or doubles."""
+    import random
+
+    rng = random.Random(0)
+    assert {mutate_value(2, rng) for _ in range(200)} == {1, 3}
+    assert {mutate_value(4, rng) for _ in range(200)} == {2, 3, 5, 6}
+    assert {mutate_value(64, rng) for _ in range(200)} == {32, 128}
+
+
+def test_a_change_tried_on_one_best_is_tried_again_on_another() -> None:
+    """"DEPTH 3 -> 4" discarded under one learning rate is another configuration under the next;
+    under the same best (a resumed run: known by its score) it counts as tried."""
+    agent = SearchAgent(seed=0)
+    old_best = "LR = 0.02\nDEPTH = 3\n"
+    tried = tuple(HistoryItem(n, "x", "discard", 1.0, 0.9, 0.0, f"DEPTH 3 -> {v}") for n, v in enumerate((2, 4)))
+    tried += tuple(HistoryItem(n + 2, "x", "discard", 1.0, 0.9, 0.0, f"LR 0.02 -> {v}") for n, v in
+                   enumerate((0.01, 0.014, 0.016, 0.025, 0.028, 0.04)))
+    same_best = {agent.propose(context(old_best, tried, best=0.9)).description for _ in range(40)}
+    assert not same_best & {h.description for h in tried}
+    fresh = SearchAgent(seed=0)
+    new_best = "LR = 0.01\nDEPTH = 3\n"  # the learning rate moved: DEPTH 3 -> 4 is new again
+    again = {fresh.propose(context(new_best, tried, best=0.8)).description for _ in range(40)}
+    assert "DEPTH 3 -> 4" in again
 
 
 def test_prefers_constants_that_paid_off() -> None:
