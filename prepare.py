@@ -479,16 +479,22 @@ def train_batches(batch_size: int, seq_len: int, device: str | object = "cpu"):
 # what to send to whom, turns the logits into log-probabilities itself and prints the result.
 #
 # Windows are T bytes overlapping by one, scored on their own bytes (logits[t] against x[t+1]).
-# Each model process is fresh, sees only its own requests, and never lives beside the other:
-#   reference  first answers one batch of canary windows, which main also answers in its stream:
+# Each model process is fresh, sees only its own requests, and never runs train.py beside the other:
+#   main       first answers every window once, in a secret order;
+#   reference  then first answers one batch of canary windows, which main answered in its stream:
 #              a fresh process must agree with main, so no answer may depend on other windows
 #              (memory, training at test time, rows of a batch mixing). Then it answers spliced
 #              probes (a window's head, a donor window's tail from a uniformly random cut in
 #              1..T-1): its log-probabilities before the cut must equal main's for the original,
 #              so no answer may depend on a later byte. A probe's original is never a canary,
 #              never probed twice and never a donor, so the reference never sees a byte of an
-#              original past its cut and cannot answer a probe as main would by remembering;
-#   main       then answers every window once, in a secret order.
+#              original past its cut and cannot answer a probe as main did by remembering.
+# Main goes first because processes one after another on one kernel can still signal (which
+# pages of a file are cached survives a process): had the reference gone first, a few thousand
+# bits (which windows it was asked) would let main answer those honestly and peek everywhere
+# else. This way round, main cannot know what will be checked, and to pass the probes a
+# peeking main would have to hand over every byte it peeked at. The runner also evicts the
+# run's own files from the page cache between the two.
 # Comparisons use log-probabilities (what is scored) with an absolute tolerance, so shifting or
 # scaling logits cannot widen it, and a comparison that is not a number fails. The scorer bounds
 # each process's start-up and each answer's time.
@@ -615,19 +621,18 @@ def score(data: bytes, channels: list[Channel], lifecycle: Lifecycle) -> tuple[f
     """Bits per byte of `data` under the model behind channels (main, reference); raises
     HarnessError with a one-line reason for any misbehaviour.
 
-    The model processes live one after another, never both at once: reference, then main, started
-    only once the reference is gone. Processes alive together could pass notes (a lock on a file
-    they can both read is enough), and main could then answer the windows the reference had seen
-    honestly and peek everywhere else."""
+    The model processes run train.py one after another, never both at once: main, then the
+    reference, whose gate opens only once main is gone. Processes alive together could pass notes
+    (a lock on a file they can both read is enough)."""
     import numpy as np
 
     t0 = time.time()
     split = np.frombuffer(data, dtype=np.uint8)
     main, reference = channels
-    lifecycle.begin(reference)
-    T = reference.hello(time.monotonic() + LOAD_LIMIT_S)
+    lifecycle.begin(main)
+    T = main.hello(time.monotonic() + LOAD_LIMIT_S)
     loaded = time.time() - t0
-    lifecycle.warm(main.name)  # main's trusted start-up runs while the reference answers
+    lifecycle.warm(reference.name)  # the reference's trusted start-up runs while main answers
     windows, skip_last = _windows(split, T)
     B = max(1, EVAL_TOKENS // T)
     rng = np.random.default_rng(int.from_bytes(os.urandom(8), "little"))  # secret: no model can predict it
@@ -660,8 +665,8 @@ def score(data: bytes, channels: list[Channel], lifecycle: Lifecycle) -> tuple[f
             else:
                 answers[ch.name][j] = logp[k].copy()
 
-    for ch in (reference, main):
-        if ch is not reference:
+    for ch in (main, reference):
+        if ch is not main:
             lifecycle.begin(ch)
             if ch.hello(time.monotonic() + LOAD_LIMIT_S) != T:
                 raise HarnessError("eval: model processes disagree on their context length")
@@ -961,7 +966,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "eval":
             if args.model_fds is not None:
                 lifecycle = Lifecycle(args.control_fd)
-                lifecycle.warm("reference")  # the first model process starts up beside the scorer's own
+                lifecycle.warm("main")  # the first model process starts up beside the scorer's own
                 # Everything the scorer needs is imported before any model answers, and no
                 # process of this user may read or write its memory.
                 import select  # noqa: F401

@@ -136,7 +136,7 @@ class Daemon:
         self.protected: dict[str, str] = {}
         self.pinned: dict[str, bytes] = {}
         self.secrets: guard.SecretIndex | None = None
-        self.attempts: dict[int, Attempt] = {}  # undecided experiments, by number
+        self.attempts: dict[int, Attempt] = {}  # undecided experiments, and the best's later runs, by number
         self.to_ask: list[tuple[int, int, str, str]] = []  # (n, attempt, last failure, crashed text) to ask again
         self.run: RunRecord = RunRecord()
         self.best: ExperimentRecord | None = None
@@ -639,7 +639,7 @@ class Daemon:
         """A change that beat its own parent but not a best that moved on while it ran is rebased onto
         the new best and tried once more, as a "combine" experiment."""
         limit = self.config.max_experiments
-        under_way = {a.n for a in self.attempts.values() if a.n > 0 and (a.commit or a.proposal)}
+        under_way = {a.n for a in self.attempts.values() if a.n > 0 and a.kind != "best" and (a.commit or a.proposal)}
         if limit is not None and self.decided_count() + len(under_way) >= limit:
             return  # a combine goes before what the agent has yet to propose, never past the limit
         if att.parent_score is None or mean >= att.parent_score - self.config.min_delta:
@@ -778,7 +778,7 @@ class Daemon:
     def experiments_in_flight(self) -> int:
         """Experiments proposed, asked for or running (not the baseline)."""
         asked = self.proposer.in_flight() | {n for n, *_ in self.to_ask}
-        return len({n for n in self.attempts if n > 0} | asked)
+        return len({a.n for a in self.attempts.values() if a.n > 0 and a.kind != "best"} | asked)
 
     def waiting_for_slots(self) -> int:
         """Experiments that will want a slot: asked for, ready, queued or training (not those only
@@ -804,7 +804,8 @@ class Daemon:
         train_py = self.git.show(best, EDITABLE).decode("utf-8", errors="replace") if self.target.builtin else ""
         editable = {} if self.target.builtin else json.loads(self.proposal_text(best))
         in_flight = tuple(InFlight(a.n, _state_of(a), a.description, a.hypothesis)
-                          for a in sorted(self.attempts.values(), key=lambda a: a.n) if a.n != n and a.n > 0)
+                          for a in sorted(self.attempts.values(), key=lambda a: a.n)
+                          if a.n != n and a.n > 0 and a.kind != "best")
         in_flight += tuple(InFlight(m, "proposing") for m in sorted(self.proposer.in_flight()) if m != n)
         conflict = self.conflicts.pop(n, "")
         return Context(

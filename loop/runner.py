@@ -227,6 +227,7 @@ class Runner:
                     os.write(gates[role], b"g")  # the one moment this process may import train.py
                 elif what == "done" and role in models:
                     results.append(models.pop(role).kill())
+                    _evict(dirs["model"], spec.exp_dir / "ckpt")  # what the model process read, uncached again
             ev = scorer.wait(timeout=max(1.0, EVAL_TIMEOUT_S - (time.monotonic() - scorer.start)), cancel=self.cancel)
         finally:
             for fd in (*scorer_fds, control_r, *(fd for pair in child_ends.values() for fd in pair),
@@ -295,6 +296,25 @@ class Runner:
         env.update(HOME=str(home), TMPDIR=str(tmp), PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1",
                    PYTHONNOUSERSITE="1")
         return env
+
+
+def _evict(*dirs: Path) -> None:
+    """Drop the files under dirs from the page cache. Which pages of a file are cached outlives the
+    process that read them: a model process could leave notes for the next one in a file the run
+    wrote (its checkpoint), page by page. The shared libraries both read remain such a channel,
+    at far less bandwidth than these files offer; see prepare.py on why main goes first."""
+    for d in dirs:
+        for path in d.rglob("*"):
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            except OSError:
+                continue
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
 
 
 def _fresh(exp_dir: Path, *names: str) -> dict[str, Path]:

@@ -24,10 +24,12 @@ def test_search_run_of_four_experiments(tmp_path: Path) -> None:
 
 
 def test_real_harness_run(tmp_path: Path, prepared_cache: Path) -> None:
-    """The real prepare.py/train.py/val.txt, a 2-second budget: the baseline learns, 2 more run."""
+    """The real prepare.py/train.py/val.txt, a 5-second budget (a few steps even on a busy machine):
+    the baseline learns, 2 more run."""
     repo, env = make_repo(tmp_path, harness="real")
     env["AUTORESEARCH_CACHE"] = str(prepared_cache)
-    done = run_cli(repo, "start", "--tag", "real", "--budget", "2", "--max-experiments", "2", env=env, timeout=300)
+    done = run_cli(repo, "start", "--tag", "real", "--budget", "5", "--max-experiments", "2", "--baseline-runs", "1",
+                   "--best-runs", "1", env=env, timeout=300)
     assert done.returncode == 0, done.stderr + done.stdout
     rows = read_results(repo)
     reasons = [(e.n, e.status, e.reason) for e in fold(journal_events(repo, "real")).experiments]

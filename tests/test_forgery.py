@@ -183,7 +183,7 @@ ATTACKS: dict[str, tuple[str, str, str]] = {
                      "if __name__ != '__main__':\n"
                      "    print(''.join(['val', '_b', 'pb: 0.000001']))\n"
                      "    print(''.join(['eval', '_seconds: 0.0']), flush=True)\n    _sh.os._exit(0)\n",
-                     "    return logits", "eval: the reference model process died"),
+                     "    return logits", "eval: the main model process died"),
 }
 TAPE_FILL = ("    _x, _ = next(train_batches(2048, 128))\n"
              "    _model.tape.copy_(_x.flatten().to(torch.uint8))")

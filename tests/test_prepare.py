@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -266,7 +267,7 @@ def test_train_code_never_runs_in_the_scoring_process(tmp_path: Path) -> None:
             "print('val_bpb: 0.000001')\nprint('eval_seconds: 0.0', flush=True)\nimport os\nos._exit(0)")
     done = eval_dir(tmp_path, body)
     assert done.returncode == 1 and "val_bpb: 0.000001" not in done.stdout
-    assert done.stdout.startswith("eval: the reference model process"), done.stdout  # the first one started
+    assert done.stdout.startswith("eval: the main model process"), done.stdout  # the first one started
 
 
 def test_holdout_split_is_scored_on_request(tmp_path: Path) -> None:
@@ -378,3 +379,57 @@ def test_model_processes_never_run_train_py_at_once(tmp_path: Path) -> None:
     spec = RunSpec(MODEL_HEAD.format(body=NOT_ALONE).encode(), exp, budget=1.0, timeout=60.0)
     outcome = Runner(tmp_path / "runner", pinned).evaluate(spec, RunOutcome())
     assert outcome.reason == "" and outcome.scores == {"val": 8.0}, outcome.reason
+
+
+# The first model process to import leaves a note for the next in which pages of a file in the
+# checkpoint are cached; the next one finds it and answers NaN. The runner evicts the run's files
+# between the two, so the note is gone. Main is the first: it cannot know what will be checked.
+PAGE_NOTE = '''        out = self.logits.expand(B, T, 256)
+        return out * float("nan") if SECOND else out
+import os, sys, time
+print("imported at", time.time(), file=sys.stderr, flush=True)
+_fd = os.open(os.path.join(sys.argv[sys.argv.index("--checkpoint") + 1], "note.bin"), os.O_RDONLY)
+try:
+    os.preadv(_fd, [bytearray(4096)], 0, os.RWF_NOWAIT)  # succeeds only if the page is cached
+    SECOND = True
+except BlockingIOError:
+    SECOND = False
+    os.pread(_fd, 4096, 0)'''
+
+
+def _uncached_file(path: Path) -> bool:
+    """Write path and drop it from the page cache; False where the page cache cannot be read this way."""
+    path.write_bytes(os.urandom(1 << 16))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.preadv(fd, [bytearray(4096)], 0, os.RWF_NOWAIT)
+        return False  # cached straight after eviction: tmpfs, or no RWF_NOWAIT for buffered reads
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        time.sleep(0.2)  # a missed read may start reading ahead: let it land, then evict again
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+
+
+def test_no_note_in_the_page_cache_reaches_the_second_process(tmp_path: Path) -> None:
+    import torch
+
+    from loop.runner import Runner, RunOutcome, RunSpec
+
+    exp = tmp_path / "runner" / "0001"
+    (exp / "ckpt").mkdir(parents=True)
+    torch.save({"logits": torch.zeros(256)}, exp / "ckpt" / "model.pt")
+    if not _uncached_file(exp / "ckpt" / "note.bin"):
+        pytest.skip("this file system keeps every page cached (tmpfs) or cannot tell: no such channel here")
+    pinned = {name: (MAIN / name).read_bytes() for name in ("prepare.py", "val.txt", "holdout.txt")}
+    spec = RunSpec(MODEL_HEAD.format(body=PAGE_NOTE).encode(), exp, budget=1.0, timeout=60.0)
+    outcome = Runner(tmp_path / "runner", pinned).evaluate(spec, RunOutcome())
+    assert outcome.reason == "" and outcome.scores == {"val": 8.0}, outcome.reason
+    imported = {role: float(re.search(r"imported at (\S+)", (exp / f"eval-{role}.log").read_text()).group(1))
+                for role in ("main", "reference")}
+    assert imported["main"] < imported["reference"]

@@ -28,7 +28,7 @@ CACHE_ENV = "AUTORESEARCH_CACHE"  # the prepared data's folder (default ~/.cache
 class AgentOptions:
     queue_dir: Path | None = None
     model: str | None = None
-    seed: int = 0
+    seed: int = 0  # the search agent's random draws (start: from the tag)
     on_gpu: bool = False
     should_stop: Callable[[], bool] | None = None
     secret_paths: tuple[Path, ...] = ()  # what no agent tool may read; default_secret_paths(repo) is the floor

@@ -95,7 +95,8 @@ class SearchAgent:
         self.max_changes = max_changes
         # `X = gpu_value if ON_GPU else cpu_value`: only the branch this machine runs matters.
         self.skip_branch = "[else]" if on_gpu else "[if]"
-        self.handed_out: set[tuple[tuple[str, int | float], ...]] = set()  # configurations proposed by this agent, in flight or done
+        self.handed_out: set[tuple[tuple[str, int | float], ...]] = set()  # configurations proposed, in flight or done
+        self.described: set[str] = set()  # the descriptions of those proposals
         self.lock = threading.Lock()
 
     def check(self) -> None:
@@ -105,6 +106,7 @@ class SearchAgent:
         with self.lock:
             proposal = self._propose(context)
             self.handed_out.add(configuration(proposal.train_py))
+            self.described.add(proposal.description)
             return proposal
 
     def _propose(self, context: Context) -> Proposal:
@@ -112,9 +114,10 @@ class SearchAgent:
                      if not INERT.search(c.name) and not c.name.endswith(self.skip_branch)]
         if not constants:
             raise ProposalFailed("search: train.py has no uppercase numeric constants to mutate")
-        # Tried: what this agent handed out (by configuration), and, for what it never saw (a
-        # resumed run), what was tried on this same best (the same best score).
-        tried = {item.description for item in context.history if item.best_before == context.best_val_bpb}
+        # Tried: what this agent handed out (by configuration), and, of what it did not hand out
+        # (a resumed run's history), what was tried on this same best (the same best score).
+        tried = {item.description for item in context.history
+                 if item.best_before == context.best_val_bpb and item.description not in self.described}
         weights = self._weights(context, [c.name for c in constants])
         for attempt in range(MAX_TRIES):
             # Near the best first; once the neighbourhood is used up, step further and change more.

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import time
+import zlib
 from dataclasses import replace
 from pathlib import Path
 
@@ -162,6 +163,7 @@ def _target_command(root: Path, target: targets.Target, command: str, what: str)
 def checked_agent(root: Path, config: Config) -> Agent:
     """The agent, made and asked whether it can work, before anything is spent."""
     options = AgentOptions(queue_dir=Path(config.queue) if config.queue else None, model=config.model,
+                           seed=zlib.crc32(config.tag.encode()),  # runs of other tags explore otherwise
                            on_gpu=sandbox.gpu_present(), secret_paths=default_secret_paths(root))
     agent = make_agent(config.agent, options)
     check = getattr(agent, "check", None)
