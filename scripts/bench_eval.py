@@ -1,5 +1,5 @@
 """What evaluation costs next to training, as the daemon runs them (sandboxed), where that time goes,
-and what the checked evaluation (a scorer and two model processes: reference, then main) costs
+and what the checked evaluation (a scorer and two model processes: main, then the reference) costs
 against the floor (the model's own forward over every window, in one process, nothing checked) and
 against the earlier evaluator (one model process, eight probes), all in one run on one checkpoint.
 
@@ -110,7 +110,7 @@ def main() -> int:
           f"({trained.summary.get('num_steps', '?')} steps)")
     now = statistics.median(new)
     load, forward = statistics.median(f[0] for f in floors), statistics.median(f[1] for f in floors)
-    print(f"evaluation, sandboxed, scorer + 2 model processes (main warmed behind its gate): median {now:.1f}s of {args.repeats} "
+    print(f"evaluation, sandboxed, scorer + main then reference (warmed behind its gate): median {now:.1f}s of {args.repeats} "
           f"({', '.join(f'{s:.1f}' for s in new)}); {score} on this val.txt")
     if first_load:
         print(f"  the last one: {first_load.group(1)}s for the first model process to load, {first_load.group(2)} requests")
