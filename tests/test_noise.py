@@ -247,3 +247,17 @@ def test_settling_survives_a_kill(tmp_path: Path) -> None:
     assert len(evaluated) == 3 and len({e["run"] for e in evaluated}) == 3
     seeds = [e["seed"] for e in events_of(events, "running", 0)]
     assert len(seeds) == len(set(seeds))
+
+
+def test_status_shows_the_mean_results_meet(auto_run: tuple[Path, list[dict]]) -> None:
+    """When the best has run again since its decision, status shows the mean results are compared with."""
+    repo, events = auto_run
+    best = fold(events).best
+    assert best is not None
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = run_cli(repo, "status", "--tag", TAG, env=env)
+    assert done.returncode == 0, done.stderr
+    line = f"the best's mean over its {len(best.scores())} runs"
+    assert (line in done.stdout) == (len(best.scores()) > best.decided_runs), done.stdout
+    if line in done.stdout:
+        assert f"{sum(best.scores()) / len(best.scores()):.6f}" in done.stdout

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from statistics import fmean
 
 from loop import gitops
 from loop import target as targets
@@ -50,6 +51,9 @@ def status(repo: Path, tag: str | None = None) -> int:
         print(f"baseline val_bpb: {baseline.val_bpb:.6f} ({(baseline.commit or '')[:7]})")
     if run.best:
         print(f"best val_bpb: {run.best.val_bpb:.6f} ({(run.best.commit or '')[:7]}: {run.best.description})")
+        scores = run.best.scores()
+        if len(scores) > max(run.best.decided_runs, 1):  # run again since its decision: what results meet now
+            print(f"  the best's mean over its {len(scores)} runs, which results are compared with: {fmean(scores):.6f}")
     noise = Noise.pooled(e.scores() for e in done if e.status in ("keep", "discard"))
     if noise.sigma is not None:
         print(f"run-to-run noise: {noise.sigma:.6f} (standard deviation, {noise.degrees} degrees of freedom)")
