@@ -98,7 +98,7 @@ def test_status_tells_the_truth(tmp_path: Path) -> None:
         'print("step 1 | loss 2.5000", flush=True)\n    print("step 2 | loss 1.2345", flush=True)\n    time.sleep(30)')
     queue_proposal(queue, "slow", slow, "slow one")
     daemon = start_background(repo, "start", "--tag", "st", "--agent", "queue", "--queue", str(queue),
-                              "--budget", "40", "--baseline-runs", "1", env=env)
+                              "--budget", "40", "--baseline-runs", "1", "--best-runs", "1", env=env)
     wait_for_event(repo, "st", "started", n=1, timeout=120)
     deadline, text = time.monotonic() + 60, ""
     while time.monotonic() < deadline and "loss 1.2345" not in text:
