@@ -11,7 +11,8 @@ from loop.executor import HARDWARE_LABEL_ENV
 
 def test_resume_on_other_hardware_remeasures_the_best_first(tmp_path: Path) -> None:
     repo, env = make_repo(tmp_path)
-    first = run_cli(repo, "start", "--tag", "hw", "--budget", "2", "--max-experiments", "1",
+    # --best-runs 1: no settling runs, which would measure the best on the new hardware as well
+    first = run_cli(repo, "start", "--tag", "hw", "--budget", "2", "--max-experiments", "1", "--best-runs", "1",
                     env={**env, HARDWARE_LABEL_ENV: "box-a"})
     assert first.returncode == 0, first.stderr
     assert not [e for e in journal_events(repo, "hw") if e["event"] == "remeasuring"]
