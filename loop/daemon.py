@@ -9,7 +9,8 @@ controller is single-threaded over that queue, so its state needs no lock. One e
   3. Guard     only editable files changed; protected files intact; the lint   commit
   4. Run       on a free slot, seed and budget from the harness               dispatch
   5. Evaluate  by the trusted evaluator, in the slot's thread                 on Finished
-  6. Decide    the Policy: keep, discard, or confirm with one more run        decide
+  6. Decide    the Policy: keep, discard, or confirm with one more run; a new best
+               runs until it has --best-runs runs, and results wait for its mean  decide, settle_best
   7. Record    journal, results.tsv row, logs under .autoresearch/runs/TAG/NNNN/   decide
 
 Every step is journaled (fsync'd) before it acts, so a kill -9 anywhere resumes cleanly with any
@@ -173,6 +174,8 @@ class Daemon:
                     self.ask_ahead()
                     self.settle_best()
                     self.dispatch()
+                elif self.held.get(SETTLING):
+                    self.stop_settling()
                 if self.stopping and not self.runs_in_flight():
                     break
                 event = _next_event(self.events, timeout=0.2)
@@ -563,6 +566,19 @@ class Daemon:
             run = self.next_best_run(att)
             self.journal.append("settling", n=att.n, run=run)
             att.queued_runs.append(run)
+
+    def stop_settling(self) -> None:
+        """Winding down: the best's settling runs not started are dropped, and what waited for them
+        is decided on the runs there are, so a graceful stop still records every result in."""
+        att = self.attempts.get(self.best.n) if self.best is not None else None
+        if att is not None and att.kind == "best":
+            att.queued_runs = [r for r in att.queued_runs if att.hardware_of.get(r)]
+            if not att.running and not att.queued_runs:
+                self.attempts.pop(att.n, None)
+        if not self.settling():
+            for n in self.held.pop(SETTLING, []):
+                if n in self.attempts:
+                    self.decide(self.attempts[n])
 
     def drop_best_runs(self) -> None:
         """A new best: the former best's runs not started yet are not needed any more (those waiting
