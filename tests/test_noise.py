@@ -116,12 +116,14 @@ def test_noise_pools_repeats_and_ignores_single_runs() -> None:
 
 
 # --- the daemon on the noisy harness ------------------------------------------------------------------
-def run_scenario(tmp_path: Path, confirm: str) -> tuple[Path, list[dict]]:
-    """Six seed-only changes, a grey one and a clear win, queued, proposed one at a time."""
+def run_scenario(tmp_path: Path, confirm: str, spares: int = 0) -> tuple[Path, list[dict]]:
+    """Six seed-only changes, a clear win and a grey one, queued, proposed one at a time; then
+    `spares` more seed-only ones, for a proposal handed back on a conflict to take the next file."""
     repo, env = make_noisy_repo(tmp_path, noise=SIGMA)
     queue = tmp_path / "queue"
     queue.mkdir()
-    for i, train_py in enumerate([*SEED_ONLY, CLEAR_WIN, GREY], start=1):
+    extra = [train_py_with(ORDER=100 + k) for k in range(spares)]
+    for i, train_py in enumerate([*SEED_ONLY, CLEAR_WIN, GREY, *extra], start=1):
         (queue / f"{i:02d}.py").write_text(train_py)
     done = run_cli(repo, "start", "--tag", TAG, "--agent", "queue", "--queue", str(queue), "--budget", "1",
                    "--max-experiments", str(GREY_N), "--lookahead", "0", "--confirm", confirm,
@@ -219,10 +221,13 @@ def test_confirmed_row_says_it_is_a_mean(auto_run: tuple[Path, list[dict]]) -> N
 
 def test_greedy_keeps_noise_that_auto_discards(tmp_path: Path) -> None:
     """The same seeds under --confirm never: some seed-only change is kept (what auto prevents), and
-    nothing is run twice (by default, greedy settles no best)."""
-    repo, events = run_scenario(tmp_path, "never")
+    nothing is run twice (by default, greedy settles no best). A seed-only change asked for before
+    the one ahead of it was kept conflicts with it (both set ORDER) and is handed back: the queue
+    then gives the next file, so spares keep the run going, and what is noise is told by score."""
+    repo, events = run_scenario(tmp_path, "never", spares=len(SEED_ONLY))
     run = fold(events)
-    kept_noise = [e.n for e in run.experiments if 1 <= e.n <= len(SEED_ONLY) and e.status == "keep"]
+    kept_noise = [e.n for e in run.experiments if e.n > 0 and e.status == "keep"
+                  and true_score_at(repo, e.commit or "") == true_score_at(repo, e.parent or "")]
     assert kept_noise
     assert not [e for e in events if e["event"] in ("confirming", "settling")]
 
