@@ -102,9 +102,14 @@ from pathlib import Path
 
 from prepare import TIME_BUDGET
 
+# One blank line between knobs: changes to two of them merge (a 3-way merge takes changes on
+# neighbouring lines for a conflict), as they would in a real train.py's separate sections.
 LR = 0.02  # learning rate
+
 WIDTH = 8  # model width
+
 DEPTH = 2  # number of layers
+
 ORDER = 7  # order the batches are drawn in: changes a run, not its expected score
 sleep_s = {sleep}  # seconds of "training" (lower case: not a hyperparameter to search)
 

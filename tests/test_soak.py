@@ -11,10 +11,10 @@ EXPERIMENTS = 200
 
 
 def sample(pid: int) -> tuple[int, int, float]:
-    """The daemon's fds, children and RSS at its quietest over half a second: a leak raises the
-    floor, while a pipe or a child that one experiment has open for a moment does not."""
+    """The daemon's fds, children and RSS at its quietest over two seconds: a leak raises the
+    floor, while a pipe or a child that one run has open for a moment does not."""
     proc, seen = psutil.Process(pid), []
-    for _ in range(50):
+    for _ in range(200):
         seen.append((proc.num_fds(), len(proc.children(recursive=True)), proc.memory_info().rss / 2**20))
         time.sleep(0.01)
     return min(s[0] for s in seen), min(s[1] for s in seen), min(s[2] for s in seen)
