@@ -119,13 +119,15 @@ def test_noise_pools_repeats_and_ignores_single_runs() -> None:
 def run_scenario(tmp_path: Path, confirm: str, spares: int = 0) -> tuple[Path, list[dict]]:
     """Six seed-only changes, a clear win and a grey one, queued, proposed one at a time; then
     `spares` more seed-only ones, for a proposal handed back on a conflict to take the next file."""
-    repo, env = make_noisy_repo(tmp_path, noise=SIGMA)
+    # Training takes 1.5 s, so a result is evaluated and decided before the next one's training
+    # ends, even on a busy machine: decisions come in the order proposed.
+    repo, env = make_noisy_repo(tmp_path, noise=SIGMA, sleep=1.5)
     queue = tmp_path / "queue"
     queue.mkdir()
     extra = [train_py_with(ORDER=100 + k) for k in range(spares)]
     for i, train_py in enumerate([*SEED_ONLY, CLEAR_WIN, GREY, *extra], start=1):
         (queue / f"{i:02d}.py").write_text(train_py)
-    done = run_cli(repo, "start", "--tag", TAG, "--agent", "queue", "--queue", str(queue), "--budget", "1",
+    done = run_cli(repo, "start", "--tag", TAG, "--agent", "queue", "--queue", str(queue), "--budget", "2",
                    "--max-experiments", str(GREY_N), "--lookahead", "0", "--confirm", confirm,
                    "--baseline-runs", str(BASELINE_RUNS),
                    *(("--best-runs", str(BEST_RUNS)) if confirm != "never" else ()), env=env, timeout=300)
