@@ -21,6 +21,7 @@ import platform
 import re
 import select
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -304,17 +305,19 @@ def _evict(*dirs: Path) -> None:
     wrote (its checkpoint), page by page. The shared libraries both read remain such a channel,
     at far less bandwidth than these files offer; see prepare.py on why main goes first."""
     for d in dirs:
-        for path in d.rglob("*"):
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-            except OSError:
-                continue
-            try:
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            except OSError:
-                pass
-            finally:
-                os.close(fd)
+        for root, _, names in os.walk(d):  # never into a linked directory: the run made these files
+            for name in names:
+                try:  # not blocking on a FIFO, not following a link
+                    fd = os.open(os.path.join(root, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+                except OSError:
+                    continue
+                try:
+                    if stat.S_ISREG(os.fstat(fd).st_mode):
+                        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                except OSError:
+                    pass
+                finally:
+                    os.close(fd)
 
 
 def _fresh(exp_dir: Path, *names: str) -> dict[str, Path]:

@@ -433,3 +433,27 @@ def test_no_note_in_the_page_cache_reaches_the_second_process(tmp_path: Path) ->
     imported = {role: float(re.search(r"imported at (\S+)", (exp / f"eval-{role}.log").read_text()).group(1))
                 for role in ("main", "reference")}
     assert imported["main"] < imported["reference"]
+
+
+def test_a_fifo_or_a_link_in_the_checkpoint_does_not_stall_the_runner(tmp_path: Path) -> None:
+    """Training may leave anything in its checkpoint folder: a FIFO (opening it to read would block)
+    and a link to / (walking it would visit the whole machine). The evaluation still finishes."""
+    import threading
+
+    import torch
+
+    from loop.runner import Runner, RunOutcome, RunSpec
+
+    exp = tmp_path / "runner" / "0001"
+    (exp / "ckpt").mkdir(parents=True)
+    torch.save({"logits": torch.zeros(256)}, exp / "ckpt" / "model.pt")
+    os.mkfifo(exp / "ckpt" / "pipe")
+    (exp / "ckpt" / "everything").symlink_to("/")
+    pinned = {name: (MAIN / name).read_bytes() for name in ("prepare.py", "val.txt", "holdout.txt")}
+    spec = RunSpec(MODEL_HEAD.format(body=CONSTANT).encode(), exp, budget=1.0, timeout=60.0)
+    done: list[RunOutcome] = []
+    worker = threading.Thread(target=lambda: done.append(Runner(tmp_path / "runner", pinned).evaluate(spec, RunOutcome())),
+                              daemon=True)
+    worker.start()
+    worker.join(timeout=300)
+    assert done and done[0].reason == "" and done[0].scores == {"val": 8.0}, done and done[0].reason
