@@ -24,12 +24,15 @@ SIGMA = 0.01  # the harness's noise
 TAG = "noisy"
 BASELINE_RUNS = 3
 BEST_RUNS = 4  # --best-runs: a new best is run until it has this many runs
+# Every run trains this long (the queued files too), so a result is evaluated and decided before the
+# next one's training ends, even on a busy machine: decisions come in the order proposed.
+TRAIN_S = 2.0
 # Whole train.py files: each is the baseline with knobs changed, whatever was kept before it (a
 # seed-only file after a kept seed-only change is still seed-only). The grey one comes last, after
 # the clear win, so nothing decided after it can change what it is compared with.
-SEED_ONLY = [train_py_with(ORDER=k) for k in (1, 2, 3, 4, 5, 6)]  # experiments 1..6: pure noise
-CLEAR_WIN = train_py_with(WIDTH=32)  # experiment 7: a true gain of 40 SIGMA
-GREY = train_py_with(WIDTH=32, LR=0.0199)  # experiment 8: a true gain of about 0.1 SIGMA over the win
+SEED_ONLY = [train_py_with(TRAIN_S, ORDER=k) for k in (1, 2, 3, 4, 5, 6)]  # experiments 1..6: pure noise
+CLEAR_WIN = train_py_with(TRAIN_S, WIDTH=32)  # experiment 7: a true gain of 40 SIGMA
+GREY = train_py_with(TRAIN_S, WIDTH=32, LR=0.0199)  # experiment 8: a true gain of about 0.1 SIGMA over the win
 WIN_N, GREY_N = len(SEED_ONLY) + 1, len(SEED_ONLY) + 2
 
 
@@ -119,21 +122,21 @@ def test_noise_pools_repeats_and_ignores_single_runs() -> None:
 def run_scenario(tmp_path: Path, confirm: str, spares: int = 0) -> tuple[Path, list[dict]]:
     """Six seed-only changes, a clear win and a grey one, queued, proposed one at a time; then
     `spares` more seed-only ones, for a proposal handed back on a conflict to take the next file."""
-    # Training takes 1.5 s, so a result is evaluated and decided before the next one's training
-    # ends, even on a busy machine: decisions come in the order proposed.
-    repo, env = make_noisy_repo(tmp_path, noise=SIGMA, sleep=1.5)
+    repo, env = make_noisy_repo(tmp_path, noise=SIGMA, sleep=TRAIN_S)
     queue = tmp_path / "queue"
     queue.mkdir()
-    extra = [train_py_with(ORDER=100 + k) for k in range(spares)]
+    extra = [train_py_with(TRAIN_S, ORDER=100 + k) for k in range(spares)]
     for i, train_py in enumerate([*SEED_ONLY, CLEAR_WIN, GREY, *extra], start=1):
         (queue / f"{i:02d}.py").write_text(train_py)
-    done = run_cli(repo, "start", "--tag", TAG, "--agent", "queue", "--queue", str(queue), "--budget", "2",
+    done = run_cli(repo, "start", "--tag", TAG, "--agent", "queue", "--queue", str(queue), "--budget", "4",
                    "--max-experiments", str(GREY_N), "--lookahead", "0", "--confirm", confirm,
                    "--baseline-runs", str(BASELINE_RUNS),
                    *(("--best-runs", str(BEST_RUNS)) if confirm != "never" else ()), env=env, timeout=300)
     assert done.returncode == 0, done.stderr + done.stdout
     assert_invariants(repo, TAG)
-    return repo, journal_events(repo, TAG)
+    events = journal_events(repo, TAG)
+    assert all(e["train_seconds"] >= TRAIN_S for e in events if e["event"] == "evaluated" and not e["reason"])
+    return repo, events
 
 
 @pytest.fixture(scope="module")
