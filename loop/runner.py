@@ -3,7 +3,8 @@
 Per experiment, under its directory:
   train/   train.py (the commit's bytes) and prepare.py (pinned); cwd of training
   ckpt/    AUTORESEARCH_OUT: the only thing training leaves for evaluation
-  home/, tmp/  a fresh HOME and TMPDIR for training, so nothing carries over from an earlier run
+  home/, tmp/  a fresh HOME and TMPDIR for training, so nothing carries over from an earlier run;
+           tmp/kernels/ starts as a copy of the baseline's compiled kernels (below)
   model/   train.py and prepare.py, read-only to the model processes
   model-<role>/  a model process's own writable directory (cwd, HOME, TMPDIR)
   scorer/  prepare.py only: cwd of the scorer, which no model process can see
@@ -11,6 +12,12 @@ Evaluation is one scorer and two model processes (main, reference: see prepare.p
 its own sandbox and PID namespace, sharing only the pipes made here. The scorer reads the split's
 bytes on its stdin from the daemon's pinned copy, so no split ever lies where a model can reach;
 its metric line is the result, the training summary is advisory.
+
+Compiling the GPU default takes most of a minute of every run's start-up. The untouched baseline's
+compiled kernels (torch.compile's and Triton's caches) are kept once, and every later run starts
+from a private copy of them: a change that keeps the model's shape compiles in seconds. Only the
+baseline, the person's own train.py, ever writes the kept copy; what an experiment compiles dies
+with its run, so no experiment can leave kernels for another.
 """
 from __future__ import annotations
 
@@ -53,6 +60,8 @@ class RunSpec:
     device: str | None = None  # CUDA_VISIBLE_DEVICES for training and model processes; None: CPU or all
     startup_allowance: float = STARTUP_ALLOWANCE_S  # training's wall clock may exceed the budget by this
     splits: tuple[str, ...] = ("val",)  # ("val", "holdout") also scores the holdout
+    kernels: Path | None = None  # the baseline's compiled kernels: each run trains with a copy of them
+    keep_kernels: bool = False  # the untouched baseline: its kernels become `kernels` if it has none yet
 
 
 @dataclass
@@ -125,6 +134,7 @@ class Runner:
         env = self._env(dirs["home"], dirs["tmp"], spec.device)
         env.update(AUTORESEARCH_OUT=str(dirs["ckpt"]), AUTORESEARCH_TIME_BUDGET=f"{spec.budget:g}",
                    AUTORESEARCH_CACHE=str(self.data), AUTORESEARCH_SEED=str(spec.seed))
+        env.update(_kernel_caches(spec.kernels, dirs["tmp"] / "kernels"))
         box = sandbox.SandboxSpec(workdir=dirs["train"], writable=(dirs["ckpt"], dirs["home"], dirs["tmp"]),
                                   readonly=(self.data,), hide=(self.repo,), gpu=self.gpu,
                                   gpu_devices=_devices(spec.device))
@@ -139,6 +149,8 @@ class Runner:
         out.summary = parse_summary(out.log_tail)
         out.killed = train.timed_out or train.cancelled
         out.reason = self._training_failure(spec, train, out)
+        if spec.keep_kernels and spec.kernels is not None and not out.reason:
+            _keep_kernels(dirs["tmp"] / "kernels", spec.kernels)
         return out
 
     def _training_failure(self, spec: RunSpec, train: ProcResult, out: RunOutcome) -> str:
@@ -297,6 +309,27 @@ class Runner:
         env.update(HOME=str(home), TMPDIR=str(tmp), PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1",
                    PYTHONNOUSERSITE="1")
         return env
+
+
+def _kernel_caches(kept: Path | None, private: Path) -> dict[str, str]:
+    """The run's own compile caches, under its TMPDIR, starting as a copy of the kept kernels."""
+    if kept is not None and kept.is_dir():
+        shutil.copytree(kept, private, symlinks=True)
+    private.mkdir(exist_ok=True)
+    return {"TORCHINDUCTOR_CACHE_DIR": str(private / "inductor"), "TRITON_CACHE_DIR": str(private / "triton")}
+
+
+def _keep_kernels(private: Path, kept: Path) -> None:
+    """The baseline's kernels become the kept copy, whole or not at all (a first run wins)."""
+    if kept.exists() or not private.is_dir():
+        return
+    partial = kept.with_name(kept.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        shutil.copytree(private, partial, symlinks=True)
+        os.replace(partial, kept)
+    except OSError:  # a full disk costs the speed-up, never the run
+        shutil.rmtree(partial, ignore_errors=True)
 
 
 def _evict(*dirs: Path) -> None:

@@ -72,7 +72,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--budget", type=float, default=20.0, help="training seconds")
     parser.add_argument("--repeats", type=int, default=3, help="evaluations of each kind (the median is shown)")
-    parser.add_argument("--old-rev", default="cc0b4ca", help="the commit whose evaluator to compare with")
+    parser.add_argument("--old-rev", default="cc0b4ca",
+                        help="the commit whose evaluator to compare with ('none' to skip: a copy without git history)")
     args = parser.parse_args()
     if sandbox.gpu_present():
         print("a GPU is present: this measures train.py's GPU default")
@@ -98,12 +99,14 @@ def main() -> int:
                 return 1
             new.append(outcome.eval_seconds)
             score = f"val_bpb: {outcome.val_bpb:.6f}"
-            old_dir = root / "old"
-            old_dir.mkdir(exist_ok=True)
-            seconds, old_score = old_evaluation_seconds(args.old_rev, old_dir, exp / "ckpt")
-            old.append(seconds)
+            if args.old_rev != "none":
+                old_dir = root / "old"
+                old_dir.mkdir(exist_ok=True)
+                seconds, old_score = old_evaluation_seconds(args.old_rev, old_dir, exp / "ckpt")
+                old.append(seconds)
             floors.append(floor_seconds(exp / "model", exp / "ckpt"))
-            print(f"repeat {len(old)}: {new[-1]:.1f}s now, {old[-1]:.1f}s before, floor {sum(floors[-1]):.1f}s "
+            before = f"{old[-1]:.1f}s before, " if old else ""
+            print(f"repeat {len(new)}: {new[-1]:.1f}s now, {before}floor {sum(floors[-1]):.1f}s "
                   f"(start-up {floors[-1][0]:.1f}s + forward {floors[-1][1]:.1f}s)", flush=True)
         first_load = re.search(r"first model loaded in ([0-9.]+)s; (\d+) requests", (exp / "eval-val.log").read_text())
     print(f"training: {trained.train_seconds:.1f}s wall for a {args.budget:g}s budget "
@@ -118,9 +121,11 @@ def main() -> int:
           f"(start-up {load:.1f}s, forward over every window {forward:.1f}s)")
     print(f"  so the checks, the second process and the sandboxes cost {now - load - forward:.1f}s "
           f"({(now - load - forward) / now:.0%} of the evaluation)")
-    print(f"evaluation at {args.old_rev}, unsandboxed, 1 model process: median {statistics.median(old):.1f}s "
-          f"({', '.join(f'{s:.1f}' for s in old)}); {old_score} on its own val.txt")
-    print(f"evaluation / budget: {now / args.budget:.0%} now, {statistics.median(old) / args.budget:.0%} before; "
+    if old:
+        print(f"evaluation at {args.old_rev}, unsandboxed, 1 model process: median {statistics.median(old):.1f}s "
+              f"({', '.join(f'{s:.1f}' for s in old)}); {old_score} on its own val.txt")
+    before = f", {statistics.median(old) / args.budget:.0%} before" if old else ""
+    print(f"evaluation / budget: {now / args.budget:.0%} now{before}; "
           f"at other budgets (same model): " + ", ".join(f"{b:g}s {now / b:.0%}" for b in (30, 60, 300)))
     return 0
 

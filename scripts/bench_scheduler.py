@@ -2,6 +2,11 @@
 """How busy the slots stay: 1 and 4 slots, an agent that answers at once or takes half a run.
 
     python scripts/bench_scheduler.py [--train 2.0] [--experiments 12]
+    python scripts/bench_scheduler.py --harness real [--train 60] [--experiments 5]
+
+`--harness real` runs this project's own prepare.py and train.py (its GPU default on a GPU) on
+every slot the machine has, with real start-up, compilation and the sandboxed evaluator, which
+overlaps the next run's training on the same GPU: the busy share of a real night, in minutes.
 
 A real daemon in a scratch git repo with the test kit's fake harness, shaped like a GPU run:
 start-up and evaluation each take 10% of the training time. A scripted agent (below) waits a set
@@ -18,11 +23,13 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
@@ -31,6 +38,7 @@ from daemon_kit import git, journal_events, make_repo, run_cli  # noqa: E402
 from loop.agents.base import Context, Proposal  # noqa: E402
 
 DELAY_ENV = "BENCH_AGENT_DELAY_S"
+KNOB_ENV = "BENCH_AGENT_KNOB"  # the learning-rate constant the agent moves: LR (fake), MATRIX_LR (real)
 
 
 class ScriptedAgent:
@@ -50,8 +58,9 @@ class ScriptedAgent:
             self.count += 1
             k = self.count
         lr = 0.02 * (1 + k / 1000)
-        line = next(line for line in context.train_py.splitlines() if line.startswith("LR = "))
-        return Proposal(context.train_py.replace(line, f"LR = {lr:.6f}  # learning rate"), f"LR {lr:.6f}")
+        knob = os.environ.get(KNOB_ENV, "LR")
+        line = next(line for line in context.train_py.splitlines() if line.startswith(f"{knob} = "))
+        return Proposal(context.train_py.replace(line, f"{knob} = {lr:.6f}  # learning rate"), f"{knob} {lr:.6f}")
 
 
 def shaped_train(repo: Path, train: float) -> None:
@@ -64,20 +73,30 @@ def shaped_train(repo: Path, train: float) -> None:
     git(repo, "commit", "-qam", "shape the fake run like a GPU run")
 
 
-def measure(slots: int, delay: float, train: float, experiments: int) -> dict[str, float]:
+def measure(slots: int, delay: float, train: float, experiments: int, harness: str = "fake") -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
-        repo, env = make_repo(Path(tmp))
-        shaped_train(repo, train)
+        repo, env = make_repo(Path(tmp), harness=harness)
         env[DELAY_ENV] = str(delay)
         env["PYTHONPATH"] = str(ROOT / "scripts") + os.pathsep + env["PYTHONPATH"]
-        done = run_cli(repo, "start", "--tag", "b", "--agent", "bench_scheduler:ScriptedAgent", "--slots", str(slots),
-                       "--budget", str(train * 2), "--baseline-runs", "1", "--max-experiments", str(experiments),
-                       env=env, timeout=3600)
+        if harness == "real":  # the real training data, prepared once in the person's cache
+            env["AUTORESEARCH_CACHE"] = os.environ.get("AUTORESEARCH_CACHE", str(Path.home() / ".cache" / "autoresearch"))
+            env[KNOB_ENV] = "MATRIX_LR"
+            subprocess.run([sys.executable, "prepare.py"], cwd=repo, env=env, check=True, stdout=subprocess.DEVNULL)
+            where = ["--confirm", "never"]  # every GPU the machine has (the default); one run per experiment
+            budget = train
+        else:
+            shaped_train(repo, train)
+            where = ["--slots", str(slots)]
+            budget = train * 2
+        done = run_cli(repo, "start", "--tag", "b", "--agent", "bench_scheduler:ScriptedAgent", *where,
+                       "--budget", str(budget), "--baseline-runs", "1", "--max-experiments", str(experiments),
+                       env=env, timeout=3600 * 12)
         if done.returncode != 0:
             raise SystemExit(f"the daemon failed: {done.stderr.strip() or done.stdout[-500:]}")
         events = journal_events(repo, "b")
     first = min(e["ts"] for e in events if e["event"] == "running" and e["n"] > 0)
-    runs = [e for e in events if e["event"] == "evaluated" and e["n"] > 0 and e.get("timings")]
+    everything = [e for e in events if e["event"] == "evaluated" and e.get("timings")]
+    runs = [e for e in everything if e["n"] > 0]
     end = max(e["timings"]["training_ended"] for e in runs)
     wall = end - first
     occupied: dict[str, float] = {}
@@ -90,14 +109,32 @@ def measure(slots: int, delay: float, train: float, experiments: int) -> dict[st
     span = max(e["ts"] for e in decided) - first
     return {"busy": statistics.fmean(v / wall for v in occupied.values()),
             "training": statistics.fmean(v / wall for v in trained.values()),
-            "per_hour": len(decided) / span * 3600}
+            "per_hour": len(decided) / span * 3600, "slots": len(occupied),
+            "eval": statistics.median(e["eval_seconds"] for e in runs),
+            "startups": [e["train_seconds"] - float(e["summary"].get("training_seconds", 0.0))
+                         for e in sorted(everything, key=lambda e: e["timings"]["started"])]}
+
+
+def real(train: float, experiments: int) -> None:
+    r = measure(0, 0.0, train, experiments, harness="real")
+    print(f"this project's harness, budget {train:g}s, {experiments} experiments, agent instant, "
+          f"{r['slots']} slot(s)")
+    print(f"busy {r['busy']:.2f}, training {r['training']:.2f}, {r['per_hour']:.1f} experiments/h; per run: "
+          f"start-up and compilation {statistics.median(r['startups'][1:]):.1f}s, evaluation {r['eval']:.1f}s (median)")
+    print("start-up of each run in the order started (the baseline first, which compiles from nothing): "
+          + ", ".join(f"{s:.1f}s" for s in r["startups"]))
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--train", type=float, default=2.0, help="seconds of fake training per run")
     ap.add_argument("--experiments", type=int, default=12, help="experiments per slot")
+    ap.add_argument("--harness", choices=("fake", "real"), default="fake",
+                    help="the test kit's fake harness, or this project's own (use --train 60 on a GPU)")
     args = ap.parse_args()
+    if args.harness == "real":
+        real(args.train, args.experiments)
+        return 0
     run_seconds = args.train * 1.2
     print(f"fake run: start-up {args.train / 10:g}s, training {args.train:g}s, evaluation {args.train / 10:g}s; "
           f"{args.experiments} experiments per slot; default lookahead (one per slot)")

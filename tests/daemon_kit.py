@@ -134,7 +134,7 @@ def make_repo(tmp_path: Path, harness: str = "fake", sleep: float = 0.0, eval_sl
     repo = tmp_path / "repo"
     repo.mkdir()
     if harness == "real":
-        for name in ("prepare.py", "train.py", "val.txt"):
+        for name in ("prepare.py", "train.py", "val.txt", "holdout.txt"):
             shutil.copy(MAIN / name, repo / name)
     else:
         (repo / "val.txt").write_text(VAL_TEXT)

@@ -1,0 +1,47 @@
+"""Compiled kernels: every run starts from a private copy of the baseline's; no experiment's reach another.
+
+The fake train.py below stands in for torch.compile: it lists what it finds in its inductor cache
+folder, then writes a file of its own there, as a compiler that fills its cache would.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from daemon_kit import git, make_repo, run_cli
+
+from loop.journal import experiment_dir, run_dir
+
+COMPILES = '''    t0 = time.time()
+    kernels = Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
+    print("kernels seen:", sorted(p.name for p in kernels.glob("*")) if kernels.is_dir() else [], flush=True)
+    kernels.mkdir(parents=True, exist_ok=True)
+    (kernels / "{name}").write_text("compiled")
+'''
+
+
+def compiling(train_py: str, name: str) -> str:
+    return train_py.replace("    t0 = time.time()\n", COMPILES.format(name=name), 1)
+
+
+def test_runs_start_from_the_baselines_kernels_and_leave_none_behind(tmp_path: Path) -> None:
+    repo, env = make_repo(tmp_path)
+    baseline = (repo / "train.py").read_text()
+    (repo / "train.py").write_text(compiling(baseline, "baseline"))
+    git(repo, "commit", "-qam", "a train.py that compiles")
+    queue = tmp_path / "queue"
+    queue.mkdir()
+    # The first experiment fills its cache with a kernel of its own (a poisoned one, say).
+    (queue / "01.py").write_text(compiling(baseline, "poison").replace("LR = 0.02", "LR = 0.03"))
+    (queue / "02.py").write_text(compiling(baseline, "second").replace("LR = 0.02", "LR = 0.01"))
+    done = run_cli(repo, "start", "--tag", "k", "--agent", "queue", "--queue", str(queue), "--budget", "2",
+                   "--max-experiments", "2", "--lookahead", "0", "--baseline-runs", "1", "--best-runs", "1", env=env)
+    assert done.returncode == 0, done.stderr + done.stdout
+
+    def seen(n: int) -> str:
+        log = (experiment_dir(repo, "k", n) / "train.log").read_text()
+        return next(line for line in log.splitlines() if line.startswith("kernels seen:"))
+
+    assert seen(0) == "kernels seen: []"
+    assert seen(1) == seen(2) == "kernels seen: ['baseline']"  # not the first experiment's poison
+    kept = run_dir(repo, "k") / "kernels"
+    assert sorted(p.name for p in (kept / "inductor").iterdir()) == ["baseline"]
