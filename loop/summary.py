@@ -1,9 +1,12 @@
 """Parse the block a training run prints last: a line `---`, then `key: value` lines.
 
 The block is advisory (the metric comes from the trusted evaluator, not from here), so parsing is
-forgiving: the last `---` wins, unknown keys are kept, values that are not numbers stay strings.
+forgiving: the last `---` wins, unknown keys are kept, values that are not numbers stay strings,
+and so do nan and inf: they measure nothing, pass every comparison or none, and are not JSON.
 """
 from __future__ import annotations
+
+import math
 
 SUMMARY_KEYS = (
     "training_seconds",
@@ -30,7 +33,8 @@ def parse_summary(text: str) -> dict[str, float | str]:
         if not sep or not key or " " in key:
             continue
         try:
-            out[key] = float(value)
+            number = float(value)
         except ValueError:
-            out[key] = value
+            number = math.nan
+        out[key] = number if math.isfinite(number) else value
     return out
