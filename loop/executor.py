@@ -22,6 +22,7 @@ from loop import gpu
 from loop.errors import UsageError
 from loop.procs import Cancel
 from loop.runner import Runner, RunOutcome, RunSpec
+from loop.target_runner import TargetRunner
 
 HARDWARE_LABEL_ENV = "AUTORESEARCH_HARDWARE_LABEL"  # names this machine's hardware where models alone do not
 
@@ -119,7 +120,7 @@ def plan_slots(gpus: str, slots: int | None) -> list[Slot]:
 class LocalExecutor:
     """Slots as threads on this machine; every run goes through the contained Runner."""
 
-    def __init__(self, slots: list[Slot], make_runner: Callable[[Job], Runner], events: queue.Queue,
+    def __init__(self, slots: list[Slot], make_runner: Callable[[Job], Runner | TargetRunner], events: queue.Queue,
                  cancel: Cancel) -> None:
         self.slots, self.make_runner, self.events, self.cancel = slots, make_runner, events, cancel
         self.host = socket.gethostname()

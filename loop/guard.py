@@ -33,6 +33,7 @@ import lzma
 import re
 import subprocess
 import sys
+import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -278,7 +279,10 @@ def _decoded(joined: bytes) -> list[tuple[str, bytes]]:
     """The forms a literal can hide text in, each decoded back to bytes."""
     lower = joined.lower()
     out = [("hex", b"".join(_unhex(m.group()) for m in _HEX_RUN.finditer(lower)))]
-    out.append(("escapes", joined.decode("unicode_escape", errors="ignore").encode("utf-8", errors="replace")))
+    with warnings.catch_warnings():  # a literal's stray backslash is its own business, not a warning of ours
+        warnings.simplefilter("ignore", DeprecationWarning)
+        escaped = joined.decode("unicode_escape", errors="ignore")
+    out.append(("escapes", escaped.encode("utf-8", errors="replace")))
     out.append(("decimal numbers", bytes(int(d) for d in _DECIMALS.findall(joined) if int(d) <= 255)))
     for m in _B64_RUN.finditer(joined):
         data = _unbase64(m.group())
@@ -347,7 +351,7 @@ def lint_train_py(text: str) -> list[str]:
             for reason in _import_findings(node):
                 add(node, reason)
         elif isinstance(node, ast.Constant) and isinstance(node.value, str) or _is_str_concat(node):
-            text = node.value if isinstance(node, ast.Constant) else _folded(node)
+            text = node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else _folded(node)
             for needle, reason in FORBIDDEN_STRINGS.items():
                 if needle in text:
                     add(node, f"mentions {needle!r}: {reason}")
@@ -381,7 +385,7 @@ def lint_train_py(text: str) -> list[str]:
                 for reason in _reference_findings(_resolved(dotted, modules)):
                     add(node, reason)
         if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Delete)):
-            targets = node.targets if isinstance(node, (ast.Assign, ast.Delete)) else [node.target]
+            targets: list[ast.expr] = list(node.targets) if isinstance(node, (ast.Assign, ast.Delete)) else [node.target]
             for t in _flatten(targets):
                 if isinstance(t, ast.Name) and t.id in harness_names:
                     add(node, f"rebinds the harness name {t.id}")

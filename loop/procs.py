@@ -97,7 +97,9 @@ class Contained:
         # group only by calling setsid, and by then it is usually in our snapshot already.
         self.tree = _Tree(self.proc.pid, token)
         _STARTED.add(self.proc.pid)
-        self.pump = _LogPump(self.proc.stdout if own_stdout else self.proc.stderr, log_path, log_cap, on_line)
+        stream = self.proc.stdout if own_stdout else self.proc.stderr
+        assert stream is not None  # piped above
+        self.pump = _LogPump(stream, log_path, log_cap, on_line)
         self.pump.start()
         self.log_path = log_path
 
@@ -272,7 +274,8 @@ class _LogPump(threading.Thread):
         self.dropped = 0
 
     def run(self) -> None:
-        written, tail, tail_bytes = 0, deque(), 0
+        written, tail_bytes = 0, 0
+        tail: deque[bytes] = deque()
         with open(self.log_path, "wb") as log:
             for raw in iter(lambda: self.stream.readline(65536), b""):
                 if written < self.cap:

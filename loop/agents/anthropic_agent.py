@@ -145,7 +145,7 @@ class AnthropicAgent:
             raise AgentUnavailable(f"anthropic: cannot reach the API ({type(e).__name__})") from None
 
     def _run_tools(self, content: list, work: Workspace) -> tuple[list[dict], dict | None]:
-        results = []
+        results: list[dict] = []
         for block in content:
             if block.type != "tool_use":
                 continue

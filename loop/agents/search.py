@@ -48,7 +48,7 @@ def find_constants(source: str) -> list[Constant]:
             continue
         literals = [node.value.body, node.value.orelse] if isinstance(node.value, ast.IfExp) else [node.value]
         for i, lit in enumerate(literals):
-            if isinstance(lit, ast.Constant) and type(lit.value) in (int, float):
+            if isinstance(lit, ast.Constant) and isinstance(lit.value, (int, float)) and not isinstance(lit.value, bool):
                 key = name if len(literals) == 1 else f"{name}[{'if' if i == 0 else 'else'}]"
                 start = offsets[lit.lineno - 1] + lit.col_offset
                 end = offsets[lit.end_lineno - 1] + lit.end_col_offset  # type: ignore[operator]

@@ -35,8 +35,9 @@ def status(repo: Path, tag: str | None = None) -> int:
     if declared := (run.meta.get("config") or {}).get("target"):  # a declared target's daemon: its own lock and view
         target = targets.of_config(root, declared)
         holder, live = read_holder(targets.lock_file(root, target)), targets.state_file(root, target)
-    running = bool(holder) and holder.get("tag") == tag
-    print(f"{'running' if running else 'not running'} (tag {tag}{', pid ' + str(holder['pid']) if running else ''})")
+    running = holder is not None and holder.get("tag") == tag
+    pid = holder.get("pid") if holder is not None else None
+    print(f"{'running' if running else 'not running'} (tag {tag}{', pid ' + str(pid) if running else ''})")
     if running:
         _live(read_json(live), tag)
     elif run.stop_reason:
