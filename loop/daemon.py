@@ -646,7 +646,8 @@ class Daemon:
         wall = time.time() - (rec.started_at or time.time())
         self.display.finished(att.n, status, mean, best_before, wall,
                               att.description + (f" ({reason})" if status == "crash" and reason else "")
-                              + (f" (mean of {runs})" if runs > 1 and att.kind != "baseline" else ""))
+                              + (f" (mean of {runs})" if runs > 1 and att.kind != "baseline" else ""),
+                              metric=self.target.view)
         if att.kind == "baseline" and status == "crash":
             self.stopping = "baseline crashed"
             self.fatal = BaselineCrashed(reason)

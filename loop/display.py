@@ -6,6 +6,8 @@ import sys
 import time
 from typing import TextIO
 
+from loop.target import MetricView
+
 
 class Display:
     def __init__(self, stream: TextIO = sys.stdout) -> None:
@@ -18,10 +20,11 @@ class Display:
         self._clear()
         print(text, file=self.stream, flush=True)
 
-    def finished(self, n: int, status: str, val_bpb: float | None, best: float | None, seconds: float, description: str) -> None:
-        bpb = f"{val_bpb:.6f}" if val_bpb is not None else "-".center(8)
-        delta = f"{val_bpb - best:+.6f}" if val_bpb is not None and best is not None else " " * 9
-        self.say(f"#{n:04d} {status:<8} {bpb} {delta} {seconds:6.0f}s  {description}")
+    def finished(self, n: int, status: str, score: float | None, best: float | None, seconds: float, description: str,
+                 metric: MetricView = MetricView()) -> None:
+        shown = metric.text(score) if score is not None else "-".center(8)
+        delta = metric.change(score, best) if score is not None and best is not None else " " * 9
+        self.say(f"#{n:04d} {status:<8} {shown} {delta} {seconds:6.0f}s  {description}")
 
     def live(self, n: int, phase: str, elapsed: float, budget: float, loss: str | None) -> None:
         text = f"#{n:04d} {phase:<10} {elapsed:5.0f}s of {budget:.0f}s" + (f"  loss {loss}" if loss else "")

@@ -31,6 +31,7 @@ from loop.journal import (
     run_dir,
     state_dir,
 )
+from loop.target import MetricView, metric_of
 
 LABEL_CHARS = 34  # kept changes are labelled with this much of their description
 X_AXES = ("experiment", "hours")
@@ -158,6 +159,7 @@ class Summary:
     running: bool
     kept: list[tuple[int, str, str, float, float | None]] = field(default_factory=list)  # n, commit, desc, bpb, delta
     crashes: dict[str, list[int]] = field(default_factory=dict)
+    metric: MetricView = field(default_factory=MetricView)  # scores here are the controller's (lower is better)
 
 
 def summarize(run: RunRecord, now: float | None = None) -> Summary:
@@ -189,14 +191,15 @@ def summarize(run: RunRecord, now: float | None = None) -> Summary:
         training_share=sum(e.train_seconds or 0.0 for e in done) / (hours * 3600) if hours else 0.0,
         baseline=baseline, best=best.val_bpb if best else None, best_commit=(best.commit or "")[:7] if best else "",
         improvement=improvement,
-        improvement_pct=100 * improvement / baseline if improvement is not None and baseline else None,
+        improvement_pct=100 * improvement / abs(baseline) if improvement is not None and baseline else None,
         cost_usd=usage.cost_usd,
         tokens={"input": usage.input_tokens, "output": usage.output_tokens,
                 "cache_write_5m": usage.cache_write_5m_tokens,
                 "cache_write_1h": usage.cache_write_1h_tokens, "cache_read": usage.cache_read_tokens},
         interrupted=sum(e.status == "interrupted" for e in run.experiments),
         failed_proposals=sum(e.failed_proposals for e in run.experiments),
-        running=bool(running), kept=kept, crashes=dict(sorted(crashes.items(), key=lambda kv: -len(kv[1]))))
+        running=bool(running), kept=kept, crashes=dict(sorted(crashes.items(), key=lambda kv: -len(kv[1]))),
+        metric=metric_of(run.meta))
 
 
 def crash_kind(reason: str) -> str:
@@ -258,8 +261,7 @@ def holdout_gap(view: RunView) -> HoldoutGap | None:
 
 
 def format_summary(s: Summary) -> str:
-    def bpb(x: float | None) -> str:
-        return f"{x:.6f}" if x is not None else "-"
+    bpb = s.metric.text
 
     lines = [
         f"run {s.tag}: {'running (or killed)' if s.running else 'stopped'}, {s.hours:.2f} h",
@@ -267,7 +269,7 @@ def format_summary(s: Summary) -> str:
         f"{s.rates['discard']:.0%}, crash {s.counts['crash']} {s.rates['crash']:.0%}); interrupted {s.interrupted}; "
         f"failed proposals {s.failed_proposals}",
         f"experiments per hour: {s.per_hour:.1f}; share of wall-clock spent training: {s.training_share:.0%}",
-        f"baseline val_bpb: {bpb(s.baseline)}; best: {bpb(s.best)} ({s.best_commit})"
+        f"baseline {s.metric.name}: {bpb(s.baseline)}; best: {bpb(s.best)} ({s.best_commit})"
         + (f"; improvement {s.improvement:.6f} ({s.improvement_pct:.2f}%)" if s.improvement is not None else ""),
         f"spend: ${s.cost_usd:.2f}; tokens: " + ", ".join(f"{k} {v:,}" for k, v in s.tokens.items()),
     ]
@@ -275,10 +277,10 @@ def format_summary(s: Summary) -> str:
 
 
 def tables_markdown(s: Summary) -> str:
-    out = ["| # | commit | description | val_bpb | delta |", "|---|---|---|---|---|"]
+    out = [f"| # | commit | description | {s.metric.name} | change |", "|---|---|---|---|---|"]
     for n, commit, desc, bpb, delta in s.kept:
-        change = "" if delta is None else f"{delta:+.6f}"
-        out.append(f"| {n} | {commit} | {desc.replace('|', '/')} | {bpb:.6f} | {change} |")
+        change = "" if delta is None else s.metric.change(bpb, bpb - delta)
+        out.append(f"| {n} | {commit} | {desc.replace('|', '/')} | {s.metric.text(bpb)} | {change} |")
     out += ["", "| crash kind | count | experiments |", "|---|---|---|"]
     for kind, ns in s.crashes.items():
         out.append(f"| {kind.replace('|', '/')} | {len(ns)} | {', '.join(map(str, ns))} |")
@@ -376,7 +378,7 @@ def plot_progress(view: RunView, s: Summary, path: Path, x_axis: str = "experime
         _draw_crash_strip(strip, crashes, x_of)
     (strip or ax).set_xlabel("experiment" if x_axis == "experiment" else "wall-clock hours since the run started")
     ax.set_title(_title(s))
-    ax.set_ylabel("val_bpb (lower is better)")
+    ax.set_ylabel(f"{s.metric.plotted} (lower is better)")
     ax.grid(alpha=0.25)
     handles, layout.legend = ax.get_legend_handles_labels()
     if strip is not None:
@@ -426,7 +428,9 @@ def _crash_heights(ax: Any, strip: Any, crashes: list[int]) -> list[tuple[int, f
 def _title(s: Summary) -> str:
     title = f"autoresearch run {s.tag}: {s.experiments} experiments, {s.counts['keep']} kept"
     if s.baseline is not None and s.best is not None and s.improvement_pct is not None:
-        title += f"; val_bpb {s.baseline:.4f} → {s.best:.4f} ({-s.improvement_pct:+.2f}%)"
+        shown = s.metric.shown
+        title += (f"; {s.metric.name} {shown(s.baseline):.4f} → {shown(s.best):.4f} "
+                  f"({-s.improvement_pct if not s.metric.higher_is_better else s.improvement_pct:+.2f}%)")
     return title
 
 
@@ -523,7 +527,7 @@ def plot_compare(runs: list[RunRecord], path: Path) -> None:
             by_n.step([p[0] for p in pts], [p[2] for p in pts], where="post", label=run.tag)
     for ax, xlabel in ((by_time, "wall-clock hours"), (by_n, "experiment")):
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("best val_bpb so far")
+        ax.set_ylabel(f"best {metric_of(runs[0].meta).plotted if runs else 'val_bpb'} so far")
         ax.grid(alpha=0.25)
         ax.legend()
     fig.tight_layout()

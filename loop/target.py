@@ -81,6 +81,36 @@ class Region:
 
 
 @dataclass(frozen=True)
+class MetricView:
+    """A run's scores as a person reads them: the metric's name and its own sign. The controller
+    stores every score lower-is-better, so a higher-is-better metric is negated until shown."""
+
+    name: str = "val_bpb"
+    higher_is_better: bool = False
+
+    def shown(self, score: float) -> float:
+        return -score if self.higher_is_better else score
+
+    def text(self, score: float | None) -> str:
+        return "-" if score is None else f"{self.shown(score):.6f}"
+
+    def change(self, score: float, before: float) -> str:
+        """The change from `before` to `score`, in the metric's own direction."""
+        return f"{(before - score if self.higher_is_better else score - before):+.6f}"
+
+    @property
+    def plotted(self) -> str:
+        """What a plot of controller scores shows: the metric, negated when higher is better."""
+        return f"-{self.name}" if self.higher_is_better else self.name
+
+
+def metric_of(meta: dict[str, Any]) -> MetricView:
+    """The metric of a run, from its journal's run_started fields (a custom target records it)."""
+    declared = meta.get("target") or {}
+    return MetricView(declared.get("metric", "val_bpb"), declared.get("better") == "higher")
+
+
+@dataclass(frozen=True)
 class Target:
     name: str
     editable: tuple[str, ...]  # globs, relative to the repository root
@@ -123,6 +153,10 @@ class Target:
     def shown(self, score: float | None) -> float | None:
         """The metric's real value from a controller score (the inverse of `score`)."""
         return None if score is None else self.score(score)
+
+    @property
+    def view(self) -> MetricView:
+        return MetricView(self.metric, self.higher_is_better)
 
 
 # The builtin experiment in the same format. Its runs do not go through these commands: runner.py

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -298,3 +299,22 @@ def test_the_llm_agent_edits_the_targets_files_only(tmp_path: Path, monkeypatch:
     assert "best val_mse so far" in first[0]["text"]
     refused = server.requests[2]["body"]["messages"][-1]["content"][0]
     assert refused["is_error"] and "src/data.rs is read-only" in refused["content"]
+
+
+def test_a_higher_is_better_metric_reads_as_itself_in_every_view(tmp_path: Path) -> None:
+    """The controller orders scores lower-is-better, so an accuracy is negated inside; the live lines,
+    status, show and the report name the metric and show it as measured, changes in its own direction."""
+    repo, env = new_repo(tmp_path, TWO_TARGETS)
+    queue_diff(tmp_path / "qb", "1", repo, "beta/params.sh", "Y=2", "Y=5", "y to 5")
+    done = run_cli(repo, "start", "--tag", "b1", "--target", "beta.toml", "--queue", str(tmp_path / "qb"), *SHORT,
+                   env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert re.search(r"#0001 keep +96\.000000 \+21\.000000 ", done.stdout), done.stdout
+    status = run_cli(repo, "status", "--tag", "b1", env=env).stdout
+    assert "baseline accuracy: 75.000000" in status and "best accuracy: 96.000000" in status, status
+    shown = run_cli(repo, "show", "1", "--tag", "b1", env=env).stdout
+    assert "accuracy: 96.000000; best before: 75.000000 (+21.000000)" in shown, shown
+    report = run_cli(repo, "report", "--tag", "b1", "--out", str(tmp_path / "report"), env=env)
+    assert report.returncode == 0, report.stdout + report.stderr
+    assert "baseline accuracy: 75.000000; best: 96.000000" in report.stdout, report.stdout
+    assert "val_bpb" not in status + shown + report.stdout

@@ -11,6 +11,7 @@ from pathlib import Path
 from loop.errors import SetupError, UsageError
 from loop.journal import ExperimentRecord, experiment_dir, run_dir, state_dir
 from loop.report import RunView, latest_tag, read_run, warn
+from loop.target import metric_of
 
 LAST_TAG = "last_tag"  # written by `start`: the tag of the run started last
 LOG_TAIL_LINES = 20
@@ -48,8 +49,8 @@ def show_command(repo: Path, number: int, tag: str | None) -> int:
 
 def describe(view: RunView, rec: ExperimentRecord) -> list[str]:
     """The experiment's record, one fact a line."""
-    def bpb(x: float | None) -> str:
-        return f"{x:.6f}" if x is not None else "-"
+    metric = metric_of(view.run.meta)
+    bpb = metric.text
 
     def seconds(x: float | None) -> str:
         return f"{x:.0f}s" if x is not None else "-"
@@ -59,9 +60,9 @@ def describe(view: RunView, rec: ExperimentRecord) -> list[str]:
              f"description: {' '.join(rec.description.split()) or '-'}",
              f"hypothesis: {' '.join(rec.hypothesis.split()) or '-'}",
              f"reason: {rec.reason or '-'}"]
-    score = f"val_bpb: {bpb(rec.val_bpb)}; best before: {bpb(rec.best_before)}"
+    score = f"{metric.name}: {bpb(rec.val_bpb)}; best before: {bpb(rec.best_before)}"
     if rec.val_bpb is not None and rec.best_before is not None:
-        score += f" ({rec.val_bpb - rec.best_before:+.6f})"
+        score += f" ({metric.change(rec.val_bpb, rec.best_before)})"
     if (holdout := view.holdout(rec.n)) is not None:
         score += f"; holdout: {bpb(holdout)}"
     lines.append(score)

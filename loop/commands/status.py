@@ -47,14 +47,16 @@ def status(repo: Path, tag: str | None = None) -> int:
     done = run.finished
     counts = {s: sum(e.status == s for e in done) for s in STATUSES}
     print(f"experiments: {len(done)} (keep {counts['keep']}, discard {counts['discard']}, crash {counts['crash']})")
+    metric = targets.metric_of(run.meta)
     baseline = next((e for e in done if e.n == 0), None)
     if baseline and baseline.val_bpb is not None:
-        print(f"baseline val_bpb: {baseline.val_bpb:.6f} ({(baseline.commit or '')[:7]})")
+        print(f"baseline {metric.name}: {metric.text(baseline.val_bpb)} ({(baseline.commit or '')[:7]})")
     if run.best:
-        print(f"best val_bpb: {run.best.val_bpb:.6f} ({(run.best.commit or '')[:7]}: {run.best.description})")
+        print(f"best {metric.name}: {metric.text(run.best.val_bpb)} ({(run.best.commit or '')[:7]}: {run.best.description})")
         scores = run.best.scores()
         if len(scores) > max(run.best.decided_runs, 1):  # run again since its decision: what results meet now
-            print(f"  the best's mean over its {len(scores)} runs, which results are compared with: {fmean(scores):.6f}")
+            print(f"  the best's mean over its {len(scores)} runs, which results are compared with: "
+                  f"{metric.text(fmean(scores))}")
     noise = Noise.pooled(e.scores() for e in done if e.status in ("keep", "discard"))
     if noise.sigma is not None:
         print(f"run-to-run noise: {noise.sigma:.6f} (standard deviation, {noise.degrees} degrees of freedom)")
