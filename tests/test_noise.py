@@ -259,6 +259,54 @@ def test_settling_survives_a_kill(tmp_path: Path) -> None:
     assert len(seeds) == len(set(seeds))
 
 
+def test_a_graceful_stop_while_a_result_waits_for_the_best(tmp_path: Path) -> None:
+    """Two slots: the baseline's later runs go first, then experiment 1 runs beside the last of them
+    and waits for it. A graceful stop then: the run in flight finishes, experiment 1 is decided on
+    the mean of all four, the new best's later runs (it is a clear win) are not started, and
+    whatever ran is decided; `resume` runs them and goes on."""
+    # The baseline's runs train for 8 s: the stop lands well inside the last one, even on a busy machine.
+    repo, env = make_noisy_repo(tmp_path, noise=SIGMA, sleep=8.0)
+    queue = tmp_path / "queue"
+    queue.mkdir()
+    (queue / "01.py").write_text(train_py_with(0.1, WIDTH=16))  # a true gain of 30 SIGMA
+    (queue / "02.py").write_text(train_py_with(0.1, WIDTH=16, LR=0.01))
+    args = ("--agent", "queue", "--queue", str(queue), "--budget", "10", "--slots", "2", "--baseline-runs", "1",
+            "--best-runs", "4", "--lookahead", "0")
+    daemon = start_background(repo, "start", "--tag", TAG, *args, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not events_of(journal_events(repo, TAG) if (repo / ".autoresearch").exists() else [], "evaluated", 1):
+            assert time.monotonic() < deadline and daemon.poll() is None, "experiment 1 was never evaluated"
+            time.sleep(0.02)
+        stopped = run_cli(repo, "stop", env=env)
+        asked = time.time()
+        assert stopped.returncode == 0, stopped.stderr
+        assert daemon.wait(timeout=120) == 0
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+    events = journal_events(repo, TAG)
+    last_baseline_run = events_of(events, "evaluated", 0)[-1]
+    assert len(events_of(events, "evaluated", 0)) == BEST_RUNS and last_baseline_run["ts"] > asked
+    decided = events_of(events, "decided", 1)[0]
+    assert decided["status"] == "keep" and events.index(decided) > events.index(last_baseline_run)
+    baseline_mean = sum(e["val_bpb"] for e in events_of(events, "evaluated", 0)) / BEST_RUNS
+    assert decided["best_before"] == pytest.approx(baseline_mean, abs=1e-9)
+    best = fold(events).best
+    assert best is not None and best.n > 0
+    assert [e["run"] for e in events_of(events, "running", best.n)] == [0]  # its later runs were not started
+    assert {e["n"] for e in events if e["event"] == "evaluated"} == {e["n"] for e in events if e["event"] == "decided"}
+    assert_invariants(repo, TAG)
+
+    (queue / "03.py").write_text(train_py_with(0.1, WIDTH=16, DEPTH=3))
+    done = run_cli(repo, "resume", "--tag", TAG, "--max-experiments", "3", env=env, timeout=300)
+    assert done.returncode == 0, done.stderr + done.stdout
+    events = journal_events(repo, TAG)
+    assert sorted(e["run"] for e in events_of(events, "evaluated", best.n)) == list(range(BEST_RUNS))
+    assert events_of(events, "decided", 2) and events_of(events, "decided", 3)
+    assert_invariants(repo, TAG)
+
+
 def test_status_shows_the_mean_results_meet(auto_run: tuple[Path, list[dict]]) -> None:
     """When the best has run again since its decision, status shows the mean results are compared with."""
     repo, events = auto_run
