@@ -20,15 +20,17 @@ from loop.journal import JOURNAL_NAME, fold, read_events, run_dir
 MAIN = Path(__file__).resolve().parents[1]
 VAL_TEXT = "fixed validation text for the fake harness\n" * 20
 
-FAKE_PREPARE = '''"""Fake harness for tests: the real contracts, no torch."""
-import hashlib, json, math, os, sys, time
+# The fake prepare.py, with three slots: its docstring, constants of its own, and how a model
+# process answers (the score its checkpoint earns). The scorer and the data are common to all.
+PREPARE_TEMPLATE = '''{docstring}
+import hashlib, json, math, os, random, sys, time
 from pathlib import Path
 
 TIME_BUDGET = float(os.environ.get("AUTORESEARCH_TIME_BUDGET", "300"))
 MAX_SEQ_LEN, VOCAB_SIZE = 64, 256
 VAL_SHA256 = "{sha}"
 HERE = Path(__file__).resolve().parent
-
+{constants}
 
 def data_dir():
     return Path(os.environ.get("AUTORESEARCH_CACHE", Path.home() / ".cache" / "autoresearch"))
@@ -50,23 +52,7 @@ def main():
             return 1
         print("ok")
         return 0
-    if cmd == "model":  # answers with the score its constants earn, on the pipe it was given
-        proto = os.fdopen(os.dup(1), "w")
-        os.dup2(2, 1)
-        sys.path.insert(0, str(HERE))
-        import train
-        time.sleep(getattr(train, "eval_sleep_s", 0.0))
-        ckpt = Path(sys.argv[sys.argv.index("--checkpoint") + 1]) / "model.pt"
-        try:
-            w = json.loads(ckpt.read_text())
-        except (OSError, ValueError) as e:
-            print(f"eval: checkpoint does not load: {{e}}", file=sys.stderr)
-            return 1
-        bpb = 1.0 + (math.log10(w["LR"]) - math.log10(0.005)) ** 2 + (w["WIDTH"] - 16) ** 2 / 400 + (w["DEPTH"] - 4) ** 2 / 50
-        proto.write(str(getattr(train, "forced_metric", f"{{bpb:.6f}}")) + "\\n")
-        proto.flush()
-        return 0
-    # The scorer: the split on stdin, the main model process's answer on the first pipe.
+{model}    # The scorer: the split on stdin, the main model process's answer on the first pipe.
     if hashlib.sha256(sys.stdin.buffer.read()).hexdigest() != VAL_SHA256:
         print("eval: val.txt fails its checksum")
         return 1
@@ -88,6 +74,31 @@ def main():
 if __name__ == "__main__":
     sys.exit(main())
 '''
+
+FAKE_MODEL = '''    if cmd == "model":  # answers with the score its constants earn, on the pipe it was given
+        proto = os.fdopen(os.dup(1), "w")
+        os.dup2(2, 1)
+        sys.path.insert(0, str(HERE))
+        import train
+        time.sleep(getattr(train, "eval_sleep_s", 0.0))
+        ckpt = Path(sys.argv[sys.argv.index("--checkpoint") + 1]) / "model.pt"
+        try:
+            w = json.loads(ckpt.read_text())
+        except (OSError, ValueError) as e:
+            print(f"eval: checkpoint does not load: {e}", file=sys.stderr)
+            return 1
+        bpb = 1.0 + (math.log10(w["LR"]) - math.log10(0.005)) ** 2 + (w["WIDTH"] - 16) ** 2 / 400 + (w["DEPTH"] - 4) ** 2 / 50
+        proto.write(str(getattr(train, "forced_metric", f"{bpb:.6f}")) + "\\n")
+        proto.flush()
+        return 0
+'''
+
+
+def fake_prepare(sha: str, docstring: str = '"""Fake harness for tests: the real contracts, no torch."""',
+                 constants: str = "", model: str = FAKE_MODEL) -> str:
+    """The fake harness's prepare.py, pinned to a val.txt by its checksum."""
+    return PREPARE_TEMPLATE.format(sha=sha, docstring=docstring, constants=constants, model=model)
+
 
 FAKE_TRAIN = '''"""Fake train.py for tests: saves its constants as the "model"."""
 import json, os, time
@@ -139,7 +150,7 @@ def make_repo(tmp_path: Path, harness: str = "fake", sleep: float = 0.0, eval_sl
     else:
         (repo / "val.txt").write_text(VAL_TEXT)
         sha = hashlib.sha256(VAL_TEXT.encode()).hexdigest()
-        (repo / "prepare.py").write_text(FAKE_PREPARE.format(sha=sha))
+        (repo / "prepare.py").write_text(fake_prepare(sha))
         (repo / "train.py").write_text(FAKE_TRAIN.format(sleep=sleep, eval_sleep=eval_sleep))
     (repo / "program.md").write_text("Lower val_bpb within the budget. Edit train.py only.\n")
     shutil.copy(MAIN / ".gitignore", repo / ".gitignore")

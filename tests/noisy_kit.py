@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from daemon_kit import git, make_repo
+from daemon_kit import fake_prepare, git, make_repo
 
 from loop.agents.search import find_constants
 
@@ -31,69 +31,20 @@ def true_score(c):
 '''
 KNOBS = ("LR", "WIDTH", "DEPTH", "ORDER")
 
-NOISY_PREPARE = '''"""Fake harness with noise: the real contracts, a known true score, noise from the run's seed."""
-import hashlib, json, math, os, random, sys, time
-from pathlib import Path
-
-TIME_BUDGET = float(os.environ.get("AUTORESEARCH_TIME_BUDGET", "300"))
-MAX_SEQ_LEN, VOCAB_SIZE = 64, 256
-VAL_SHA256 = "{sha}"
-NOISE = {noise!r}  # standard deviation of the evaluator's noise
-HERE = Path(__file__).resolve().parent
-{true_score}
-
-def data_dir():
-    return Path(os.environ.get("AUTORESEARCH_CACHE", Path.home() / ".cache" / "autoresearch"))
-
-
-def main():
-    cmd = sys.argv[1] if len(sys.argv) > 1 else "prepare"
-    val = Path(os.environ.get("AUTORESEARCH_VAL", HERE / "val.txt"))
-    if cmd == "prepare":
-        data_dir().mkdir(parents=True, exist_ok=True)
-        (data_dir() / "train.bin").write_bytes(b"x" * 1000)
-        return 0
-    if cmd == "check":
-        if not (data_dir() / "train.bin").exists():
-            print(f"training data is not prepared in {{data_dir()}}: run `python prepare.py`")
-            return 1
-        if not val.exists() or hashlib.sha256(val.read_bytes()).hexdigest() != VAL_SHA256:
-            print(f"{{val}} fails its checksum: restore it with `git checkout -- val.txt`")
-            return 1
-        print("ok")
-        return 0
-    if cmd == "model":  # the run's score, noise included, on the pipe it was given
+NOISY_DOCSTRING = '"""Fake harness with noise: the real contracts, a known true score, noise from the run\'s seed."""'
+NOISY_MODEL = '''    if cmd == "model":  # the run's score, noise included, on the pipe it was given
         proto = os.fdopen(os.dup(1), "w")
         os.dup2(2, 1)
         ckpt = Path(sys.argv[sys.argv.index("--checkpoint") + 1]) / "model.pt"
         try:
             w = json.loads(ckpt.read_text())
         except (OSError, ValueError) as e:
-            print(f"eval: checkpoint does not load: {{e}}", file=sys.stderr)
+            print(f"eval: checkpoint does not load: {e}", file=sys.stderr)
             return 1
         bpb = true_score(w) + NOISE * random.Random(w["seed"]).gauss(0.0, 1.0)
-        proto.write(f"{{bpb:.6f}}\\n")
+        proto.write(f"{bpb:.6f}\\n")
         proto.flush()
         return 0
-    # The scorer: the split on stdin; the main model process started on request, its answer read.
-    if hashlib.sha256(sys.stdin.buffer.read()).hexdigest() != VAL_SHA256:
-        print("eval: val.txt fails its checksum")
-        return 1
-    fds = sys.argv[sys.argv.index("--model-fds") + 1]
-    control = int(sys.argv[sys.argv.index("--control-fd") + 1])
-    os.write(control, b"main start\\n")
-    answer = os.fdopen(int(fds.split(",")[0].split(":")[0]), "rb").readline().decode().strip()
-    os.write(control, b"main done\\n")
-    if not answer:
-        print("eval: the main model process died")
-        return 1
-    print(f"val_bpb: {{answer}}")
-    print("eval_seconds: 0.0")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
 '''
 
 NOISY_TRAIN = '''"""Fake train.py with noise: saves its constants and its seed as the "model"."""
@@ -156,7 +107,8 @@ def make_noisy_repo(tmp_path: Path, noise: float, sleep: float = 0.0) -> tuple[P
     """daemon_kit's repo with the noisy harness committed in place of the quiet one."""
     repo, env = make_repo(tmp_path)
     sha = hashlib.sha256((repo / "val.txt").read_bytes()).hexdigest()
-    (repo / "prepare.py").write_text(NOISY_PREPARE.format(sha=sha, noise=float(noise), true_score=TRUE_SCORE_SOURCE))
+    constants = f"NOISE = {float(noise)!r}  # standard deviation of the evaluator's noise\n{TRUE_SCORE_SOURCE}"
+    (repo / "prepare.py").write_text(fake_prepare(sha, NOISY_DOCSTRING, constants, NOISY_MODEL))
     (repo / "train.py").write_text(NOISY_TRAIN.format(sleep=sleep))
     git(repo, "commit", "-q", "-am", "noisy harness")
     subprocess.run([sys.executable, "prepare.py"], cwd=repo, env=env, check=True)
