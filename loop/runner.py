@@ -31,6 +31,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -320,15 +321,19 @@ def _kernel_caches(kept: Path | None, private: Path) -> dict[str, str]:
 
 
 def _keep_kernels(private: Path, kept: Path) -> None:
-    """The baseline's kernels become the kept copy, whole or not at all (a first run wins)."""
+    """The baseline's kernels become the kept copy, whole or not at all: each baseline run copies to
+    a folder of its own and renames it into place, and the first to finish wins (the baseline's
+    runs on several slots end together)."""
     if kept.exists() or not private.is_dir():
         return
-    partial = kept.with_name(kept.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f"{kept.name}.partial-", dir=kept.parent))
     try:
-        shutil.copytree(private, partial, symlinks=True)
-        os.replace(partial, kept)
-    except OSError:  # a full disk costs the speed-up, never the run
+        shutil.copytree(private, partial, symlinks=True, dirs_exist_ok=True)
+        os.replace(partial, kept)  # fails if another run's copy is in place already
+    except OSError:  # that, or a full disk: it costs the speed-up, never the run
+        pass
+    finally:
         shutil.rmtree(partial, ignore_errors=True)
 
 

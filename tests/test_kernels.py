@@ -45,3 +45,35 @@ def test_runs_start_from_the_baselines_kernels_and_leave_none_behind(tmp_path: P
     assert seen(1) == seen(2) == "kernels seen: ['baseline']"  # not the first experiment's poison
     kept = run_dir(repo, "k") / "kernels"
     assert sorted(p.name for p in (kept / "inductor").iterdir()) == ["baseline"]
+
+
+def test_baseline_runs_ending_together_keep_one_whole_copy(tmp_path: Path) -> None:
+    """The baseline's runs on several slots finish together: the kept folder is one run's kernels,
+    whole, never a mix or a part, and no scratch copy is left beside it."""
+    import threading
+
+    from loop.runner import _keep_kernels
+
+    for attempt in range(10):
+        privates = []
+        for name in ("a", "b", "c"):
+            private = tmp_path / f"{attempt}-{name}"
+            (private / "inductor").mkdir(parents=True)
+            for i in range(100):
+                (private / "inductor" / f"{name}{i}").write_bytes(bytes(2048))
+            privates.append(private)
+        kept = tmp_path / f"kept-{attempt}" / "kernels"
+        start = threading.Barrier(len(privates))
+
+        def keep(private: Path) -> None:
+            start.wait()
+            _keep_kernels(private, kept)
+
+        threads = [threading.Thread(target=keep, args=(p,)) for p in privates]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        names = sorted(p.name for p in (kept / "inductor").iterdir())
+        assert any(names == sorted(f"{n}{i}" for i in range(100)) for n in "abc"), names[:5]
+        assert [p.name for p in kept.parent.iterdir()] == ["kernels"]
