@@ -374,11 +374,9 @@ class Daemon:
         exp_dir.mkdir(parents=True, exist_ok=True)
         allowance = self.allowance if self.allowance is not None else self.config.timeout - self.config.budget
         train_py = self.git.show(att.commit or "", EDITABLE) if self.target.builtin else b""
-        # Runs here start from the baseline's compiled kernels (runner.py); a cluster's nodes compile their own.
-        kernels = self.dir / "kernels" if self.config.ray is None else None
         spec = RunSpec(train_py=train_py, exp_dir=exp_dir, budget=self.config.budget,
                        timeout=self.config.timeout, seed=self.seed(att.n, run), startup_allowance=allowance,
-                       splits=("val",), kernels=kernels, keep_kernels=att.n == 0)
+                       splits=("val",), kernels=self.dir / "kernels", keep_kernels=att.n == 0)
         return Job(att.n, run, att.commit or "", spec)
 
     def make_executor(self) -> Executor:

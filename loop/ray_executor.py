@@ -11,6 +11,10 @@ directory, with the harness's pinned bytes shipped with the task; the node's tra
 prepared once per node under a file lock. The task yields three times: where it runs, training's
 outcome, and the whole result (outcome, compressed logs, where the checkpoint stayed).
 
+Compiled kernels travel too: the node that runs the baseline sends its kernels back with the result,
+the controller keeps them as a local run would (runner.py), and every later task carries them (by
+reference, unpacked once per node), so a cluster's runs start from them as a local slot's do.
+
 Slots follow the cluster: nodes that join add GPUs, nodes that leave take theirs away. Nothing of
 Ray is imported until this module is used, and this module only when `--ray` is given.
 """
@@ -75,6 +79,7 @@ class NodeTask:
     startup_allowance: float
     splits: tuple[str, ...]
     fetch_checkpoint: bool
+    keep_kernels: bool = False  # the baseline, with no kernels kept yet: send its kernels back
 
 
 @dataclass
@@ -83,6 +88,7 @@ class NodeResult:
     logs: dict[str, bytes]  # file name -> zlib-compressed bytes
     checkpoint: str  # "<node-ip>:<path>" where the checkpoint stayed; "" when fetched or absent
     checkpoint_tar: bytes = b""  # the checkpoint folder as a gzipped tar, when fetched
+    kernels_tar: bytes = b""  # the baseline's compiled kernels as a gzipped tar, when asked to keep them
 
 
 @dataclass
@@ -96,8 +102,9 @@ class _Flight:
 
 
 # --- on the node ------------------------------------------------------------------------------------------
-def run_on_node(task: NodeTask, pinned: dict[str, bytes], stop_flag: Any) -> Any:
-    """The Ray task (a generator): ("started", where), ("trained", outcome), ("finished", NodeResult)."""
+def run_on_node(task: NodeTask, pinned: dict[str, bytes], stop_flag: Any, kernels: bytes | None = None) -> Any:
+    """The Ray task (a generator): ("started", where), ("trained", outcome), ("finished", NodeResult).
+    `kernels`: the kept compiled kernels as a gzipped tar, or None while there are none."""
     import ray
 
     context = ray.get_runtime_context()
@@ -111,8 +118,11 @@ def run_on_node(task: NodeTask, pinned: dict[str, bytes], stop_flag: Any) -> Any
     try:
         failure = prepare_node(pinned["prepare.py"])
         scratch = scratch_root() / f"{task.n:04d}-{task.run}-{uuid.uuid4().hex[:8]}"
+        keep = task.keep_kernels and not kernels
+        kept = node_kernels(kernels) if kernels else scratch / "kernels" if keep else None
         spec = RunSpec(train_py=task.train_py, exp_dir=scratch, budget=task.budget, timeout=task.timeout,
-                       seed=task.seed, device=None, startup_allowance=task.startup_allowance, splits=task.splits)
+                       seed=task.seed, device=None, startup_allowance=task.startup_allowance, splits=task.splits,
+                       kernels=kept, keep_kernels=keep)
         if failure:
             yield ("finished", NodeResult(RunOutcome(reason=failure), {}, ""))
             return
@@ -121,7 +131,10 @@ def run_on_node(task: NodeTask, pinned: dict[str, bytes], stop_flag: Any) -> Any
         trained = runner.train(spec)
         yield ("trained", trained)
         outcome = trained if trained.reason else runner.evaluate(spec, trained)
-        yield ("finished", _collect(spec.exp_dir, outcome, where["host"], task.fetch_checkpoint))
+        packed = pack(kept, "kernels") if keep and kept is not None and kept.is_dir() else b""
+        result = _collect(spec.exp_dir, outcome, where["host"], task.fetch_checkpoint)
+        result.kernels_tar = packed
+        yield ("finished", result)
     finally:
         watching.set()
 
@@ -173,6 +186,37 @@ def prepare_node(prepare_py: bytes) -> str:
         return ""
 
 
+def node_kernels(tar: bytes) -> Path | None:
+    """The kept kernels, unpacked once on this node (named by their hash) under a lock; None if they
+    cannot be (the run then compiles from nothing)."""
+    root = scratch_root()
+    target = root / f"kernels-{hashlib.sha256(tar).hexdigest()[:16]}"
+    with open(root / ".kernels.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if target.is_dir():
+            return target
+        try:
+            with tempfile.TemporaryDirectory(dir=root) as tmp:
+                unpack(tar, Path(tmp))
+                os.replace(Path(tmp) / "kernels", target)
+        except (OSError, tarfile.TarError):
+            return None
+    return target
+
+
+def pack(folder: Path, name: str) -> bytes:
+    """A folder as a gzipped tar whose one top entry is `name`."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        archive.add(folder, arcname=name)
+    return buffer.getvalue()
+
+
+def unpack(tar: bytes, into: Path) -> None:
+    with tarfile.open(fileobj=io.BytesIO(tar), mode="r:gz") as archive:
+        archive.extractall(into, filter="data")
+
+
 def _collect(exp_dir: Path, outcome: RunOutcome, host: str, fetch: bool) -> NodeResult:
     """Logs as compressed bytes, the checkpoint fetched or left in place, scratch copies removed."""
     import shutil
@@ -187,10 +231,7 @@ def _collect(exp_dir: Path, outcome: RunOutcome, host: str, fetch: bool) -> Node
     location, tar = "", b""
     if ckpt.is_dir() and any(ckpt.iterdir()):
         if fetch:
-            buffer = io.BytesIO()
-            with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
-                archive.add(ckpt, arcname="ckpt")
-            tar = buffer.getvalue()
+            tar = pack(ckpt, "ckpt")
         else:
             location = f"{host}:{ckpt}"
     if not location:
@@ -234,6 +275,7 @@ class RayExecutor:
         if gpu:
             options["num_gpus"] = 1
         self._task = self.ray.remote(**options)(run_on_node)
+        self._kernels: Any = None  # the kept kernels in the object store, once there are some
         self._flights: dict[Any, _Flight] = {}  # generator -> its run
         self._lock = threading.Lock()
         self._view: tuple[float, list[dict], dict[str, float]] = (0.0, [], {})
@@ -278,10 +320,13 @@ class RayExecutor:
         """Run `job` on any node, or on a node labelled `hardware` (its resource `hw:<label>`)."""
         label = hardware or (self.confirm_on if job.run > 0 else self.screen_on)
         spec = job.spec
+        if self._kernels is None and spec.kernels is not None and spec.kernels.is_dir():  # kept before a resume
+            self._kernels = self.ray.put(pack(spec.kernels, "kernels"))
         task = NodeTask(job.n, job.run, spec.train_py, spec.budget, spec.timeout, spec.seed, spec.startup_allowance,
-                        tuple(spec.splits), self.fetch_checkpoints)
+                        tuple(spec.splits), self.fetch_checkpoints,
+                        keep_kernels=spec.keep_kernels and spec.kernels is not None and self._kernels is None)
         options = {"resources": {HARDWARE_PREFIX + label: LABEL_SHARE}} if label else {}
-        generator = self._task.options(**options).remote(task, self._pinned, self._stop_flag)
+        generator = self._task.options(**options).remote(task, self._pinned, self._stop_flag, self._kernels)
         with self._lock:
             self._flights[generator] = _Flight(job, label)
         self._view = (0.0, *self._view[1:])  # the next free_slots reads the cluster afresh
@@ -369,13 +414,28 @@ class RayExecutor:
             for name, data in result.logs.items():
                 (exp_dir / name).write_bytes(zlib.decompress(data))
             if result.checkpoint_tar:
-                with tarfile.open(fileobj=io.BytesIO(result.checkpoint_tar), mode="r:gz") as archive:
-                    archive.extractall(exp_dir, filter="data")
+                unpack(result.checkpoint_tar, exp_dir)
         except (OSError, zlib.error, tarfile.TarError) as e:
             outcome.reason = outcome.reason or f"could not store the run's files in {exp_dir}: {e}"
+        if result.kernels_tar:
+            self._keep_kernels(result.kernels_tar, flight.job.spec.kernels)
         if result.checkpoint:
             outcome.hardware["checkpoint"] = result.checkpoint
         self._end(generator, finished=outcome)
+
+    def _keep_kernels(self, tar: bytes, kept: Path | None) -> None:
+        """The baseline's kernels, from its node: kept where a local run keeps them (so a resumed
+        controller has them), and sent with every later task. The first to come back wins."""
+        if self._kernels is not None or kept is None or kept.exists():
+            return
+        try:
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=kept.parent) as tmp:
+                unpack(tar, Path(tmp))
+                os.replace(Path(tmp) / "kernels", kept)
+        except (OSError, tarfile.TarError):
+            return  # the speed-up is lost, never the run
+        self._kernels = self.ray.put(tar)
 
     def _failed(self, generator: Any, flight: _Flight, error: Exception) -> None:
         name = type(error).__name__

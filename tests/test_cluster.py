@@ -11,13 +11,14 @@ import queue
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
 ray = pytest.importorskip("ray")
-from daemon_kit import FAKE_TRAIN, make_repo  # noqa: E402
+from daemon_kit import FAKE_TRAIN, compiling, make_repo  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
 from loop.executor import Finished, Job, Lost, Started, TrainingEnded  # noqa: E402
@@ -121,6 +122,41 @@ def test_twenty_jobs_spread_over_both_nodes(cluster, harness) -> None:
     assert all("val_bpb:" in (e.job.spec.exp_dir / "eval-val.log").read_text() for e in done)
     assert all(":" in e.outcome.hardware["checkpoint"] for e in done)
     assert len(list((base / "node-cache").glob(PREPARED_MARK + "*"))) == 1  # prepared once, shared here
+
+
+def test_runs_on_every_node_start_from_the_baselines_kernels(cluster, harness) -> None:
+    """The baseline's node sends its compiled kernels back; the controller keeps them where a local
+    run would, and every later run, on either node, starts from them and from nothing of another's."""
+    c, nodes, _ = cluster
+    repo, pinned = harness
+    kept = repo / ".autoresearch" / "runs" / "t" / "kernels"
+
+    def job(n: int) -> Job:
+        made = make_job(repo, n)
+        train_py = compiling(made.spec.train_py.decode(), "baseline" if n == 0 else f"experiment{n}")
+        spec = replace(made.spec, train_py=train_py.encode(), kernels=kept, keep_kernels=n == 0)
+        return replace(made, spec=spec)
+
+    def seen(done: Finished) -> str:
+        log = (done.job.spec.exp_dir / "train.log").read_text()
+        return next(line for line in log.splitlines() if line.startswith("kernels seen:"))
+
+    events: queue.Queue = queue.Queue()
+    executor = RayExecutor(c.address, pinned, events, Cancel())
+    try:
+        executor.submit(job(0))
+        baseline = finished(drain_until(events, lambda s: finished(s)))[0]
+        assert not baseline.outcome.reason and seen(baseline) == "kernels seen: []"
+        assert sorted(p.name for p in (kept / "inductor").iterdir()) == ["baseline"]
+        for n in range(1, 5):
+            executor.submit(job(n))
+        done = finished(drain_until(events, lambda s: len(finished(s)) == 4))
+    finally:
+        executor.shutdown()
+    assert all(not e.outcome.reason for e in done), [e.outcome.reason for e in done]
+    assert {seen(e) for e in done} == {"kernels seen: ['baseline']"}
+    assert {e.outcome.hardware["node_id"] for e in done} == {node.node_id for node in nodes.values()}
+    assert sorted(p.name for p in (kept / "inductor").iterdir()) == ["baseline"]
 
 
 def test_hardware_labels_route_and_report(cluster, harness) -> None:

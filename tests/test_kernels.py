@@ -1,26 +1,15 @@
 """Compiled kernels: every run starts from a private copy of the baseline's; no experiment's reach another.
 
-The fake train.py below stands in for torch.compile: it lists what it finds in its inductor cache
-folder, then writes a file of its own there, as a compiler that fills its cache would.
+daemon_kit's `compiling` train.py stands in for torch.compile: it lists what it finds in its
+inductor cache folder, then writes a file of its own there, as a compiler that fills its cache would.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from daemon_kit import git, make_repo, run_cli
+from daemon_kit import compiling, git, make_repo, run_cli
 
 from loop.journal import experiment_dir, run_dir
-
-COMPILES = '''    t0 = time.time()
-    kernels = Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
-    print("kernels seen:", sorted(p.name for p in kernels.glob("*")) if kernels.is_dir() else [], flush=True)
-    kernels.mkdir(parents=True, exist_ok=True)
-    (kernels / "{name}").write_text("compiled")
-'''
-
-
-def compiling(train_py: str, name: str) -> str:
-    return train_py.replace("    t0 = time.time()\n", COMPILES.format(name=name), 1)
 
 
 def test_runs_start_from_the_baselines_kernels_and_leave_none_behind(tmp_path: Path) -> None:
