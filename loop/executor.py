@@ -128,6 +128,11 @@ class LocalExecutor:
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._killed: set[str] = set()  # slots whose last run was killed: wait for their GPU memory
+        # A slot trains its next run while the last is scored, but never beside two evaluations:
+        # where scoring outlasts training (a short budget on a CPU), evaluations would pile up
+        # without end, each one slower for the others, until memory runs out.
+        self._scoring: dict[str, int] = {}  # slot -> its runs being scored
+        self._held: set[str] = set()  # slots waiting for an earlier evaluation before the next run
 
     def slot_names(self) -> list[str]:
         return [s.name for s in self.slots]
@@ -163,8 +168,11 @@ class LocalExecutor:
                 self._killed.add(slot.name)
             # The device is free for the next run while this one is scored: free it before the
             # controller hears, so it can dispatch at once.
-            self._release(slot)
-            evaluating = True
+            if trained.reason:
+                self._release(slot)
+            else:
+                self._scored(slot)
+                evaluating = True
             self.events.put(TrainingEnded(job, slot.name, trained))
             if trained.reason:
                 self.events.put(Finished(job, slot.name, trained))
@@ -177,6 +185,9 @@ class LocalExecutor:
             if not evaluating:
                 self._release(slot)
             self.events.put(Finished(job, slot.name, RunOutcome(reason=f"internal error in slot {slot.name}: {e!r}")))
+        finally:
+            if evaluating:
+                self._scored(slot, done=True)
 
     def _score(self, job: Job) -> None:
         try:
@@ -184,6 +195,19 @@ class LocalExecutor:
         except Exception as e:  # a bug here must not end the daemon
             outcome = RunOutcome(reason=f"internal error while scoring: {e!r}")
         self.events.put(Finished(job, "", outcome))
+
+    def _scored(self, slot: Slot, done: bool = False) -> None:
+        """A run of `slot` starts (or, done, ends) being scored. The slot is free for its next run
+        once at most one of its runs is being scored."""
+        with self._lock:
+            self._scoring[slot.name] = self._scoring.get(slot.name, 0) + (-1 if done else 1)
+            if not done and self._scoring[slot.name] > 1:
+                self._held.add(slot.name)
+                return
+            if done and (slot.name not in self._held or self._scoring[slot.name] > 1):
+                return
+            self._held.discard(slot.name)
+        self._release(slot)
 
     def _release(self, slot: Slot) -> None:
         with self._lock:

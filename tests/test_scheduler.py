@@ -170,3 +170,21 @@ def test_stop_and_stop_now_with_several_in_flight(tmp_path: Path) -> None:
     assert len([e for e in run.experiments if e.status == "interrupted"]) >= 2
     assert len(read_results(repo)) <= rows_before + 1  # interrupted runs are not rows
     assert_invariants(repo, "st")
+
+
+def test_evaluations_never_pile_up_behind_short_trainings(tmp_path: Path) -> None:
+    """Scoring that outlasts training (a short budget on a CPU): a slot trains its next run beside
+    one evaluation, never beside two, so evaluations cannot pile up without end."""
+    repo, env = make_repo(tmp_path, sleep=0.1, eval_sleep=2.0)
+    done = run_cli(repo, "start", "--tag", "ev", "--budget", "2", "--max-experiments", "5", "--slots", "1",
+                   "--baseline-runs", "1", "--best-runs", "1", env=env, timeout=300)
+    assert done.returncode == 0, done.stderr + done.stdout
+    events = journal_events(repo, "ev")
+    assert not [e for e in events if e["event"] == "evaluated" and e["reason"]]  # every run trained and was scored
+    scoring = training = most_scoring = most_busy = 0
+    for e in events:  # in the order the controller saw them
+        scoring += {"evaluating": 1, "evaluated": -1}.get(e["event"], 0)
+        training += {"running": 1, "evaluating": -1}.get(e["event"], 0)
+        most_scoring, most_busy = max(most_scoring, scoring), max(most_busy, scoring + training)
+    assert most_scoring == 2 and most_busy == 2  # two at once happens: the rule, not a slow machine, holds it there
+    assert_invariants(repo, "ev")
