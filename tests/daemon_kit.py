@@ -36,6 +36,16 @@ def data_dir():
     return Path(os.environ.get("AUTORESEARCH_CACHE", Path.home() / ".cache" / "autoresearch"))
 
 
+def weights():
+    """The model process's checkpoint, or None once it has said why not."""
+    ckpt = Path(sys.argv[sys.argv.index("--checkpoint") + 1]) / "model.pt"
+    try:
+        return json.loads(ckpt.read_text())
+    except (OSError, ValueError) as e:
+        print(f"eval: checkpoint does not load: {{e}}", file=sys.stderr)
+        return None
+
+
 def main():
     cmd = sys.argv[1] if len(sys.argv) > 1 else "prepare"
     val = Path(os.environ.get("AUTORESEARCH_VAL", HERE / "val.txt"))
@@ -81,11 +91,8 @@ FAKE_MODEL = '''    if cmd == "model":  # answers with the score its constants e
         sys.path.insert(0, str(HERE))
         import train
         time.sleep(getattr(train, "eval_sleep_s", 0.0))
-        ckpt = Path(sys.argv[sys.argv.index("--checkpoint") + 1]) / "model.pt"
-        try:
-            w = json.loads(ckpt.read_text())
-        except (OSError, ValueError) as e:
-            print(f"eval: checkpoint does not load: {e}", file=sys.stderr)
+        w = weights()
+        if w is None:
             return 1
         bpb = 1.0 + (math.log10(w["LR"]) - math.log10(0.005)) ** 2 + (w["WIDTH"] - 16) ** 2 / 400 + (w["DEPTH"] - 4) ** 2 / 50
         proto.write(str(getattr(train, "forced_metric", f"{bpb:.6f}")) + "\\n")
