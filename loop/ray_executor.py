@@ -42,7 +42,7 @@ from loop import gpu as gpu_query
 from loop.errors import SetupError
 from loop.executor import Finished, Job, Lost, Started, TrainingEnded
 from loop.procs import Cancel
-from loop.runner import Runner, RunOutcome, RunSpec, data_dir
+from loop.runner import Runner, RunOutcome, RunSpec, data_dir, keep_kernels
 
 INSTALL_HINT = "pip install -e '.[ray]'"
 HARDWARE_PREFIX = "hw:"  # a node's custom resource "hw:H100" labels its hardware
@@ -187,21 +187,23 @@ def prepare_node(prepare_py: bytes) -> str:
 
 
 def node_kernels(tar: bytes) -> Path | None:
-    """The kept kernels, unpacked once on this node (named by their hash) under a lock; None if they
-    cannot be (the run then compiles from nothing)."""
-    root = scratch_root()
-    target = root / f"kernels-{hashlib.sha256(tar).hexdigest()[:16]}"
-    with open(root / ".kernels.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if target.is_dir():
-            return target
-        try:
-            with tempfile.TemporaryDirectory(dir=root) as tmp:
-                unpack(tar, Path(tmp))
-                os.replace(Path(tmp) / "kernels", target)
-        except (OSError, tarfile.TarError):
-            return None
-    return target
+    """The kept kernels, unpacked once on this node (named by their hash); None if they cannot be
+    (the run then compiles from nothing)."""
+    target = scratch_root() / f"kernels-{hashlib.sha256(tar).hexdigest()[:16]}"
+    keep_unpacked(tar, target)
+    return target if target.is_dir() else None
+
+
+def keep_unpacked(tar: bytes, kept: Path) -> None:
+    """Kernels packed by `pack(folder, "kernels")` become `kept`, as runner.keep_kernels keeps them."""
+    if kept.exists():
+        return
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            unpack(tar, Path(tmp))
+            keep_kernels(Path(tmp) / "kernels", kept)
+    except (OSError, tarfile.TarError):
+        pass  # the speed-up is lost, never the run
 
 
 def pack(folder: Path, name: str) -> bytes:
@@ -428,14 +430,9 @@ class RayExecutor:
         controller has them), and sent with every later task. The first to come back wins."""
         if self._kernels is not None or kept is None or kept.exists():
             return
-        try:
-            kept.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=kept.parent) as tmp:
-                unpack(tar, Path(tmp))
-                os.replace(Path(tmp) / "kernels", kept)
-        except (OSError, tarfile.TarError):
-            return  # the speed-up is lost, never the run
-        self._kernels = self.ray.put(tar)
+        keep_unpacked(tar, kept)
+        if kept.is_dir():
+            self._kernels = self.ray.put(tar)
 
     def _failed(self, generator: Any, flight: _Flight, error: Exception) -> None:
         name = type(error).__name__

@@ -151,7 +151,7 @@ class Runner:
         out.killed = train.timed_out or train.cancelled
         out.reason = self._training_failure(spec, train, out)
         if spec.keep_kernels and spec.kernels is not None and not out.reason:
-            _keep_kernels(dirs["tmp"] / "kernels", spec.kernels)
+            keep_kernels(dirs["tmp"] / "kernels", spec.kernels)
         return out
 
     def _training_failure(self, spec: RunSpec, train: ProcResult, out: RunOutcome) -> str:
@@ -320,10 +320,10 @@ def _kernel_caches(kept: Path | None, private: Path) -> dict[str, str]:
     return {"TORCHINDUCTOR_CACHE_DIR": str(private / "inductor"), "TRITON_CACHE_DIR": str(private / "triton")}
 
 
-def _keep_kernels(private: Path, kept: Path) -> None:
-    """The baseline's kernels become the kept copy, whole or not at all: each baseline run copies to
-    a folder of its own and renames it into place, and the first to finish wins (the baseline's
-    runs on several slots end together)."""
+def keep_kernels(private: Path, kept: Path) -> None:
+    """`private` becomes the kept copy, whole or not at all: each caller copies to a folder of its
+    own and renames it into place, and the first to finish wins (the baseline's runs on several
+    slots end together; a cluster's tasks unpack on one node together)."""
     if kept.exists() or not private.is_dir():
         return
     kept.parent.mkdir(parents=True, exist_ok=True)

@@ -148,11 +148,11 @@ class Target:
 
     def score(self, value: float) -> float:
         """The controller's ordering is lower-is-better; a higher-is-better metric is negated for it."""
-        return -value if self.higher_is_better else value
+        return self.view.shown(value)  # negating is its own inverse
 
     def shown(self, score: float | None) -> float | None:
         """The metric's real value from a controller score (the inverse of `score`)."""
-        return None if score is None else self.score(score)
+        return None if score is None else self.view.shown(score)
 
     @property
     def view(self) -> MetricView:

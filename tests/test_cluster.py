@@ -208,8 +208,8 @@ def test_cpu_slots_when_the_cluster_has_no_gpus_to_give(cluster, harness) -> Non
     try:
         cpus = int(ray.cluster_resources()["CPU"])
         assert len(executor.slot_names()) == cpus and all(":cpu" in name for name in executor.slot_names())
-        for n in range(2):
-            executor.submit(make_job(repo, n))
+        for n in range(2):  # each trains long enough that the two are surely in flight together
+            executor.submit(make_job(repo, n, sleep=5.0))
         seen = drain_until(events, lambda s: len(finished(s)) == 2)
     finally:
         executor.shutdown()

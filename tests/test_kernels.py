@@ -41,7 +41,7 @@ def test_baseline_runs_ending_together_keep_one_whole_copy(tmp_path: Path) -> No
     whole, never a mix or a part, and no scratch copy is left beside it."""
     import threading
 
-    from loop.runner import _keep_kernels
+    from loop.runner import keep_kernels
 
     for attempt in range(10):
         privates = []
@@ -56,7 +56,7 @@ def test_baseline_runs_ending_together_keep_one_whole_copy(tmp_path: Path) -> No
 
         def keep(private: Path) -> None:
             start.wait()
-            _keep_kernels(private, kept)
+            keep_kernels(private, kept)
 
         threads = [threading.Thread(target=keep, args=(p,)) for p in privates]
         for t in threads:
