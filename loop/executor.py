@@ -6,8 +6,9 @@ the next run while this one is evaluated), `Finished` (the outcome) or `Lost` (t
 not the experiment's fault, it goes back in the queue). `LocalExecutor` runs slots as threads on
 this machine; a cluster executor implements the same protocol.
 
-On a slot, the next run may start while the previous one is being evaluated: evaluation happens
-on a thread of its own, so a slot's device trains all the time the controller has work for it.
+On a GPU slot, the next run may start while the previous one is being evaluated: evaluation
+happens on a thread of its own, so the GPU trains all the time the controller has work for it. On
+a CPU slot the two would share the same cores: the next run waits for the evaluation instead.
 """
 from __future__ import annotations
 
@@ -89,6 +90,15 @@ class Slot:
     name: str  # "gpu0", "cpu0"
     device: str | None  # CUDA device index, None on CPU
 
+    @property
+    def evaluations_beside_training(self) -> int:
+        """How many of its runs may be scored while this slot trains the next. A GPU trains beside
+        one (scoring is short next to training), never two, or evaluations that outlast short
+        trainings pile up without end. A CPU beside none: training and scoring share
+        the same cores, so the next run would be starved (a budget's steps halved, a step so slow the
+        untouched baseline overran its budget) and score worse for a reason that is not its change."""
+        return 1 if self.device is not None else 0
+
 
 def visible_gpus() -> list[str]:
     """GPU indices this process may use: CUDA_VISIBLE_DEVICES if set, else the GPUs nvidia-smi lists."""
@@ -128,9 +138,8 @@ class LocalExecutor:
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._killed: set[str] = set()  # slots whose last run was killed: wait for their GPU memory
-        # A slot trains its next run while the last is scored, but never beside two evaluations:
-        # where scoring outlasts training (a short budget on a CPU), evaluations would pile up
-        # without end, each one slower for the others, until memory runs out.
+        # A slot trains its next run while the last is scored only as far as
+        # Slot.evaluations_beside_training allows: beyond it the slot is held.
         self._scoring: dict[str, int] = {}  # slot -> its runs being scored
         self._held: set[str] = set()  # slots waiting for an earlier evaluation before the next run
 
@@ -198,13 +207,14 @@ class LocalExecutor:
 
     def _scored(self, slot: Slot, done: bool = False) -> None:
         """A run of `slot` starts (or, done, ends) being scored. The slot is free for its next run
-        once at most one of its runs is being scored."""
+        once no more of its runs are being scored than it may train beside."""
         with self._lock:
-            self._scoring[slot.name] = self._scoring.get(slot.name, 0) + (-1 if done else 1)
-            if not done and self._scoring[slot.name] > 1:
+            self._scoring[slot.name] = scoring = self._scoring.get(slot.name, 0) + (-1 if done else 1)
+            beside = slot.evaluations_beside_training
+            if not done and scoring > beside:
                 self._held.add(slot.name)
                 return
-            if done and (slot.name not in self._held or self._scoring[slot.name] > 1):
+            if done and (slot.name not in self._held or scoring > beside):
                 return
             self._held.discard(slot.name)
         self._release(slot)

@@ -9,12 +9,15 @@ every slot the machine has, with real start-up, compilation and the sandboxed ev
 overlaps the next run's training on the same GPU: the busy share of a real night, in minutes.
 
 A real daemon in a scratch git repo with the test kit's fake harness, shaped like a GPU run:
-start-up and evaluation each take 10% of the training time. A scripted agent (below) waits a set
+start-up and evaluation each take 10% of the training time, on GPU slots named by
+CUDA_VISIBLE_DEVICES (no GPU is needed: the fake harness never touches one), so a slot trains
+beside its last run's evaluation as it does on a GPU. A scripted agent (below) waits a set
 delay and then proposes a change (a worse learning rate, so the best never moves and the figures
 measure scheduling alone). From the journal it prints, per case:
 
-- busy: the share of wall-clock, from the first dispatch after the baseline to the last run's end,
-  that each slot had a training process running (start-up included), averaged over the slots;
+- busy: the share of wall-clock, from the first experiment's dispatch to the last run's (after it
+  a slot idles because the work is done, not for want of it), that each slot had a training
+  process running (start-up included), averaged over the slots;
 - training: the same share counting only the seconds train.py reports as timed training;
 - throughput: experiments per hour, and relative to one slot with the same agent delay.
 """
@@ -86,25 +89,32 @@ def measure(slots: int, delay: float, train: float, experiments: int, harness: s
             budget = train
         else:
             shaped_train(repo, train)
-            where = ["--slots", str(slots)]
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in range(slots))
+            where = ["--gpus", str(slots)]
             budget = train * 2
+        # One run of the baseline and no later ones: the keep rule's repeats are bench_noise's to measure.
         done = run_cli(repo, "start", "--tag", "b", "--agent", "bench_scheduler:ScriptedAgent", *where,
-                       "--budget", str(budget), "--baseline-runs", "1", "--max-experiments", str(experiments),
-                       env=env, timeout=3600 * 12)
+                       "--budget", str(budget), "--baseline-runs", "1", "--best-runs", "1",
+                       "--max-experiments", str(experiments), env=env, timeout=3600 * 12)
         if done.returncode != 0:
             raise SystemExit(f"the daemon failed: {done.stderr.strip() or done.stdout[-500:]}")
         events = journal_events(repo, "b")
     first = min(e["ts"] for e in events if e["event"] == "running" and e["n"] > 0)
     everything = [e for e in events if e["event"] == "evaluated" and e.get("timings")]
     runs = [e for e in everything if e["n"] > 0]
-    end = max(e["timings"]["training_ended"] for e in runs)
+    # Up to the last dispatch: after it a slot idles because the night's work is done, not waiting.
+    end = max(e["timings"]["started"] for e in everything)
     wall = end - first
     occupied: dict[str, float] = {}
     trained: dict[str, float] = {}
-    for e in runs:
+    for e in everything:  # the baseline's later runs (--best-runs) keep a slot busy too
         t = e["timings"]
-        occupied[e["slot"]] = occupied.get(e["slot"], 0.0) + t["training_ended"] - max(t["started"], first)
-        trained[e["slot"]] = trained.get(e["slot"], 0.0) + float(e["summary"].get("training_seconds", 0.0))
+        inside = min(t["training_ended"], end) - max(t["started"], first)
+        if inside > 0:
+            whole = t["training_ended"] - t["started"]
+            occupied[e["slot"]] = occupied.get(e["slot"], 0.0) + inside
+            trained[e["slot"]] = (trained.get(e["slot"], 0.0)
+                                  + float(e["summary"].get("training_seconds", 0.0)) * inside / whole)
     decided = [e for e in events if e["event"] == "decided" and e["n"] > 0]
     span = max(e["ts"] for e in decided) - first
     return {"busy": statistics.fmean(v / wall for v in occupied.values()),
