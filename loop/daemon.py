@@ -485,7 +485,7 @@ class Daemon:
     def on_holdout(self, job: Job, outcome: RunOutcome) -> None:
         self.holdouts_pending.discard(job.n)
         self.journal.append("holdout", n=job.n, run=job.run, scores={"holdout": outcome.scores.get("holdout")},
-                            reason=outcome.reason, eval_seconds=round(outcome.eval_seconds, 3))
+                            reason=outcome.reason, eval_seconds=round(outcome.eval_seconds, 3), timings=outcome.timings)
         _drop_scratch(job.spec.exp_dir)
         if self.config.keep_checkpoints == "none":
             shutil.rmtree(job.spec.exp_dir / "ckpt", ignore_errors=True)

@@ -142,26 +142,48 @@ class LocalExecutor:
         # Slot.evaluations_beside_training allows: beyond it the slot is held.
         self._scoring: dict[str, int] = {}  # slot -> its runs being scored
         self._held: set[str] = set()  # slots waiting for an earlier evaluation before the next run
+        # Scoring alone (a kept commit's holdout) trains nothing. Where slots train beside no
+        # evaluation (CPU) it takes a free slot like a run, so no training shares its cores; the
+        # controller sees those slots as taken from the moment it asks.
+        self._scores_take_slots = any(s.evaluations_beside_training == 0 for s in slots)
+        self._waiting_scores: list[Job] = []
 
     def slot_names(self) -> list[str]:
         return [s.name for s in self.slots]
 
     def free_slots(self) -> int:
         with self._lock:
-            return len(self._free)
+            return max(0, len(self._free) - len(self._waiting_scores))
 
     def submit(self, job: Job, hardware: str | None = None) -> None:
         """Run `job` on a free slot (one machine: its hardware is the only hardware there is)."""
-        if job.score_only:  # scoring alone trains nothing: it takes no slot
-            threading.Thread(target=self._score, args=(job,), name=f"score-{job.n}", daemon=True).start()
+        if job.score_only:
+            if self._scores_take_slots:
+                with self._lock:
+                    self._waiting_scores.append(job)
+                self._start_waiting_scores()
+            else:
+                self._start(self._score, job, None)
             return
         with self._lock:
             slot = self._free.pop(0)
-        thread = threading.Thread(target=self._run, args=(slot, job), name=f"slot-{slot.name}", daemon=True)
+        self._start(self._run, job, slot)
+
+    def _start(self, target: Callable[..., None], job: Job, slot: Slot | None) -> None:
+        name = f"slot-{slot.name}" if slot else f"score-{job.n}"
+        thread = threading.Thread(target=target, args=(job, slot), name=name, daemon=True)
         self._threads = [t for t in self._threads if t.is_alive()] + [thread]
         thread.start()
 
-    def _run(self, slot: Slot, job: Job) -> None:
+    def _start_waiting_scores(self) -> None:
+        while True:
+            with self._lock:
+                if not (self._waiting_scores and self._free):
+                    return
+                job, slot = self._waiting_scores.pop(0), self._free.pop(0)
+            self._start(self._score, job, slot)
+
+    def _run(self, job: Job, slot: Slot) -> None:
         spec = replace(job.spec, device=slot.device)
         evaluating = False
         try:
@@ -198,11 +220,15 @@ class LocalExecutor:
             if evaluating:
                 self._scored(slot, done=True)
 
-    def _score(self, job: Job) -> None:
+    def _score(self, job: Job, slot: Slot | None) -> None:
+        """Score a checkpoint alone, on `slot` when scores take one (it is freed before the
+        controller hears, as after a run's training)."""
         try:
             outcome = self.make_runner(job).evaluate(job.spec, RunOutcome())
         except Exception as e:  # a bug here must not end the daemon
             outcome = RunOutcome(reason=f"internal error while scoring: {e!r}")
+        if slot is not None:
+            self._release(slot)
         self.events.put(Finished(job, "", outcome))
 
     def _scored(self, slot: Slot, done: bool = False) -> None:
@@ -224,6 +250,7 @@ class LocalExecutor:
             if slot not in self._free:
                 self._free.append(slot)
                 self._free.sort(key=self.slots.index)
+        self._start_waiting_scores()
 
     def shutdown(self) -> None:
         """Wait for the slots' threads (the caller cancels runs first when it must stop now)."""

@@ -76,7 +76,7 @@ class RunOutcome:
     eval_seconds: float = 0.0
     log_tail: str = ""
     scores: dict[str, float] = field(default_factory=dict)  # split -> bits per byte
-    timings: dict[str, float] = field(default_factory=dict)  # time.time() at started, training_ended, evaluated
+    timings: dict[str, float] = field(default_factory=dict)  # time.time() at started, training_ended, evaluating, evaluated
     hardware: dict = field(default_factory=dict)
 
     @property
@@ -186,6 +186,7 @@ class Runner:
     # --- evaluation -------------------------------------------------------------------------------
     def evaluate(self, spec: RunSpec, trained: RunOutcome) -> RunOutcome:
         out = trained
+        out.timings["evaluating"] = time.time()
         for split in spec.splits:
             started = time.monotonic()
             score, reason = self._score(spec, split)

@@ -19,6 +19,7 @@ from loop.journal import JOURNAL_NAME, fold, read_events, run_dir
 
 MAIN = Path(__file__).resolve().parents[1]
 VAL_TEXT = "fixed validation text for the fake harness\n" * 20
+HOLDOUT_TEXT = "fixed holdout text the search never decides on\n" * 20
 
 # The fake prepare.py, with three slots: its docstring, constants of its own, and how a model
 # process answers (the score its checkpoint earns). The scorer and the data are common to all.
@@ -29,6 +30,7 @@ from pathlib import Path
 TIME_BUDGET = float(os.environ.get("AUTORESEARCH_TIME_BUDGET", "300"))
 MAX_SEQ_LEN, VOCAB_SIZE = 64, 256
 VAL_SHA256 = "{sha}"
+HOLDOUT_SHA256 = "{holdout_sha}"  # empty: no holdout
 HERE = Path(__file__).resolve().parent
 {constants}
 
@@ -63,8 +65,9 @@ def main():
         print("ok")
         return 0
 {model}    # The scorer: the split on stdin, the main model process's answer on the first pipe.
-    if hashlib.sha256(sys.stdin.buffer.read()).hexdigest() != VAL_SHA256:
-        print("eval: val.txt fails its checksum")
+    split = sys.argv[sys.argv.index("--split") + 1] if "--split" in sys.argv else "val"
+    if hashlib.sha256(sys.stdin.buffer.read()).hexdigest() != {{"val": VAL_SHA256, "holdout": HOLDOUT_SHA256}}[split]:
+        print(f"eval: {{split}}.txt fails its checksum")
         return 1
     fds = sys.argv[sys.argv.index("--model-fds") + 1]
     control = int(sys.argv[sys.argv.index("--control-fd") + 1]) if "--control-fd" in sys.argv else None
@@ -76,7 +79,9 @@ def main():
     if not answer:
         print("eval: the main model process died")
         return 1
-    print(f"val_bpb: {{answer}}")
+    if split == "holdout":  # the holdout moves against val: a decision that heeded it would show
+        answer = f"{{3.0 - float(answer):.6f}}"
+    print(f"{{split}}_bpb: {{answer}}")
     print("eval_seconds: 0.0")
     return 0
 
@@ -102,9 +107,17 @@ FAKE_MODEL = '''    if cmd == "model":  # answers with the score its constants e
 
 
 def fake_prepare(sha: str, docstring: str = '"""Fake harness for tests: the real contracts, no torch."""',
-                 constants: str = "", model: str = FAKE_MODEL) -> str:
-    """The fake harness's prepare.py, pinned to a val.txt by its checksum."""
-    return PREPARE_TEMPLATE.format(sha=sha, docstring=docstring, constants=constants, model=model)
+                 constants: str = "", model: str = FAKE_MODEL, holdout_sha: str = "") -> str:
+    """The fake harness's prepare.py, pinned to a val.txt (and a holdout.txt) by its checksum."""
+    return PREPARE_TEMPLATE.format(sha=sha, docstring=docstring, constants=constants, model=model,
+                                   holdout_sha=holdout_sha)
+
+
+def add_holdout(repo: Path) -> str:
+    """Give the fake harness in `repo` a holdout.txt, before its first commit; returns its checksum.
+    Its score is 3 minus the val score, so it moves against val."""
+    (repo / "holdout.txt").write_text(HOLDOUT_TEXT)
+    return hashlib.sha256(HOLDOUT_TEXT.encode()).hexdigest()
 
 
 FAKE_TRAIN = '''"""Fake train.py for tests: saves its constants as the "model"."""
@@ -157,11 +170,13 @@ def git(repo: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
 
 
-def make_repo(tmp_path: Path, harness: str = "fake", sleep: float = 0.0, eval_sleep: float = 0.0) -> tuple[Path, dict[str, str]]:
+def make_repo(tmp_path: Path, harness: str = "fake", sleep: float = 0.0, eval_sleep: float = 0.0,
+              holdout: bool = False) -> tuple[Path, dict[str, str]]:
     """A real git repo ready for `autoresearch start`; returns it and the environment to use.
 
-    harness="fake": the fast fake harness above. harness="real": prepare.py, train.py and val.txt
-    of this project (the caller points AUTORESEARCH_CACHE at prepared data).
+    harness="fake": the fast fake harness above, with a holdout.txt if `holdout`. harness="real":
+    prepare.py, train.py, val.txt and holdout.txt of this project (the caller points
+    AUTORESEARCH_CACHE at prepared data).
     """
     repo = tmp_path / "repo"
     repo.mkdir()
@@ -171,7 +186,7 @@ def make_repo(tmp_path: Path, harness: str = "fake", sleep: float = 0.0, eval_sl
     else:
         (repo / "val.txt").write_text(VAL_TEXT)
         sha = hashlib.sha256(VAL_TEXT.encode()).hexdigest()
-        (repo / "prepare.py").write_text(fake_prepare(sha))
+        (repo / "prepare.py").write_text(fake_prepare(sha, holdout_sha=add_holdout(repo) if holdout else ""))
         (repo / "train.py").write_text(FAKE_TRAIN.format(sleep=sleep, eval_sleep=eval_sleep))
     (repo / "program.md").write_text("Lower val_bpb within the budget. Edit train.py only.\n")
     shutil.copy(MAIN / ".gitignore", repo / ".gitignore")

@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from daemon_kit import fake_prepare, git, make_repo
+from daemon_kit import add_holdout, fake_prepare, git, make_repo
 
 from loop.agents.search import find_constants
 
@@ -100,14 +100,17 @@ def true_score_at(repo: Path, commit: str) -> float:
     return true_score(constants_of(git(repo, "show", f"{commit}:train.py")))
 
 
-def make_noisy_repo(tmp_path: Path, noise: float, sleep: float = 0.0) -> tuple[Path, dict[str, str]]:
-    """daemon_kit's repo with the noisy harness committed in place of the quiet one."""
+def make_noisy_repo(tmp_path: Path, noise: float, sleep: float = 0.0, holdout: bool = False) -> tuple[Path, dict[str, str]]:
+    """daemon_kit's repo with the noisy harness committed in place of the quiet one (with
+    daemon_kit's holdout.txt if `holdout`)."""
     repo, env = make_repo(tmp_path)
     sha = hashlib.sha256((repo / "val.txt").read_bytes()).hexdigest()
     constants = f"NOISE = {float(noise)!r}  # standard deviation of the evaluator's noise\n{TRUE_SCORE_SOURCE}"
-    (repo / "prepare.py").write_text(fake_prepare(sha, NOISY_DOCSTRING, constants, NOISY_MODEL))
+    holdout_sha = add_holdout(repo) if holdout else ""
+    (repo / "prepare.py").write_text(fake_prepare(sha, NOISY_DOCSTRING, constants, NOISY_MODEL, holdout_sha))
     (repo / "train.py").write_text(NOISY_TRAIN.format(sleep=sleep))
-    git(repo, "commit", "-q", "-am", "noisy harness")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "noisy harness")
     subprocess.run([sys.executable, "prepare.py"], cwd=repo, env=env, check=True)
     return repo, env
 

@@ -121,8 +121,9 @@ def test_noise_pools_repeats_and_ignores_single_runs() -> None:
 # --- the daemon on the noisy harness ------------------------------------------------------------------
 def run_scenario(tmp_path: Path, confirm: str, spares: int = 0) -> tuple[Path, list[dict]]:
     """Six seed-only changes, a clear win and a grey one, queued, proposed one at a time; then
-    `spares` more seed-only ones, for a proposal handed back on a conflict to take the next file."""
-    repo, env = make_noisy_repo(tmp_path, noise=SIGMA, sleep=TRAIN_S)
+    `spares` more seed-only ones, for a proposal handed back on a conflict to take the next file.
+    The harness has a holdout whose score moves against val."""
+    repo, env = make_noisy_repo(tmp_path, noise=SIGMA, sleep=TRAIN_S, holdout=True)
     queue = tmp_path / "queue"
     queue.mkdir()
     extra = [train_py_with(TRAIN_S, ORDER=100 + k) for k in range(spares)]
@@ -215,6 +216,22 @@ def test_grey_result_gets_exactly_one_confirmation(auto_run: tuple[Path, list[di
     assert len(seeds) == 2
     grey = next(e for e in fold(events).experiments if e.n == GREY_N)
     assert grey.status in ("keep", "discard") and grey.val_bpb == pytest.approx(sum(grey.scores()) / 2)
+
+
+def test_the_holdout_is_scored_for_keeps_only_and_never_decides(auto_run: tuple[Path, list[dict]]) -> None:
+    """Every kept commit gets one holdout score, from its first run's checkpoint, and nothing else
+    does; the harness's holdout moves against val (3 minus the val score), and the clear win is
+    kept all the same: the holdout is shown, never used."""
+    repo, events = auto_run
+    run = fold(events)
+    kept = {e.n for e in run.experiments if e.status == "keep"}
+    holdouts = [e for e in events if e["event"] == "holdout"]
+    assert sorted(e["n"] for e in holdouts) == sorted(kept) and {0, WIN_N} <= kept
+    for e in holdouts:
+        first = next(r for r in events_of(events, "evaluated", e["n"]) if r["run"] == e["run"])
+        assert e["scores"]["holdout"] == pytest.approx(3.0 - first["val_bpb"], abs=2e-6)
+    baseline, win = (next(e for e in holdouts if e["n"] == n) for n in (0, WIN_N))
+    assert win["scores"]["holdout"] > baseline["scores"]["holdout"]  # worse on the holdout, kept on val
 
 
 def test_confirmed_row_says_it_is_a_mean(auto_run: tuple[Path, list[dict]]) -> None:

@@ -178,7 +178,7 @@ def test_evaluations_never_pile_up_behind_short_trainings(tmp_path: Path, slot: 
     """Scoring that outlasts training (a short budget): a GPU slot trains its next run beside one
     evaluation, never beside two, so evaluations cannot pile up without end; a CPU slot, whose
     training and scoring share the same cores, trains beside none."""
-    repo, env = make_repo(tmp_path, sleep=0.1, eval_sleep=2.0)
+    repo, env = make_repo(tmp_path, sleep=0.1, eval_sleep=2.0, holdout=True)
     slots = ["--gpus", "1"] if slot == "gpu" else ["--slots", "1"]
     env = {**env, "CUDA_VISIBLE_DEVICES": "0"} if slot == "gpu" else env  # a GPU slot, with no GPU needed
     done = run_cli(repo, "start", "--tag", "ev", "--budget", "2", "--max-experiments", "5", *slots,
@@ -195,4 +195,8 @@ def test_evaluations_never_pile_up_behind_short_trainings(tmp_path: Path, slot: 
     # Where overlap is allowed it happens: the rule, not a slow machine, holds the figure there.
     expected = 2 if slot == "gpu" else 1
     assert most_scoring == expected and most_busy == expected
+    if slot == "cpu":  # a kept commit's holdout, scored alone, shares no cores with a training either
+        trainings = [(e["timings"]["started"], e["timings"]["training_ended"]) for e in events if e["event"] == "evaluated"]
+        holdouts = [(e["timings"]["evaluating"], e["timings"]["evaluated"]) for e in events if e["event"] == "holdout"]
+        assert holdouts and all(end <= begin or stop <= start for begin, stop in holdouts for start, end in trainings)
     assert_invariants(repo, "ev")
