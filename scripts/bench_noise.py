@@ -2,7 +2,7 @@
 """The keep rules under noise: false keeps, the true score reached, and what confirmations cost.
 
     python scripts/bench_noise.py [--experiments 200] [--noise 0.01] [--repeats 1] [--baseline-runs 2]
-                                  [--rules auto,always,never] [--keep-z 2]
+                                  [--rules auto,always,never] [--keep-z 2] [--best-runs 3]
 
 Runs the real daemon (the CLI, the search agent, one slot, --lookahead 0 so a proposal is asked
 only when the slot is about to free, and the same tag so every rule draws the same seeds for the
@@ -60,7 +60,9 @@ def run_rule(root: Path, tag: str, confirm: str, experiments: int, args: argpars
     t0 = time.monotonic()
     done = run_cli(repo, "start", "--tag", tag, "--agent", "search", "--budget", "1", "--lookahead", "0",
                    "--max-experiments", str(experiments), "--confirm", confirm,
-                   "--baseline-runs", str(args.baseline_runs), "--keep-z", str(args.keep_z), env=env, timeout=3600)
+                   "--baseline-runs", str(args.baseline_runs), "--keep-z", str(args.keep_z),
+                   *(("--best-runs", str(args.best_runs)) if args.best_runs and confirm != "never" else ()),
+                   env=env, timeout=3600)
     if done.returncode != 0:
         raise SystemExit(f"the {confirm} run failed:\n{done.stderr}{done.stdout[-2000:]}")
     return repo, time.monotonic() - t0
@@ -141,6 +143,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=1, help="runs of the whole comparison, each with its own seeds")
     ap.add_argument("--baseline-runs", type=int, default=2, help="runs of the baseline (the default on one slot)")
     ap.add_argument("--keep-z", type=float, default=2.0, help="--keep-z for the rules that confirm (the default 2)")
+    ap.add_argument("--best-runs", type=int, help="--best-runs for the rules that confirm (the default 3)")
     ap.add_argument("--rules", default="auto,always,never", help="which --confirm rules to run, in this order")
     args = ap.parse_args()
     totals: dict[str, list[Figures]] = {}

@@ -126,9 +126,14 @@ from pathlib import Path
 
 from prepare import TIME_BUDGET
 
+# One blank line between knobs: changes to two of them merge, as a proposal made ahead and rebased
+# onto a new best that changed another knob would in a real train.py's separate sections.
 LR = 0.02  # learning rate
+
 WIDTH = 8  # model width
+
 DEPTH = 2  # number of layers
+
 sleep_s = {sleep}  # seconds of "training" (lower case: not a hyperparameter to search)
 eval_sleep_s = {eval_sleep}  # seconds the fake evaluator takes
 

@@ -176,10 +176,15 @@ def test_whole_daemon_with_an_outage(tmp_path: Path) -> None:
     events = journal_events(repo, "llm")
     assert sum(e["event"] == "agent_waiting" for e in events) == 2  # waited, spent no experiment
     run = fold(events)
-    assert run.total_usage.calls == 4 and run.total_usage.cost_usd == pytest.approx(4 * (1000 * 2 + 200 * 10) / 1e6)
+    # An edit and a submit per proposal, the overloaded answers not counted. Two proposals are asked
+    # at once (one ahead), both from the baseline: the second, rebased onto the first once that is
+    # kept, may change nothing and be asked again, so the count of proposals is read, not assumed.
+    calls = 2 * sum(e["event"] == "proposed" and e["n"] > 0 for e in events)
+    assert calls >= 4 and run.total_usage.calls == calls
+    assert run.total_usage.cost_usd == pytest.approx(calls * (1000 * 2 + 200 * 10) / 1e6)
     assert (repo / ".autoresearch/runs/llm/0001/transcript.jsonl").exists()
     status = run_cli(repo, "status", env=env).stdout
-    assert "spend: $0.02" in status
+    assert f"spend: ${run.total_usage.cost_usd:.2f}" in status
 
 
 def test_history_table_stays_bounded() -> None:

@@ -147,7 +147,7 @@ def test_checkpoints_of_discarded_experiments_are_not_kept(tmp_path: Path) -> No
     queue = tmp_path / "queue"
     src = (repo / "train.py").read_text()
     queue_proposal(queue, "a", src.replace("LR = 0.02", "LR = 0.01"), "better")
-    queue_proposal(queue, "b", src.replace("LR = 0.02", "LR = 0.9"), "worse")
+    queue_proposal(queue, "b", src.replace("WIDTH = 8", "WIDTH = 400"), "worse")  # merges onto the kept LR
     done = run_cli(repo, "start", "--tag", "c", "--agent", "queue", "--queue", str(queue), "--max-experiments", "2",
                    *FAST, env=env)
     assert done.returncode == 0, done.stderr
