@@ -133,7 +133,7 @@ class Daemon:
         self.slots = plan_slots(config.gpus, config.slots) if config.ray is None else []
         self.executor = executor or self.make_executor()
         self.proposer = Proposer(agent, self.events, lambda: self.stop.requested or bool(self.stopping))
-        self.policy = Policy(config.min_delta, config.keep_z, config.confirm, self.best_runs())
+        self.policy = Policy(config.min_delta, config.keep_z, config.confirm)
         self.protected: dict[str, str] = {}
         self.pinned: dict[str, bytes] = {}
         self.secrets: guard.SecretIndex | None = None

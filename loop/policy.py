@@ -4,29 +4,22 @@ A fixed-budget run's score moves between repeats of the same commit (seeds, kern
 so "lower than the best" alone keeps noise and builds on it all night. The rule here:
 
 - discard when the candidate's mean is not better than the best's by more than `min_delta`;
-- a gain beyond `min_delta` is "beyond noise" when it clears `keep_z` standard errors of the
-  difference of the two means. The noise `sigma` is pooled from every commit run more than once
-  (the baseline's runs, every confirmed experiment, and the candidate's own runs), and while it
-  rests on few degrees of freedom the bar is Student's t quantile at the confidence `keep_z` stands
-  for, not `keep_z` itself: a sigma from two runs can be ten times too small, and a fixed z would
-  then keep noise as readily as the greedy rule;
-- a gain beyond noise is kept once the candidate has as many runs as a new best gets anyway
-  (`best_runs`): those runs are run before the decision rather than after it, so a lucky first
-  run is found out before anything is built on it, at no cost when the keep stands. A gain beyond
-  twice the bar is kept at once (later runs could not bring it back: they only settle the best's
-  mean);
+- keep when the gain beyond `min_delta` clears `keep_z` standard errors of the difference of the
+  two means. The noise `sigma` is pooled from every commit run more than once (the baseline's
+  runs, every confirmed experiment, and the candidate's own runs), and while it rests on few
+  degrees of freedom the bar is Student's t quantile at the confidence `keep_z` stands for, not
+  `keep_z` itself: a sigma from two runs can be ten times too small, and a fixed z would then
+  keep noise as readily as the greedy rule;
 - in between (better, but not clearly), confirm: run the candidate again with a fresh seed, once,
-  and decide on the mean of its runs; a result in the grey zone after that is discarded, also one
-  that looked clear on fewer runs.
+  and decide on the mean of its runs; a result still in the grey zone after that is discarded.
 
 The grey zone is one-sided on purpose. A result that looks worse is discarded at once: confirming
 it would cost a run on about half of all changes that do nothing, and a change whose true gain is
 large enough to matter seldom shows as a loss. The cost of that is a few real but small gains
 missed; the cost of the opposite mistake (keeping noise) is every later experiment built on it.
 
-One confirmation is the cap for a grey result: two runs halve the variance of a single one, which
-settles most grey results, and the rest are near-nulls whose further runs would buy little next to
-a new proposal.
+One confirmation is the cap: two runs halve the variance of a single one, which settles most grey
+results, and the rest are near-nulls whose further runs would buy little next to a new proposal.
 
 `confirm="never"` is the greedy rule (keep whatever beats the best by more than `min_delta`),
 `confirm="always"` confirms every apparent improvement once before keeping it.
@@ -38,11 +31,8 @@ from dataclasses import dataclass
 from statistics import NormalDist, fmean
 from typing import Iterable, Literal
 
-from loop.config import BEST_RUNS
-
 Verdict = Literal["keep", "discard", "confirm"]
-MAX_CONFIRMATIONS = 1  # extra runs a grey result may get before the decision
-CLEAR_WIN = 2.0  # a gain beyond this many times the bar is kept on the runs it has
+MAX_CONFIRMATIONS = 1  # extra runs a candidate may get before the decision
 LARGE_DEGREES = 1000  # beyond this many degrees of freedom Student's t is the normal distribution
 
 
@@ -74,7 +64,6 @@ class Policy:
     min_delta: float = 0.0
     keep_z: float = 2.0
     confirm: str = "auto"  # auto | never | always
-    best_runs: int = BEST_RUNS  # runs a keep is decided on (a new best gets them anyway), unless a clear win
 
     def decide(self, candidate: list[float], best: list[float], noise: Noise) -> Verdict:
         """Lower is better. `candidate` and `best` are the scores of each one's runs; `noise` is pooled
@@ -92,11 +81,9 @@ class Policy:
         noise = noise.plus(candidate)
         if noise.sigma is None:  # nothing has been run twice: a repeat gives the first estimate
             return "confirm" if may_confirm else "discard"
-        bar = self.bar(noise.degrees) * noise.sigma * math.sqrt(1 / len(candidate) + 1 / len(best))
-        if gain > CLEAR_WIN * bar:
-            return "keep"  # a sigma of exactly 0 (a deterministic harness) keeps any gain at once
-        if gain > bar:
-            return "keep" if len(candidate) >= self.best_runs else "confirm"
+        error = noise.sigma * math.sqrt(1 / len(candidate) + 1 / len(best))
+        if gain > self.bar(noise.degrees) * error:
+            return "keep"  # a sigma of exactly 0 (a deterministic harness) keeps any gain
         return "confirm" if may_confirm else "discard"
 
     def bar(self, degrees: int) -> float:

@@ -58,27 +58,12 @@ def test_min_delta_is_taken_off_the_gain_before_the_noise_test() -> None:
 
 def test_clear_gain_kept_grey_gain_confirmed_then_decided() -> None:
     noise = Noise(0.01, 1000)
-    policy = Policy(keep_z=2.0, best_runs=1)  # a keep needs no more runs than the one it has
+    policy = Policy(keep_z=2.0)
     assert policy.decide([0.9], [1.0], noise) == "keep"  # 10 sigma
     assert policy.decide([0.99], [1.0], noise) == "confirm"  # 1 sigma
     assert policy.decide([0.97, 0.96], [1.0], noise) == "keep"  # 3.5 sigma better, error 1.22 sigma
     assert policy.decide([0.99, 0.97], [1.0], noise) == "discard"  # 2 sigma better: 1.6 errors, grey
     assert policy.decide([0.99, 1.005], [1.0], noise) == "discard"  # still grey after the cap
-
-
-def test_a_keep_is_decided_on_as_many_runs_as_the_best_gets() -> None:
-    """Beyond the bar but not twice beyond it: run again until the candidate has `best_runs` runs
-    (the runs a new best gets anyway), then keep only if it is still beyond the bar."""
-    noise = Noise(0.01, 1000)  # bar: 2 errors; error sqrt(1/k + 1/3) sigma
-    policy = Policy(keep_z=2.0, best_runs=3)
-    best = [1.0, 1.0, 1.0]
-    assert policy.decide([0.97], best, noise) == "confirm"  # 3 sigma: 2.6 errors, beyond the bar
-    assert policy.decide([0.97, 0.975], best, noise) == "confirm"  # 2.7 sigma: 3.4 errors, two runs
-    assert policy.decide([0.97, 0.975, 0.98], best, noise) == "keep"  # 2.5 sigma: 3.1 errors, three runs
-    assert policy.decide([0.97, 0.975, 1.01], best, noise) == "discard"  # the third run undid it: grey
-    assert policy.decide([0.97, 1.0], best, noise) == "discard"  # the second run undid it
-    assert policy.decide([0.94], best, noise) == "keep"  # 6 sigma: 5.2 errors, beyond twice the bar
-    assert Policy(best_runs=3).decide([0.999], best, Noise(0.0, 10)) == "keep"  # no noise: any gain, at once
 
 
 def test_confirmation_cap_is_one_extra_run() -> None:
