@@ -107,7 +107,7 @@ def measure(slots: int, delay: float, train: float, experiments: int, harness: s
     wall = end - first
     occupied: dict[str, float] = {}
     trained: dict[str, float] = {}
-    for e in everything:  # the baseline's later runs (--best-runs) keep a slot busy too
+    for e in everything:  # every run, the baseline's too, clipped to the window
         t = e["timings"]
         inside = min(t["training_ended"], end) - max(t["started"], first)
         if inside > 0:

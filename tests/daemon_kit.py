@@ -114,8 +114,8 @@ def fake_prepare(sha: str, docstring: str = '"""Fake harness for tests: the real
 
 
 def add_holdout(repo: Path) -> str:
-    """Give the fake harness in `repo` a holdout.txt, before its first commit; returns its checksum.
-    Its score is 3 minus the val score, so it moves against val."""
+    """Give the fake harness in `repo` a holdout.txt (the caller commits it); returns its checksum
+    for fake_prepare. Its score is 3 minus the val score, so it moves against val."""
     (repo / "holdout.txt").write_text(HOLDOUT_TEXT)
     return hashlib.sha256(HOLDOUT_TEXT.encode()).hexdigest()
 
