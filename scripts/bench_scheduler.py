@@ -142,6 +142,8 @@ def main() -> int:
     ap.add_argument("--harness", choices=("fake", "real"), default="fake",
                     help="the test kit's fake harness, or this project's own (use --train 60 on a GPU)")
     args = ap.parse_args()
+    if args.experiments < 2:  # the window runs from the first dispatch to the last: one run spans none
+        ap.error("--experiments: at least 2 per slot, so the measured window is not empty")
     if args.harness == "real":
         real(args.train, args.experiments)
         return 0
