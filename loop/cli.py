@@ -48,14 +48,16 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--keep-checkpoints", choices=("all", "kept", "none"), default=d("keep_checkpoints"),
                         help="checkpoints left on disk after each decision")
         sp.add_argument("--keep-z", type=float, default=d("keep_z"),
-                        help="standard errors of the difference an improvement must clear to be kept")
+                        help="standard errors of the difference a confirmed improvement (the mean of two runs) must "
+                        "clear to be kept; one run is kept at once only beyond 4")
         sp.add_argument("--confirm", choices=("auto", "never", "always"), default=d("confirm"),
                         help="rerun grey-zone results with a fresh seed (never: keep any gain, greedy)")
         sp.add_argument("--baseline-runs", type=int,
                         help="runs of the baseline, to measure the noise (default 3 with spare slots, else 2)")
         sp.add_argument("--best-runs", type=int,
-                        help="runs a new best gets, with fresh seeds, so later results are compared with its mean "
-                        f"rather than the one lucky run that won (default {BEST_RUNS}; 1 with --confirm never)")
+                        help="runs a new best gets, with fresh seeds, before later results are compared with its "
+                        f"mean rather than the lucky run that won (default {BEST_RUNS}; 1 with --confirm never); it "
+                        "runs again as results pile up against it")
         sp.add_argument("--ray", metavar="ADDRESS", help="run experiments as tasks on a Ray cluster (auto: the "
                         "cluster this machine is part of); needs pip install -e '.[ray]'")
         sp.add_argument("--screen-on", metavar="LABEL", help="with --ray: hardware label for first runs")

@@ -13,7 +13,7 @@ from loop.errors import UsageError
 
 KEEP_CHECKPOINTS = ("all", "kept", "none")
 CONFIRM_MODES = ("auto", "never", "always")
-BEST_RUNS = 3  # runs a new best gets (--best-runs), unless the rule is greedy (--confirm never)
+BEST_RUNS = 2  # runs a new best gets before results meet it (--best-runs; more follow: Policy.best_runs_wanted)
 
 
 @dataclass(frozen=True)

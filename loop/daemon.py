@@ -113,6 +113,7 @@ class Attempt:
     outcomes: dict[int, RunOutcome] = field(default_factory=dict)
     parent_score: float | None = None  # the best's mean when this experiment was dispatched
     hardware_of: dict[int, str] = field(default_factory=dict)  # best runs: run index -> hardware it must run on
+    growth_runs: set[int] = field(default_factory=set)  # best runs nobody waits for (see settle_best)
 
 
 class Daemon:
@@ -174,8 +175,8 @@ class Daemon:
                     self.ask_ahead()
                     self.settle_best()
                     self.dispatch()
-                elif self.held.get(SETTLING):
-                    self.stop_settling()
+                else:
+                    self.wind_down()
                 if self.stopping and not self.runs_in_flight():
                     break
                 event = _next_event(self.events, timeout=0.2)
@@ -518,7 +519,7 @@ class Daemon:
                 return
             scores = [o.val_bpb for _, o in sorted(att.outcomes.items())
                       if o.val_bpb is not None and _hardware_key(o.hardware) == hardware]
-            verdict = self.policy.decide(scores, best_scores, self.noise())
+            verdict = self.policy.decide(scores, best_scores, self.noise(), may_confirm=not self.stopping)
             if verdict == "confirm":
                 run = max(att.outcomes) + 1
                 self.journal.append("confirming", n=att.n, run=run, scores=scores)
@@ -549,36 +550,48 @@ class Daemon:
         att.hardware_of[run] = hardware
 
     def settle_best(self) -> None:
-        """A new best is run again, with fresh seeds, until it has --best-runs runs. One run that won
-        is a lucky draw more often than not (it was kept for being low), and every later result is
-        compared with it: with the best's mean over a few runs, the next real gain is not held to a
-        score the best never had, and the noise estimate grows with every one."""
+        """A new best is run again, with fresh seeds, until it has --best-runs runs, and results wait
+        for those: one run that won is a lucky draw more often than not (it was kept for being low),
+        and every later result is compared with the best. Then it is run again as results are
+        compared with it (Policy.best_runs_wanted), and nobody waits for those runs: each result is
+        decided on the best's runs that are in."""
         best = self.best
         if best is None or not best.commit or self.stopping:
             return
         att = self.attempts.get(best.n)
         under_way = len(att.queued_runs) + len(att.running) if att is not None else 0
         runs = sum(1 for r in best.runs.values() if r.get("phase") == "evaluated") + under_way
-        if runs >= self.best_runs():
+        wanted = self.policy.best_runs_wanted(self.best_runs(), self.compared_with_best())
+        if runs >= wanted:
             return
         att = self.best_attempt()
-        for _ in range(self.best_runs() - runs):
+        for have in range(runs, wanted):
             run = self.next_best_run(att)
-            self.journal.append("settling", n=att.n, run=run)
+            if have < self.best_runs():
+                self.journal.append("settling", n=att.n, run=run)
+            else:
+                self.journal.append("growing", n=att.n, run=run, compared=self.compared_with_best())
+                att.growth_runs.add(run)
             att.queued_runs.append(run)
 
-    def stop_settling(self) -> None:
-        """Winding down: the best's settling runs not started are dropped, and what waited for them
-        is decided on the runs there are, so a graceful stop still records every result in."""
+    def wind_down(self) -> None:
+        """Stopping: runs not started are not started. The best's settling runs are dropped and a
+        result's confirmation too, and what waited for them is decided on the runs there are, so a
+        stop still records every result that ran."""
         att = self.attempts.get(self.best.n) if self.best is not None else None
-        if att is not None and att.kind == "best":
+        if att is not None and att.kind == "best" and att.queued_runs:
             att.queued_runs = [r for r in att.queued_runs if att.hardware_of.get(r)]
             if not att.running and not att.queued_runs:
                 self.attempts.pop(att.n, None)
-        if not self.settling():
+        if self.held.get(SETTLING) and not self.settling():
             for n in self.held.pop(SETTLING, []):
                 if n in self.attempts:
                     self.decide(self.attempts[n])
+        confirming = [a for a in self.attempts.values()
+                      if a.kind in ("agent", "combine") and a.outcomes and a.queued_runs and not a.running]
+        for att in confirming:
+            att.queued_runs, att.runs_wanted = [], len(att.outcomes)
+            self.decide(att)
 
     def drop_best_runs(self) -> None:
         """A new best: the former best's runs not started yet are not needed any more (those waiting
@@ -618,7 +631,7 @@ class Daemon:
         """The best has settling runs queued or running (its runs for another hardware aside)."""
         att = self.attempts.get(self.best.n) if self.best is not None else None
         return att is not None and att.kind == "best" and any(
-            not att.hardware_of.get(r) for r in [*att.queued_runs, *att.running])
+            not att.hardware_of.get(r) and r not in att.growth_runs for r in [*att.queued_runs, *att.running])
 
     def best_runs(self) -> int:
         if self.config.best_runs is not None:
@@ -848,20 +861,28 @@ class Daemon:
         return self.run.meta.get("base_commit") or self.git.head()
 
     def best_scores(self, hardware: str = "") -> list[float]:
-        """The best's scores on this hardware (every run when hardware is unknown)."""
+        """The best's scores on this hardware (every run when hardware is unknown) that results are
+        compared with: the runs that made it the best are left out once it has others (Policy.comparable)."""
         if self.best is None:
             return []
-        runs = [r for _, r in sorted(self.best.runs.items()) if isinstance(r.get("scores"), dict)
-                and r["scores"].get("val") is not None]
+        scores = self.best.scores_by_run()
         if hardware:
-            runs = [r for r in runs if _hardware_key(r.get("hardware")) in (hardware, "")]
-        return [r["scores"]["val"] for r in runs]
+            scores = {i: v for i, v in scores.items() if _hardware_key(self.best.runs[i].get("hardware")) in (hardware, "")}
+        return Policy.comparable(scores, self.best.decided_runs, self.best.kind)
 
     def best_mean(self) -> float | None:
-        """The best's score as measured so far: the mean of all its runs, those after its decision
-        (settling, remeasuring) included, so what is shown is what results are compared with."""
+        """The best's score as measured so far: the mean of its runs that results are compared with,
+        so what is shown is what they are held to."""
         scores = self.best_scores()
         return fmean(scores) if scores else self.best.val_bpb if self.best is not None else None
+
+    def compared_with_best(self) -> int:
+        """Results judged against the best kept commit so far (its growth runs follow this)."""
+        best = self.best
+        if best is None or best.decided_order is None:
+            return 0
+        return sum(1 for e in self.run.experiments
+                   if e.status == "discard" and (e.decided_order or -1) > best.decided_order)
 
     def noise(self) -> Noise:
         return Noise.pooled(e.scores() for e in self.run.experiments if e.status in ("keep", "discard"))

@@ -20,6 +20,9 @@ carries `n`, the experiment number; the baseline is experiment 0):
   evaluated     n, run, val_bpb, scores, reason, summary, peak_vram_mb, train_seconds, eval_seconds,
                 timings, hardware, slot             one run's outcome (val_bpb None on crash)
   confirming    n, run, reason                      the policy asked for one more run
+  settling      n, run                              a new best's run up to --best-runs (results wait)
+  growing       n, run, compared                    the best's run as results pile up against it
+  remeasuring   n, run, hardware, for_n             the best's run on hardware it never ran on
   fix_requested n, attempt, reason                  a simple crash goes back to the agent
   decided       n, status (keep|discard|crash), reason, best_before, best_after, tip, val_bpb
                 (the mean that decided), runs
@@ -153,8 +156,11 @@ class ExperimentRecord:
 
     def scores(self, split: str = "val") -> list[float]:
         """The split's score of every run that finished with one, in run order."""
-        return [r["scores"][split] for _, r in sorted(self.runs.items())
-                if isinstance(r.get("scores"), dict) and r["scores"].get(split) is not None]
+        return [score for _, score in sorted(self.scores_by_run(split).items())]
+
+    def scores_by_run(self, split: str = "val") -> dict[int, float]:
+        return {run: r["scores"][split] for run, r in self.runs.items()
+                if isinstance(r.get("scores"), dict) and r["scores"].get(split) is not None}
 
     @property
     def is_experiment(self) -> bool:

@@ -4,14 +4,22 @@ A fixed-budget run's score moves between repeats of the same commit (seeds, kern
 so "lower than the best" alone keeps noise and builds on it all night. The rule here:
 
 - discard when the candidate's mean is not better than the best's by more than `min_delta`;
-- keep when the gain beyond `min_delta` clears `keep_z` standard errors of the difference of the
-  two means. The noise `sigma` is pooled from every commit run more than once (the baseline's
-  runs, every confirmed experiment, and the candidate's own runs), and while it rests on few
-  degrees of freedom the bar is Student's t quantile at the confidence `keep_z` stands for, not
-  `keep_z` itself: a sigma from two runs can be ten times too small, and a fixed z would then
-  keep noise as readily as the greedy rule;
-- in between (better, but not clearly), confirm: run the candidate again with a fresh seed, once,
-  and decide on the mean of its runs; a result still in the grey zone after that is discarded.
+- keep at once when a single run's gain beyond `min_delta` clears CLEAR_Z standard errors of the
+  difference of the two means: a win that large is no draw of the noise;
+- otherwise (better, but not that clearly), confirm: run the candidate again with a fresh seed,
+  once, and keep when the gain of the mean of its runs clears `keep_z` standard errors, else
+  discard.
+
+The noise `sigma` is pooled from every commit run more than once (the baseline's runs, every
+confirmed experiment, the best's later runs, and the candidate's own runs), and while it rests on
+few degrees of freedom each bar is Student's t quantile at the confidence it stands for: a sigma
+from two runs can be ten times too small, and a fixed z would then keep noise as readily as the
+greedy rule.
+
+Why two bars. Every look at a result is a chance for noise to pass: a rule that keeps at
+`keep_z` on the first run and again at `keep_z` on the mean of two lets about twice as much noise
+through as either look alone. With the first look's bar far out, the decision of all but the
+clearest wins is one test, on two runs, at `keep_z`; a clear win costs no second run.
 
 The grey zone is one-sided on purpose. A result that looks worse is discarded at once: confirming
 it would cost a run on about half of all changes that do nothing, and a change whose true gain is
@@ -20,6 +28,17 @@ missed; the cost of the opposite mistake (keeping noise) is every later experime
 
 One confirmation is the cap: two runs halve the variance of a single one, which settles most grey
 results, and the rest are near-nulls whose further runs would buy little next to a new proposal.
+
+What a result is compared with is the best's mean, and two things keep that mean honest:
+
+- the runs that made the best the best are left out of it once it has others. They were kept for
+  being low (a winner's curse): counted in, they hold every later result to a score the best
+  never had, and real gains are lost to it;
+- the best is run again as results are compared with it, to about GROWTH times the square root
+  of their number (MAX_BEST_RUNS at most). Many results are judged against one best, so a run of
+  the best serves them all; the square root is the classical allocation of runs between one
+  control and many treatments. Late in a night, when gains are small and a best stands for long,
+  its mean gets tight enough to tell half a noise width from nothing.
 
 `confirm="never"` is the greedy rule (keep whatever beats the best by more than `min_delta`),
 `confirm="always"` confirms every apparent improvement once before keeping it.
@@ -33,6 +52,9 @@ from typing import Iterable, Literal
 
 Verdict = Literal["keep", "discard", "confirm"]
 MAX_CONFIRMATIONS = 1  # extra runs a candidate may get before the decision
+CLEAR_Z = 4.0  # standard errors a single run's gain must clear to be kept without a confirmation
+GROWTH = 2.0  # the best runs about GROWTH * sqrt(results compared with it) times
+MAX_BEST_RUNS = 16
 LARGE_DEGREES = 1000  # beyond this many degrees of freedom Student's t is the normal distribution
 
 
@@ -65,9 +87,10 @@ class Policy:
     keep_z: float = 2.0
     confirm: str = "auto"  # auto | never | always
 
-    def decide(self, candidate: list[float], best: list[float], noise: Noise) -> Verdict:
+    def decide(self, candidate: list[float], best: list[float], noise: Noise, may_confirm: bool = True) -> Verdict:
         """Lower is better. `candidate` and `best` are the scores of each one's runs; `noise` is pooled
-        over decided experiments (the candidate, not decided yet, is pooled in here)."""
+        over decided experiments (the candidate, not decided yet, is pooled in here). Without
+        `may_confirm` (the run is stopping) the candidate is decided on the runs it has, at `keep_z`."""
         if not best:
             return "keep"  # the first result of a run is the best by definition
         gain = fmean(best) - fmean(candidate) - self.min_delta
@@ -75,20 +98,40 @@ class Policy:
             return "discard"
         if self.confirm == "never":
             return "keep"
-        may_confirm = len(candidate) <= MAX_CONFIRMATIONS
+        may_confirm = may_confirm and len(candidate) <= MAX_CONFIRMATIONS
         if self.confirm == "always" and may_confirm:
             return "confirm"
         noise = noise.plus(candidate)
         if noise.sigma is None:  # nothing has been run twice: a repeat gives the first estimate
             return "confirm" if may_confirm else "discard"
         error = noise.sigma * math.sqrt(1 / len(candidate) + 1 / len(best))
-        if gain > self.bar(noise.degrees) * error:
-            return "keep"  # a sigma of exactly 0 (a deterministic harness) keeps any gain
+        if error == 0:
+            return "keep"  # a deterministic harness (every repeat identical): any gain is real
+        z = max(CLEAR_Z, self.keep_z) if may_confirm else self.keep_z  # see "Why two bars" above
+        if gain > self.bar(noise.degrees, z) * error:
+            return "keep"
         return "confirm" if may_confirm else "discard"
 
-    def bar(self, degrees: int) -> float:
-        """Standard errors a gain must clear: `keep_z` as a one-sided confidence, at these degrees."""
-        return t_quantile(NormalDist().cdf(self.keep_z), degrees)
+    def best_runs_wanted(self, minimum: int, compared: int) -> int:
+        """Runs the best should have once `compared` results were judged against it (`minimum` is
+        --best-runs). The greedy rule never reruns anything."""
+        if self.confirm == "never":
+            return minimum
+        return max(minimum, min(MAX_BEST_RUNS, math.ceil(GROWTH * math.sqrt(compared))))
+
+    @staticmethod
+    def comparable(best: dict[int, float], decided_runs: int, kind: str) -> list[float]:
+        """The best's scores a result is compared with, from its runs by index: those after the
+        `decided_runs` that made it the best, once there are any (every run before that). The
+        baseline was not chosen for being low: all of its runs count."""
+        decisive = 0 if kind == "baseline" else decided_runs
+        later = [score for run, score in sorted(best.items()) if run >= decisive]
+        return later or [score for _, score in sorted(best.items())]
+
+    def bar(self, degrees: int, z: float | None = None) -> float:
+        """Standard errors a gain must clear: `z` (`keep_z` by default) as a one-sided confidence, at
+        these degrees of freedom."""
+        return t_quantile(NormalDist().cdf(self.keep_z if z is None else z), degrees)
 
 
 def t_cdf(t: float, degrees: int) -> float:

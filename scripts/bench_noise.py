@@ -2,7 +2,7 @@
 """The keep rules under noise: false keeps, the true score reached, and what confirmations cost.
 
     python scripts/bench_noise.py [--experiments 200] [--noise 0.01] [--repeats 1] [--baseline-runs 2]
-                                  [--rules auto,always,never] [--keep-z 2] [--best-runs 3]
+                                  [--rules auto,always,never] [--keep-z 2] [--best-runs 2]
 
 Runs the real daemon (the CLI, the search agent, one slot, --lookahead 0 so a proposal is asked
 only when the slot is about to free, and the same tag so every rule draws the same seeds for the
@@ -14,8 +14,9 @@ first --experiments are also shown, at equal experiments). Per rule it prints:
 
   keeps, false keeps (kept changes whose TRUE score is worse than or equal to their parent's) as a
   share of keeps and of experiments, the true score of the final best (and the mean that made it
-  the best), the runs and process seconds spent on confirmations, the runs a new best got after
-  its decision (--best-runs; none under greedy), and the wins missed (discarded changes truly
+  the best), the runs and process seconds spent on confirmations, the runs a best got after
+  its decision (--best-runs, then more as results pile up against it; none under greedy),
+  and the wins missed (discarded changes truly
   better than their parent by more than the noise).
 """
 from __future__ import annotations
@@ -42,7 +43,7 @@ class Figures:
     runs: int
     confirm_runs: int  # a candidate's runs before its decision, past the first
     confirm_seconds: float
-    settle_runs: int  # a new best's runs after its decision (--best-runs)
+    settle_runs: int  # a best's runs after its decision (--best-runs, then growth)
     run_seconds: float
     keeps: int
     false_keeps: int
@@ -143,7 +144,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=1, help="runs of the whole comparison, each with its own seeds")
     ap.add_argument("--baseline-runs", type=int, default=2, help="runs of the baseline (the default on one slot)")
     ap.add_argument("--keep-z", type=float, default=2.0, help="--keep-z for the rules that confirm (the default 2)")
-    ap.add_argument("--best-runs", type=int, help="--best-runs for the rules that confirm (the default 3)")
+    ap.add_argument("--best-runs", type=int, help="--best-runs for the rules that confirm (the daemon's default)")
     ap.add_argument("--rules", default="auto,always,never", help="which --confirm rules to run, in this order")
     args = ap.parse_args()
     totals: dict[str, list[Figures]] = {}

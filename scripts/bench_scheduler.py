@@ -85,16 +85,17 @@ def measure(slots: int, delay: float, train: float, experiments: int, harness: s
             env["AUTORESEARCH_CACHE"] = os.environ.get("AUTORESEARCH_CACHE", str(Path.home() / ".cache" / "autoresearch"))
             env[KNOB_ENV] = "MATRIX_LR"
             subprocess.run([sys.executable, "prepare.py"], cwd=repo, env=env, check=True, stdout=subprocess.DEVNULL)
-            where = ["--confirm", "never"]  # every GPU the machine has (the default); one run per experiment
+            where = []  # every GPU the machine has (the default)
             budget = train
         else:
             shaped_train(repo, train)
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in range(slots))
             where = ["--gpus", str(slots)]
             budget = train * 2
-        # One run of the baseline and no later ones: the keep rule's repeats are bench_noise's to measure.
+        # One run of the baseline, one per experiment and no later ones: the keep rule's repeats are
+        # bench_noise's to measure.
         done = run_cli(repo, "start", "--tag", "b", "--agent", "bench_scheduler:ScriptedAgent", *where,
-                       "--budget", str(budget), "--baseline-runs", "1", "--best-runs", "1",
+                       "--budget", str(budget), "--baseline-runs", "1", "--best-runs", "1", "--confirm", "never",
                        "--max-experiments", str(experiments), env=env, timeout=3600 * 12)
         if done.returncode != 0:
             raise SystemExit(f"the daemon failed: {done.stderr.strip() or done.stdout[-500:]}")

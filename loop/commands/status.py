@@ -15,7 +15,7 @@ from loop.commands.common import last_tag, lock_path, read_json, state_path
 from loop.errors import SetupError
 from loop.journal import JOURNAL_NAME, STATUSES, load_run, run_dir
 from loop.lock import read_holder
-from loop.policy import Noise
+from loop.policy import Noise, Policy
 
 RATE_AFTER_S = 600.0  # experiments per hour is shown once the run has this much history ...
 RATE_AFTER_EXPERIMENTS = 5  # ... or this many decided experiments
@@ -53,9 +53,9 @@ def status(repo: Path, tag: str | None = None) -> int:
         print(f"baseline {metric.name}: {metric.text(baseline.val_bpb)} ({(baseline.commit or '')[:7]})")
     if run.best:
         print(f"best {metric.name}: {metric.text(run.best.val_bpb)} ({(run.best.commit or '')[:7]}: {run.best.description})")
-        scores = run.best.scores()
-        if len(scores) > max(run.best.decided_runs, 1):  # run again since its decision: what results meet now
-            print(f"  the best's mean over its {len(scores)} runs, which results are compared with: "
+        if len(run.best.scores()) > max(run.best.decided_runs, 1):  # run again since: what results meet now
+            scores = Policy.comparable(run.best.scores_by_run(), run.best.decided_runs, run.best.kind)
+            print(f"  the best's mean over {len(scores)} of its runs, which results are compared with: "
                   f"{metric.text(fmean(scores))}")
     noise = Noise.pooled(e.scores() for e in done if e.status in ("keep", "discard"))
     if noise.sigma is not None:
