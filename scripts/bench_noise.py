@@ -2,7 +2,7 @@
 """The keep rules under noise: false keeps, the true score reached, and what confirmations cost.
 
     python scripts/bench_noise.py [--experiments 200] [--noise 0.01] [--repeats 1] [--baseline-runs 2]
-                                  [--rules auto,always,never] [--keep-z 2] [--best-runs 2]
+                                  [--rules auto,always,never] [--keep-z 2] [--best-runs 2] [--first-repeat 0]
 
 Runs the real daemon (the CLI, the search agent, one slot, --lookahead 0 so a proposal is asked
 only when the slot is about to free, and the same tag so every rule draws the same seeds for the
@@ -142,13 +142,15 @@ def main() -> int:
     ap.add_argument("--experiments", type=int, default=200)
     ap.add_argument("--noise", type=float, default=0.01, help="standard deviation of the evaluator's noise")
     ap.add_argument("--repeats", type=int, default=1, help="runs of the whole comparison, each with its own seeds")
+    ap.add_argument("--first-repeat", type=int, default=0,
+                    help="number of the first repeat (its tag and seeds): more repeats, without redoing earlier ones")
     ap.add_argument("--baseline-runs", type=int, default=2, help="runs of the baseline (the default on one slot)")
     ap.add_argument("--keep-z", type=float, default=2.0, help="--keep-z for the rules that confirm (the default 2)")
     ap.add_argument("--best-runs", type=int, help="--best-runs for the rules that confirm (the daemon's default)")
     ap.add_argument("--rules", default="auto,always,never", help="which --confirm rules to run, in this order")
     args = ap.parse_args()
     totals: dict[str, list[Figures]] = {}
-    for repeat in range(args.repeats):
+    for repeat in range(args.first_repeat, args.first_repeat + args.repeats):
         tag = f"noise{repeat}"
         rows = []
         with tempfile.TemporaryDirectory() as tmp:
