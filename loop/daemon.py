@@ -532,7 +532,8 @@ class Daemon:
             self.git.set_branch(self.branch, att.commit or "", self.editable(att.commit or ""))
             self.score_holdout(att)
             self.drop_best_runs()
-        self.finish(att, None, status=status, reason=reason, mean=mean, best_before=best_before, runs=len(scores))
+        self.finish(att, None, status=status, reason=reason, mean=mean, best_before=best_before, runs=len(scores),
+                    through=max(att.outcomes, default=-1) + 1)
         if status == "discard" and att.kind == "agent" and mean is not None:
             self.maybe_combine(att, mean)
 
@@ -639,7 +640,7 @@ class Daemon:
         return 1 if self.config.confirm == "never" else BEST_RUNS
 
     def finish(self, att: Attempt, guard_outcome: RunOutcome | None, status: str = "crash", reason: str = "",
-               mean: float | None = None, best_before: float | None = None, runs: int = 0) -> None:
+               mean: float | None = None, best_before: float | None = None, runs: int = 0, through: int = 0) -> None:
         """Journal the decision, append the row, and tidy the experiment's directory."""
         if guard_outcome is not None:
             reason, best_before = guard_outcome.reason, self.best_mean()
@@ -647,7 +648,8 @@ class Daemon:
                                 peak_vram_mb=0.0, train_seconds=0.0, eval_seconds=0.0, timings={}, hardware={})
         best_after = mean if status == "keep" else best_before
         self.journal.append("decided", n=att.n, status=status, reason=reason, best_before=best_before,
-                            best_after=best_after, tip=self.git.ref_sha(self.branch), val_bpb=mean, runs=runs)
+                            best_after=best_after, tip=self.git.ref_sha(self.branch), val_bpb=mean, runs=runs,
+                            through=through)
         self.attempts.pop(att.n, None)
         self.best = self.run.best
         rec = self.run.by_n[att.n]
@@ -868,7 +870,7 @@ class Daemon:
         scores = self.best.scores_by_run()
         if hardware:
             scores = {i: v for i, v in scores.items() if _hardware_key(self.best.runs[i].get("hardware")) in (hardware, "")}
-        return Policy.comparable(scores, self.best.decided_runs, self.best.kind)
+        return Policy.comparable(scores, self.best.decided_through, self.best.kind)
 
     def best_mean(self) -> float | None:
         """The best's score as measured so far: the mean of its runs that results are compared with,

@@ -25,7 +25,8 @@ carries `n`, the experiment number; the baseline is experiment 0):
   remeasuring   n, run, hardware, for_n             the best's run on hardware it never ran on
   fix_requested n, attempt, reason                  a simple crash goes back to the agent
   decided       n, status (keep|discard|crash), reason, best_before, best_after, tip, val_bpb
-                (the mean that decided), runs
+                (the mean that decided), runs (how many decided it), through (runs numbered below it
+                had finished)
   recorded      n                                 results.tsv row written
   interrupted   n, phase                          `stop --now` or a kill: not a crash, no row
   run_stopped   reason
@@ -153,6 +154,7 @@ class ExperimentRecord:
     runs: dict[int, dict[str, Any]] = field(default_factory=dict)  # run index -> its fields, as journaled
     decided_order: int | None = None  # results.tsv lists experiments in the order they were decided
     decided_runs: int = 0  # runs whose mean decided it (more than one when confirmed)
+    decided_through: int = 0  # runs numbered below this had finished when it was decided
 
     def scores(self, split: str = "val") -> list[float]:
         """The split's score of every run that finished with one, in run order."""
@@ -211,8 +213,11 @@ class RunRecord:
 
     @property
     def best(self) -> ExperimentRecord | None:
+        """The last kept experiment: each keep is decided against the best before it, so the last one
+        is the branch's tip, even where its score is above an earlier keep's (a keep is compared
+        with the best's later runs, not with the lucky one that made it the best)."""
         kept = [e for e in self.experiments if e.status == "keep" and e.val_bpb is not None]
-        return min(kept, key=lambda e: e.val_bpb) if kept else None  # type: ignore[arg-type,return-value]
+        return max(kept, key=lambda e: (e.decided_order if e.decided_order is not None else -1, e.n), default=None)
 
 
 def fold(events: list[dict[str, Any]]) -> RunRecord:
@@ -292,6 +297,7 @@ def _apply(rec: ExperimentRecord, name: str, ev: dict[str, Any]) -> None:
         if "val_bpb" in ev:
             rec.val_bpb = ev["val_bpb"]
         rec.decided_runs = int(ev.get("runs") or 0)
+        rec.decided_through = int(ev.get("through") or rec.decided_runs)
         if rec.status == "crash":
             rec.val_bpb = None
     elif name == "recorded":

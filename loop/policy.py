@@ -90,7 +90,8 @@ class Policy:
     def decide(self, candidate: list[float], best: list[float], noise: Noise, may_confirm: bool = True) -> Verdict:
         """Lower is better. `candidate` and `best` are the scores of each one's runs; `noise` is pooled
         over decided experiments (the candidate, not decided yet, is pooled in here). Without
-        `may_confirm` (the run is stopping) the candidate is decided on the runs it has, at `keep_z`."""
+        `may_confirm` (the run is stopping) the candidate is decided on the runs it has: one run
+        is kept only beyond CLEAR_Z, as ever, and a grey one is discarded."""
         if not best:
             return "keep"  # the first result of a run is the best by definition
         gain = fmean(best) - fmean(candidate) - self.min_delta
@@ -98,7 +99,8 @@ class Policy:
             return "discard"
         if self.confirm == "never":
             return "keep"
-        may_confirm = may_confirm and len(candidate) <= MAX_CONFIRMATIONS
+        first_look = len(candidate) <= MAX_CONFIRMATIONS
+        may_confirm = may_confirm and first_look
         if self.confirm == "always" and may_confirm:
             return "confirm"
         noise = noise.plus(candidate)
@@ -107,7 +109,7 @@ class Policy:
         error = noise.sigma * math.sqrt(1 / len(candidate) + 1 / len(best))
         if error == 0:
             return "keep"  # a deterministic harness (every repeat identical): any gain is real
-        z = max(CLEAR_Z, self.keep_z) if may_confirm else self.keep_z  # see "Why two bars" above
+        z = max(CLEAR_Z, self.keep_z) if first_look else self.keep_z  # see "Why two bars" above
         if gain > self.bar(noise.degrees, z) * error:
             return "keep"
         return "confirm" if may_confirm else "discard"
@@ -120,11 +122,11 @@ class Policy:
         return max(minimum, min(MAX_BEST_RUNS, math.ceil(GROWTH * math.sqrt(compared))))
 
     @staticmethod
-    def comparable(best: dict[int, float], decided_runs: int, kind: str) -> list[float]:
-        """The best's scores a result is compared with, from its runs by index: those after the
-        `decided_runs` that made it the best, once there are any (every run before that). The
-        baseline was not chosen for being low: all of its runs count."""
-        decisive = 0 if kind == "baseline" else decided_runs
+    def comparable(best: dict[int, float], decided_through: int, kind: str) -> list[float]:
+        """The best's scores a result is compared with, from its runs by index: those numbered from
+        `decided_through` on (the runs before had made it the best), once there are any (every run
+        before that). The baseline was not chosen for being low: all of its runs count."""
+        decisive = 0 if kind == "baseline" else decided_through
         later = [score for run, score in sorted(best.items()) if run >= decisive]
         return later or [score for _, score in sorted(best.items())]
 

@@ -37,3 +37,16 @@ def test_torn_tail_is_dropped_and_repaired(tmp_path: Path) -> None:
     assert [e["event"] for e in read_events(path)] == ["proposing"]
     Journal(path).append("proposed", n=0)
     assert [e["event"] for e in read_events(path)] == ["proposing", "proposed"]
+
+
+def test_the_best_is_the_last_keep_even_above_an_earlier_keeps_score() -> None:
+    """A keep is compared with the best's later runs, not with the lucky run that made it the best,
+    so a later keep can score above an earlier one: the best is still the later one (the branch's
+    tip), or every next run would look like it moved the branch."""
+    events: list[dict] = []
+    for n, commit, kind, mean in ((0, "a", "baseline", 1.0), (1, "b", "agent", 0.90), (2, "c", "agent", 0.91)):
+        events.append({"event": "committed", "n": n, "commit": commit * 40, "parent": "a" * 40, "kind": kind})
+        events.append({"event": "decided", "n": n, "status": "keep", "val_bpb": mean, "runs": 1})
+    assert fold(events).best.n == 2  # type: ignore[union-attr]
+    events.append({"event": "decided", "n": 3, "status": "discard", "val_bpb": 0.5, "runs": 1})
+    assert fold(events).best.n == 2  # type: ignore[union-attr]

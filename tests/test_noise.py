@@ -139,6 +139,15 @@ def test_the_runs_that_made_a_best_are_left_out_once_it_has_others() -> None:
     assert Policy.comparable(runs, 3, "baseline") == [0.90, 1.00, 1.02]  # the baseline was chosen by nobody
 
 
+def test_a_stop_keeps_one_run_only_beyond_the_clear_bar() -> None:
+    """Stopping, there is no second run to confirm with: a single run is kept only as clearly as
+    ever, and a grey one is discarded."""
+    noise = Noise(0.01, 1000)
+    assert Policy().decide([0.97], [1.0, 1.0], noise, may_confirm=False) == "discard"  # 2.4 standard errors
+    assert Policy().decide([0.9], [1.0, 1.0], noise, may_confirm=False) == "keep"
+    assert Policy().decide([0.97, 0.97], [1.0, 1.0], noise, may_confirm=False) == "keep"  # a mean of two, at keep_z
+
+
 # --- the daemon on the noisy harness ------------------------------------------------------------------
 def run_scenario(tmp_path: Path, confirm: str, spares: int = 0) -> tuple[Path, list[dict]]:
     """Six seed-only changes, a clear win and a grey one, queued, proposed one at a time; then
@@ -223,6 +232,7 @@ def test_a_kept_result_is_compared_without_the_run_that_made_it_the_best(auto_ru
     win = {e["run"]: e["val_bpb"] for e in events_of(events, "evaluated", WIN_N)}
     assert sorted(win) == list(range(BEST_RUNS))
     later = [win[run] for run in range(1, BEST_RUNS)]
+    assert events_of(events, "decided", WIN_N)[0]["through"] == 1
     grey = events_of(events, "decided", GREY_N)[0]
     assert grey["best_before"] == pytest.approx(sum(later) / len(later), abs=1e-12)
     assert grey["best_before"] != pytest.approx(sum(win.values()) / len(win), abs=1e-9)

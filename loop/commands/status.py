@@ -53,8 +53,8 @@ def status(repo: Path, tag: str | None = None) -> int:
         print(f"baseline {metric.name}: {metric.text(baseline.val_bpb)} ({(baseline.commit or '')[:7]})")
     if run.best:
         print(f"best {metric.name}: {metric.text(run.best.val_bpb)} ({(run.best.commit or '')[:7]}: {run.best.description})")
-        if len(run.best.scores()) > max(run.best.decided_runs, 1):  # run again since: what results meet now
-            scores = Policy.comparable(run.best.scores_by_run(), run.best.decided_runs, run.best.kind)
+        if max(run.best.scores_by_run(), default=-1) >= max(run.best.decided_through, 1):  # run again since
+            scores = Policy.comparable(run.best.scores_by_run(), run.best.decided_through, run.best.kind)
             print(f"  the best's mean over {len(scores)} of its runs, which results are compared with: "
                   f"{metric.text(fmean(scores))}")
     noise = Noise.pooled(e.scores() for e in done if e.status in ("keep", "discard"))
