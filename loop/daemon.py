@@ -578,7 +578,8 @@ class Daemon:
     def wind_down(self) -> None:
         """Stopping: runs not started are not started. The best's settling runs are dropped and a
         result's confirmation too, and what waited for them is decided on the runs there are, so a
-        stop still records every result that ran."""
+        stop still records the results that ran. Those waiting for the best to run on other hardware
+        stay as they are, for `resume`: deciding them would compare unlike with unlike."""
         att = self.attempts.get(self.best.n) if self.best is not None else None
         if att is not None and att.kind == "best" and att.queued_runs:
             att.queued_runs = [r for r in att.queued_runs if att.hardware_of.get(r)]
