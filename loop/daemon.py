@@ -519,7 +519,7 @@ class Daemon:
                 return
             scores = [o.val_bpb for _, o in sorted(att.outcomes.items())
                       if o.val_bpb is not None and _hardware_key(o.hardware) == hardware]
-            verdict = self.policy.decide(scores, best_scores, self.noise(), may_confirm=not self.stopping)
+            verdict = self.policy.decide(scores, best_scores, self.noise(), may_confirm=not self.deciding_at_stop())
             if verdict == "confirm":
                 run = max(att.outcomes) + 1
                 self.journal.append("confirming", n=att.n, run=run, scores=scores)
@@ -578,8 +578,9 @@ class Daemon:
     def wind_down(self) -> None:
         """Stopping: runs not started are not started. The best's settling runs are dropped and a
         result's confirmation too, and what waited for them is decided on the runs there are, so a
-        stop still records the results that ran. Those waiting for the best to run on other hardware
-        stay as they are, for `resume`: deciding them would compare unlike with unlike."""
+        stop still records the results that ran (not `stop --now`: see deciding_at_stop). Those waiting
+        for the best to run on other hardware stay as they are, for `resume`: deciding them would
+        compare unlike with unlike."""
         att = self.attempts.get(self.best.n) if self.best is not None else None
         if att is not None and att.kind == "best" and att.queued_runs:
             att.queued_runs = [r for r in att.queued_runs if att.hardware_of.get(r)]
@@ -589,11 +590,16 @@ class Daemon:
             for n in self.held.pop(SETTLING, []):
                 if n in self.attempts:
                     self.decide(self.attempts[n])
-        confirming = [a for a in self.attempts.values()
-                      if a.kind in ("agent", "combine") and a.outcomes and a.queued_runs and not a.running]
+        confirming = [a for a in self.attempts.values() if self.deciding_at_stop()
+                      and a.kind in ("agent", "combine") and a.outcomes and a.queued_runs and not a.running]
         for att in confirming:
             att.queued_runs, att.runs_wanted = [], len(att.outcomes)
             self.decide(att)
+
+    def deciding_at_stop(self) -> bool:
+        """A graceful stop or a limit decides results on the runs they have; `stop --now` leaves a
+        result waiting for its confirmation to `resume`, as it leaves the runs it kills."""
+        return bool(self.stopping) and not self.cancel.is_set()
 
     def drop_best_runs(self) -> None:
         """A new best: the former best's runs not started yet are not needed any more (those waiting
