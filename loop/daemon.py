@@ -562,7 +562,8 @@ class Daemon:
         att = self.attempts.get(best.n)
         under_way = len(att.queued_runs) + len(att.running) if att is not None else 0
         runs = sum(1 for r in best.runs.values() if r.get("phase") == "evaluated") + under_way
-        wanted = self.policy.best_runs_wanted(self.best_runs(), self.compared_with_best())
+        compared = self.compared_with_best()
+        wanted = self.policy.best_runs_wanted(self.best_runs(), compared)
         if runs >= wanted:
             return
         att = self.best_attempt()
@@ -571,7 +572,7 @@ class Daemon:
             if have < self.best_runs():
                 self.journal.append("settling", n=att.n, run=run)
             else:
-                self.journal.append("growing", n=att.n, run=run, compared=self.compared_with_best())
+                self.journal.append("growing", n=att.n, run=run, compared=compared)
                 att.growth_runs.add(run)
             att.queued_runs.append(run)
 
