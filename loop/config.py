@@ -14,6 +14,7 @@ from loop.errors import UsageError
 KEEP_CHECKPOINTS = ("all", "kept", "none")
 CONFIRM_MODES = ("auto", "never", "always")
 BEST_RUNS = 2  # runs a new best gets before results meet it (--best-runs; more follow: Policy.best_runs_wanted)
+BEST_CRASHES = 2  # the best's later runs that may crash before it is run no more (and flagged)
 
 
 @dataclass(frozen=True)

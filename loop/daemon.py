@@ -35,7 +35,7 @@ from typing import Any
 from loop import gitops, guard
 from loop import target as targets
 from loop.agents.base import Agent, Context, HistoryItem, InFlight, Usage
-from loop.config import BEST_RUNS, Config
+from loop.config import BEST_CRASHES, BEST_RUNS, Config
 from loop.display import Display
 from loop.errors import AutoresearchError, BaselineCrashed, BudgetExhausted, InternalError, SetupError
 from loop.executor import Executor, Finished, Job, LocalExecutor, Lost, Started, TrainingEnded, plan_slots
@@ -555,13 +555,14 @@ class Daemon:
         for those: one run that won is a lucky draw more often than not (it was kept for being low),
         and every later result is compared with the best. Then it is run again as results are
         compared with it (Policy.best_runs_wanted), and nobody waits for those runs: each result is
-        decided on the best's runs that are in."""
+        decided on the best's runs that are in. Only runs with a score count; a best that crashes on
+        BEST_CRASHES of its later runs is run no more (results are then held to the runs that kept it)."""
         best = self.best
-        if best is None or not best.commit or self.stopping:
-            return
+        if best is None or not best.commit or self.stopping or len(best.crashed_reruns()) >= BEST_CRASHES:
+            return  # a best that crashes when run again is run no more; status and the report flag it
         att = self.attempts.get(best.n)
         under_way = len(att.queued_runs) + len(att.running) if att is not None else 0
-        runs = sum(1 for r in best.runs.values() if r.get("phase") == "evaluated") + under_way
+        runs = len(best.scores_by_run()) + under_way  # a crashed run measures nothing: it is not counted
         compared = self.compared_with_best()
         wanted = self.policy.best_runs_wanted(self.best_runs(), compared)
         if runs >= wanted:
@@ -627,8 +628,11 @@ class Daemon:
 
     def best_run_done(self, att: Attempt, run: int) -> None:
         """One of the best's later runs is in: decide what waited for a run on its hardware, or for
-        its settling to end."""
+        its settling to end. A best that has crashed BEST_CRASHES times is not run again: its queued
+        runs (those for other hardware aside) are dropped."""
         hardware = att.hardware_of.pop(run, "")
+        if self.best is not None and len(self.best.crashed_reruns()) >= BEST_CRASHES:
+            att.queued_runs = [r for r in att.queued_runs if att.hardware_of.get(r)]
         if not att.running and not att.queued_runs:
             self.attempts.pop(att.n, None)
         waiting = self.held.pop(hardware, []) if hardware else [] if self.settling() else self.held.pop(SETTLING, [])

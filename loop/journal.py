@@ -164,6 +164,15 @@ class ExperimentRecord:
         return {run: r["scores"][split] for run, r in self.runs.items()
                 if isinstance(r.get("scores"), dict) and r["scores"].get(split) is not None}
 
+    def crashed_reruns(self) -> list[int]:
+        """A kept commit's runs after its decision that ended without a score: a best that cannot be
+        run again is no result to build on, and train.py can tell a later run from the first (its
+        output directory), so a crash there may be on purpose, to keep a lucky first score standing."""
+        if self.status != "keep":
+            return []
+        return sorted(run for run, r in self.runs.items()
+                      if run >= max(self.decided_through, 1) and r.get("phase") == "evaluated" and r.get("reason"))
+
     @property
     def is_experiment(self) -> bool:
         """Whether it got as far as a commit (failed proposals alone are not experiments)."""
@@ -372,3 +381,9 @@ def read_events_checked(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
                 continue
             events.append(event)
     return events, problems
+
+
+def unreproduced_warning(n: int, crashed: int) -> str:
+    """A kept experiment that crashed when run again: its score rests on the runs that kept it."""
+    return (f"warning: kept experiment #{n} crashed on {crashed} of its runs after it was kept: it does not "
+            f"reproduce, and its score is only that of the runs that kept it (`autoresearch show {n}`)")

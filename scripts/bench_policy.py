@@ -11,8 +11,9 @@ policy.py decides, with the best's mean and its extra runs as the daemon takes t
 then Policy.best_runs_wanted; the runs that made a best are left out of its mean). One run at a
 time, as on one slot: a night is --runs runs in all, confirmations and the best's runs included,
 so the rules compare at equal GPU time. Per rule it prints the mean true score of the final best
-(with its standard error over the nights), false keeps (kept changes whose true score is not below
-their parent's) as a share of keeps, and experiments, confirmations and best runs per night.
+(with its standard error over the nights), false keeps (kept changes whose true score is worse than
+their parent's) and the stricter no-gain keeps (worse or equal: a change that does nothing kept for
+its noise) as shares of keeps, and experiments, confirmations and best runs per night.
 """
 from __future__ import annotations
 
@@ -42,7 +43,8 @@ BASELINE_RUNS = 2  # the daemon's default on one slot
 class Night:
     best_true: float
     keeps: int
-    false_keeps: int
+    worse_keeps: int  # true score above the parent's
+    false_keeps: int  # true score not below the parent's (worse or equal)
     experiments: int
     confirmations: int
     best_runs: int
@@ -63,7 +65,7 @@ def night(args: tuple[str, float, int, float, int]) -> Night:
     best_kind, decisive, compared = "baseline", 0, 0
     groups: list[list[float]] = []  # runs of decided experiments, for the pooled noise
     history: list[HistoryItem] = []
-    f = Night(0.0, 0, 0, 0, 0, 0)
+    f = Night(0.0, 0, 0, 0, 0, 0, 0)
     runs = BASELINE_RUNS
     while runs < runs_budget:
         while len(best) < policy.best_runs_wanted(minimum, compared) and runs < runs_budget:
@@ -87,7 +89,9 @@ def night(args: tuple[str, float, int, float, int]) -> Night:
                                    statistics.fmean(candidate), context.best_val_bpb, 0.0, proposal.description))
         if verdict == "keep":
             f.keeps += 1
-            f.false_keeps += true_score(constants_of(proposal.train_py)) >= true_score(constants_of(best_text))
+            new, old = true_score(constants_of(proposal.train_py)), true_score(constants_of(best_text))
+            f.worse_keeps += new > old
+            f.false_keeps += new >= old
             groups.append(list(best.values()))
             best_text, best_kind, decisive, compared = proposal.train_py, "agent", len(candidate), 0
             best = dict(enumerate(candidate))
@@ -110,16 +114,17 @@ def main() -> int:
         ap.error("--runs must leave room for an experiment and --repeats must be at least 2")
     print(f"{args.repeats} nights of {args.runs} runs, noise {args.noise:g}, keep-z {args.keep_z:g}; "
           f"true optimum 1.000000")
-    print(f"{'rule':<8}{'best true':>11}{'(se)':>10}{'false keeps':>13}{'keeps':>8}{'exps':>7}{'confirms':>10}"
+    print(f"{'rule':<8}{'best true':>11}{'(se)':>10}{'false keeps':>13}{'no gain':>9}{'keeps':>8}{'exps':>7}{'confirms':>10}"
           f"{'best runs':>11}")
     with Pool() as pool:
         for rule in args.rules.split(","):
             nights = pool.map(night, [(rule, args.keep_z, args.runs, args.noise, s) for s in range(args.repeats)])
             trues = [n.best_true for n in nights]
             keeps, false = sum(n.keeps for n in nights), sum(n.false_keeps for n in nights)
+            worse = sum(n.worse_keeps for n in nights)
             per = len(nights)
             print(f"{rule:<8}{statistics.fmean(trues):>11.5f}{statistics.stdev(trues) / math.sqrt(per):>10.5f}"
-                  f"{false / max(keeps, 1):>13.1%}{keeps / per:>8.1f}{sum(n.experiments for n in nights) / per:>7.0f}"
+                  f"{worse / max(keeps, 1):>13.1%}{false / max(keeps, 1):>9.1%}{keeps / per:>8.1f}{sum(n.experiments for n in nights) / per:>7.0f}"
                   f"{sum(n.confirmations for n in nights) / per:>10.1f}{sum(n.best_runs for n in nights) / per:>11.1f}",
                   flush=True)
     return 0

@@ -17,6 +17,7 @@ import pytest
 from daemon_kit import assert_invariants, journal_events, read_results, run_cli, start_background
 from noisy_kit import make_noisy_repo, train_py_with, true_score_at
 
+from loop.config import BEST_CRASHES
 from loop.journal import fold
 from loop.policy import CLEAR_Z, MAX_BEST_RUNS, MAX_CONFIRMATIONS, Noise, Policy, t_quantile
 
@@ -396,3 +397,47 @@ def test_status_shows_the_mean_results_meet(auto_run: tuple[Path, list[dict]]) -
     assert (line in done.stdout) == bool(compared), done.stdout
     if compared:
         assert f"{sum(compared) / len(compared):.6f}" in done.stdout
+
+
+def test_a_best_that_crashes_when_run_again_is_flagged_and_run_no_more(tmp_path: Path) -> None:
+    """A train.py can tell a later run from its first (the output directory of run k ends in
+    run<k>/ckpt) and crash there on purpose, so that its lucky first score is never measured again.
+    Its crashed runs measure nothing: the daemon runs it BEST_CRASHES times more and then no more,
+    however many results are compared with it; the results are still decided (against the runs that
+    kept it), and status and the report say that the best does not reproduce."""
+    repo, env = make_noisy_repo(tmp_path, noise=SIGMA, sleep=0.3)
+    win = train_py_with(0.3, WIDTH=32)  # 40 sigma: kept on its first run once the noise has 5 degrees
+    hostile = win.replace(
+        'if __name__ == "__main__":\n',
+        'if __name__ == "__main__":\n    import re\n'
+        '    if re.search(r"/run[0-9]+/ckpt$", os.environ.get("AUTORESEARCH_OUT", "")):\n'
+        '        raise SystemExit("a later run")\n', 1)
+    assert hostile != win
+    queue = tmp_path / "queue"
+    queue.mkdir()
+    (queue / "01.py").write_text(hostile)
+    for k in range(1, 16):  # seed-only changes of the clear win, without the trick (spares for hand-backs)
+        (queue / f"{k + 1:02d}.py").write_text(train_py_with(0.3, WIDTH=32, ORDER=k))
+    done = run_cli(repo, "start", "--tag", TAG, "--agent", "queue", "--queue", str(queue), "--budget", "4",
+                   "--max-experiments", "8", "--lookahead", "0", "--baseline-runs", "4", "--best-runs", "6",
+                   env=env, timeout=300)
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert_invariants(repo, TAG)
+    events = journal_events(repo, TAG)
+    run = fold(events)
+    first = run.by_n[1]
+    assert first.status == "keep" and first.decided_runs == 1
+    later = [e for e in events_of(events, "evaluated", 1) if e["run"] >= 1]
+    assert len(later) >= BEST_CRASHES and all(e["reason"] for e in later)
+    assert first.crashed_reruns() == sorted(e["run"] for e in later)
+    # Once it has crashed BEST_CRASHES times no run of it starts (one may have started before).
+    enough = events.index(later[BEST_CRASHES - 1])
+    assert not [e for e in events_of(events, "running", 1) if events.index(e) > enough]
+    compared = [run.by_n[n] for n in range(2, 9)]
+    assert all(e.status in ("keep", "discard") for e in compared)
+    assert compared[0].best_before == pytest.approx(first.scores_by_run()[0], abs=1e-12)
+    status = run_cli(repo, "status", "--tag", TAG, env=env)
+    report = run_cli(repo, "report", "--tag", TAG, env=env)
+    for shown in (status, report):
+        assert shown.returncode == 0, shown.stderr
+        assert f"kept experiment #1 crashed on {len(later)} of its runs after it was kept: it does not reproduce" in shown.stdout

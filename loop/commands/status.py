@@ -13,7 +13,7 @@ from loop import gitops
 from loop import target as targets
 from loop.commands.common import last_tag, lock_path, read_json, state_path
 from loop.errors import SetupError
-from loop.journal import JOURNAL_NAME, STATUSES, load_run, run_dir
+from loop.journal import JOURNAL_NAME, STATUSES, load_run, run_dir, unreproduced_warning
 from loop.lock import read_holder
 from loop.policy import Noise, Policy
 
@@ -57,6 +57,9 @@ def status(repo: Path, tag: str | None = None) -> int:
             scores = Policy.comparable(run.best.scores_by_run(), run.best.decided_through, run.best.kind)
             print(f"  the best's mean over {len(scores)} of its runs, which results are compared with: "
                   f"{metric.text(fmean(scores))}")
+    for e in done:
+        if e.crashed_reruns():
+            print(unreproduced_warning(e.n, len(e.crashed_reruns())))
     noise = Noise.pooled(e.scores() for e in done if e.status in ("keep", "discard"))
     if noise.sigma is not None:
         print(f"run-to-run noise: {noise.sigma:.6f} (standard deviation, {noise.degrees} degrees of freedom)")
