@@ -511,9 +511,10 @@ class Daemon:
         else:
             hardware = _hardware_key(att.outcomes[max(att.outcomes)].hardware)
             best_scores = self.best_scores(hardware)
-            if not best_scores:  # the best never ran on this hardware: measure it there first
+            if not best_scores and not self.best_crashes_again():  # never ran on this hardware: measure it there
                 self.remeasure_best(hardware, att)
                 return
+            best_scores = best_scores or self.best_scores()  # it cannot be measured there: its runs anywhere
             if self.settling():  # compared with the best's mean once it has its runs
                 self.held.setdefault(SETTLING, []).append(att.n)
                 return
@@ -558,7 +559,7 @@ class Daemon:
         decided on the best's runs that are in. Only runs with a score count; a best that crashes on
         BEST_CRASHES of its later runs is run no more (results are then held to the runs that kept it)."""
         best = self.best
-        if best is None or not best.commit or self.stopping or len(best.crashed_reruns()) >= BEST_CRASHES:
+        if best is None or not best.commit or self.stopping or self.best_crashes_again():
             return  # a best that crashes when run again is run no more; status and the report flag it
         att = self.attempts.get(best.n)
         under_way = len(att.queued_runs) + len(att.running) if att is not None else 0
@@ -631,7 +632,7 @@ class Daemon:
         its settling to end. A best that has crashed BEST_CRASHES times is not run again: its queued
         runs (those for other hardware aside) are dropped."""
         hardware = att.hardware_of.pop(run, "")
-        if self.best is not None and len(self.best.crashed_reruns()) >= BEST_CRASHES:
+        if self.best_crashes_again():
             att.queued_runs = [r for r in att.queued_runs if att.hardware_of.get(r)]
         if not att.running and not att.queued_runs:
             self.attempts.pop(att.n, None)
@@ -639,6 +640,11 @@ class Daemon:
         for n in waiting:
             if n in self.attempts:
                 self.decide(self.attempts[n])
+
+    def best_crashes_again(self) -> bool:
+        """The best crashed on BEST_CRASHES of its runs after its decision: it is run no more, and
+        results are held to the runs it has (on any hardware, when it has none on theirs)."""
+        return self.best is not None and len(self.best.crashed_reruns()) >= BEST_CRASHES
 
     def settling(self) -> bool:
         """The best has settling runs queued or running (its runs for another hardware aside)."""

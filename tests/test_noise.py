@@ -18,6 +18,7 @@ from daemon_kit import assert_invariants, journal_events, read_results, run_cli,
 from noisy_kit import make_noisy_repo, train_py_with, true_score_at
 
 from loop.config import BEST_CRASHES
+from loop.executor import HARDWARE_LABEL_ENV
 from loop.journal import fold
 from loop.policy import CLEAR_Z, MAX_BEST_RUNS, MAX_CONFIRMATIONS, Noise, Policy, t_quantile
 
@@ -399,14 +400,12 @@ def test_status_shows_the_mean_results_meet(auto_run: tuple[Path, list[dict]]) -
         assert f"{sum(compared) / len(compared):.6f}" in done.stdout
 
 
-def test_a_best_that_crashes_when_run_again_is_flagged_and_run_no_more(tmp_path: Path) -> None:
-    """A train.py can tell a later run from its first (the output directory of run k ends in
-    run<k>/ckpt) and crash there on purpose, so that its lucky first score is never measured again.
-    Its crashed runs measure nothing: the daemon runs it BEST_CRASHES times more and then no more,
-    however many results are compared with it; the results are still decided (against the runs that
-    kept it), and status and the report say that the best does not reproduce."""
+def hostile_best_scenario(tmp_path: Path) -> tuple[Path, dict[str, str], Path]:
+    """A noisy repo and a queue: a clear win (40 sigma: kept on its first run once the noise has 5
+    degrees of freedom) that crashes on any run but its first, then seed-only changes of it without
+    the trick (spares for proposals handed back)."""
     repo, env = make_noisy_repo(tmp_path, noise=SIGMA, sleep=0.3)
-    win = train_py_with(0.3, WIDTH=32)  # 40 sigma: kept on its first run once the noise has 5 degrees
+    win = train_py_with(0.3, WIDTH=32)
     hostile = win.replace(
         'if __name__ == "__main__":\n',
         'if __name__ == "__main__":\n    import re\n'
@@ -416,8 +415,18 @@ def test_a_best_that_crashes_when_run_again_is_flagged_and_run_no_more(tmp_path:
     queue = tmp_path / "queue"
     queue.mkdir()
     (queue / "01.py").write_text(hostile)
-    for k in range(1, 16):  # seed-only changes of the clear win, without the trick (spares for hand-backs)
+    for k in range(1, 16):
         (queue / f"{k + 1:02d}.py").write_text(train_py_with(0.3, WIDTH=32, ORDER=k))
+    return repo, env, queue
+
+
+def test_a_best_that_crashes_when_run_again_is_flagged_and_run_no_more(tmp_path: Path) -> None:
+    """A train.py can tell a later run from its first (the output directory of run k ends in
+    run<k>/ckpt) and crash there on purpose, so that its lucky first score is never measured again.
+    Its crashed runs measure nothing: the daemon runs it BEST_CRASHES times more and then no more,
+    however many results are compared with it; the results are still decided (against the runs that
+    kept it), and status and the report say that the best does not reproduce."""
+    repo, env, queue = hostile_best_scenario(tmp_path)
     done = run_cli(repo, "start", "--tag", TAG, "--agent", "queue", "--queue", str(queue), "--budget", "4",
                    "--max-experiments", "8", "--lookahead", "0", "--baseline-runs", "4", "--best-runs", "6",
                    env=env, timeout=300)
@@ -441,3 +450,25 @@ def test_a_best_that_crashes_when_run_again_is_flagged_and_run_no_more(tmp_path:
     for shown in (status, report):
         assert shown.returncode == 0, shown.stderr
         assert f"kept experiment #1 crashed on {len(later)} of its runs after it was kept: it does not reproduce" in shown.stdout
+
+
+def test_a_best_that_crashes_when_run_again_on_other_hardware(tmp_path: Path) -> None:
+    """Resumed on other hardware, a best that crashes when run again cannot be measured there: it is
+    tried until it has crashed BEST_CRASHES times in all, and the results are then compared with its
+    runs on the first hardware, not held forever."""
+    repo, env, queue = hostile_best_scenario(tmp_path)
+    args = ("--agent", "queue", "--queue", str(queue), "--budget", "4", "--lookahead", "0")
+    first = run_cli(repo, "start", "--tag", TAG, *args, "--max-experiments", "1", "--baseline-runs", "6",
+                    "--best-runs", "1", env={**env, HARDWARE_LABEL_ENV: "box-a"}, timeout=300)
+    assert first.returncode == 0, first.stderr + first.stdout
+    assert fold(journal_events(repo, TAG)).by_n[1].status == "keep"
+    second = run_cli(repo, "resume", "--tag", TAG, *args, "--max-experiments", "4",
+                     env={**env, HARDWARE_LABEL_ENV: "box-b"}, timeout=300)
+    assert second.returncode == 0, second.stderr + second.stdout
+    assert_invariants(repo, TAG)
+    events = journal_events(repo, TAG)
+    run = fold(events)
+    assert [run.by_n[n].status in ("keep", "discard") for n in (2, 3, 4)] == [True] * 3
+    later = [e for e in events_of(events, "evaluated", 1) if e["run"] >= 1]
+    assert BEST_CRASHES <= len(later) <= BEST_CRASHES + 1 and all(e["reason"] for e in later)
+    assert run.by_n[2].best_before == pytest.approx(run.by_n[1].scores_by_run()[0], abs=1e-12)
