@@ -108,7 +108,8 @@ def visible_gpus() -> list[str]:
 
 
 def plan_slots(gpus: str, slots: int | None) -> list[Slot]:
-    """The slots for `--gpus all|N|0,2,5` (N alone is a count) and `--slots N` (CPU machines, tests)."""
+    """The slots for `--gpus all|N|0,2,5` (N alone is a count, but 0 alone is GPU 0: a count of none
+    means nothing) and `--slots N` (CPU machines, tests)."""
     available = visible_gpus()
     if slots is None and not available and gpus != "all":
         raise UsageError(f"--gpus {gpus}: no GPU is visible here; use --slots N for CPU slots")
@@ -116,8 +117,8 @@ def plan_slots(gpus: str, slots: int | None) -> list[Slot]:
         return [Slot(f"cpu{i}", None) for i in range(slots or 1)]
     if gpus == "all":
         chosen = available
-    elif gpus.isdigit():
-        if not 0 < int(gpus) <= len(available):
+    elif gpus.isdigit() and int(gpus) > 0:
+        if int(gpus) > len(available):
             raise UsageError(f"--gpus {gpus}: {len(available)} GPU(s) are visible here")
         chosen = available[: int(gpus)]
     else:

@@ -20,6 +20,8 @@ from daemon_kit import (
     wait_for_event,
 )
 
+from loop.errors import UsageError
+from loop.executor import plan_slots
 from loop.journal import fold
 
 BASE = ("--budget", "2")  # two baseline runs: the fake harness's noise (none) is then known
@@ -206,3 +208,17 @@ def test_evaluations_never_pile_up_behind_short_trainings(tmp_path: Path, slot: 
         holdouts = [(e["timings"]["evaluating"], e["timings"]["evaluated"]) for e in events if e["event"] == "holdout"]
         assert holdouts and all(end <= begin or stop <= start for begin, stop in holdouts for start, end in trainings)
     assert_invariants(repo, "ev")
+
+
+def test_gpus_flag_counts_or_names_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--gpus N` is a count, `--gpus 0,2` names GPUs, and `--gpus 0` is GPU 0 (a count of none
+    would mean nothing); naming a GPU that is not visible is refused with the ones that are."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2")
+    assert [s.device for s in plan_slots("all", None)] == ["0", "1", "2"]
+    assert [s.device for s in plan_slots("2", None)] == ["0", "1"]
+    assert [s.device for s in plan_slots("0", None)] == ["0"]
+    assert [s.device for s in plan_slots("2,0", None)] == ["2", "0"]
+    with pytest.raises(UsageError, match="3 GPU"):
+        plan_slots("4", None)
+    with pytest.raises(UsageError, match="no GPU 5 here"):
+        plan_slots("5,0", None)
