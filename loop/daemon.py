@@ -556,14 +556,16 @@ class Daemon:
         for those: one run that won is a lucky draw more often than not (it was kept for being low),
         and every later result is compared with the best. Then it is run again as results are
         compared with it (Policy.best_runs_wanted), and nobody waits for those runs: each result is
-        decided on the best's runs that are in. Only runs with a score count; a best that crashes on
-        BEST_CRASHES of its later runs is run no more (results are then held to the runs that kept it)."""
+        decided on the best's runs that are in. A best that crashes on BEST_CRASHES of its later runs
+        is run no more: results are held to the runs it has, and status and the report say so."""
         best = self.best
         if best is None or not best.commit or self.stopping or self.best_crashes_again():
-            return  # a best that crashes when run again is run no more; status and the report flag it
+            return
         att = self.attempts.get(best.n)
         under_way = len(att.queued_runs) + len(att.running) if att is not None else 0
-        runs = len(best.scores_by_run()) + under_way  # a crashed run measures nothing: it is not counted
+        # A crashed run counts as run: were it run again, a train.py crashing on purpose would pick
+        # which of its draws count (crashing those its own training loss says were unlucky).
+        runs = sum(1 for r in best.runs.values() if r.get("phase") == "evaluated") + under_way
         compared = self.compared_with_best()
         wanted = self.policy.best_runs_wanted(self.best_runs(), compared)
         if runs >= wanted:
@@ -636,7 +638,9 @@ class Daemon:
             att.queued_runs = [r for r in att.queued_runs if att.hardware_of.get(r)]
         if not att.running and not att.queued_runs:
             self.attempts.pop(att.n, None)
-        waiting = self.held.pop(hardware, []) if hardware else [] if self.settling() else self.held.pop(SETTLING, [])
+        waiting = self.held.pop(hardware, []) if hardware else []
+        if not self.settling():  # its settling ended here, or with the runs dropped above
+            waiting += self.held.pop(SETTLING, [])
         for n in waiting:
             if n in self.attempts:
                 self.decide(self.attempts[n])

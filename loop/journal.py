@@ -383,7 +383,13 @@ def read_events_checked(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
     return events, problems
 
 
-def unreproduced_warning(n: int, crashed: int) -> str:
-    """A kept experiment that crashed when run again: its score rests on the runs that kept it."""
-    return (f"warning: kept experiment #{n} crashed on {crashed} of its runs after it was kept: it does not "
-            f"reproduce, and its score is only that of the runs that kept it (`autoresearch show {n}`)")
+def unreproduced_warning(rec: ExperimentRecord, limit: int) -> str:
+    """A kept experiment that crashed when run again after its decision (`limit`: the crashes after
+    which a best is run no more)."""
+    crashed = rec.crashed_reruns()
+    later = [run for run, r in rec.runs.items() if run >= max(rec.decided_through, 1) and r.get("phase") == "evaluated"]
+    text = f"warning: kept experiment #{rec.n} crashed on {len(crashed)} of its {len(later)} runs since it was kept"
+    if len(crashed) >= limit:
+        text += (f"; it is run no more (a train.py can crash its later runs on purpose, to keep a lucky score "
+                 f"standing), and results are held to its scored runs ({len(rec.scores())})")
+    return text + f" (`autoresearch show {rec.n}`)"

@@ -19,6 +19,7 @@ from typing import Any
 
 import pandas as pd
 
+from loop.config import BEST_CRASHES
 from loop.errors import SetupError, UsageError
 from loop.journal import (
     JOURNAL_NAME,
@@ -160,7 +161,7 @@ class Summary:
     running: bool
     kept: list[tuple[int, str, str, float, float | None]] = field(default_factory=list)  # n, commit, desc, bpb, delta
     crashes: dict[str, list[int]] = field(default_factory=dict)
-    unreproduced: dict[int, int] = field(default_factory=dict)  # kept n -> its later runs that crashed
+    unreproduced: list[str] = field(default_factory=list)  # a warning per kept experiment that crashed when run again
     metric: MetricView = field(default_factory=MetricView)  # scores here are the controller's (lower is better)
 
 
@@ -201,7 +202,7 @@ def summarize(run: RunRecord, now: float | None = None) -> Summary:
         interrupted=sum(e.status == "interrupted" for e in run.experiments),
         failed_proposals=sum(e.failed_proposals for e in run.experiments),
         running=bool(running), kept=kept, crashes=dict(sorted(crashes.items(), key=lambda kv: -len(kv[1]))),
-        unreproduced={e.n: len(e.crashed_reruns()) for e in done if e.crashed_reruns()},
+        unreproduced=[unreproduced_warning(e, BEST_CRASHES) for e in done if e.crashed_reruns()],
         metric=metric_of(run.meta))
 
 
@@ -276,9 +277,8 @@ def format_summary(s: Summary) -> str:
         + (f"; improvement {s.improvement:.6f} ({s.improvement_pct:.2f}%)" if s.improvement is not None else ""),
         f"spend: ${s.cost_usd:.2f}; tokens: " + ", ".join(f"{k} {v:,}" for k, v in s.tokens.items()),
     ]
-    lines += [unreproduced_warning(n, crashed) for n, crashed in s.unreproduced.items()]
+    lines += s.unreproduced
     return "\n".join(lines)
-
 
 
 def tables_markdown(s: Summary) -> str:

@@ -12,9 +12,10 @@ is a known function of train.py's constants and whose evaluator adds Gaussian no
 Greedy gets as many experiments as auto spent runs, so the two are compared at equal runs (its
 first --experiments are also shown, at equal experiments). Per rule it prints:
 
-  keeps; false keeps, the issue's measure (kept changes whose TRUE score is worse than their
-  parent's) as a share of keeps, and the stricter no-gain keeps (worse or equal: a change that does
-  nothing, a seed change say, kept for its noise) as a share of keeps and of experiments; the true score of the final best (and the mean that made it
+  keeps; false keeps, kept changes whose TRUE score is worse than their parent's ("worse"), and
+  the stricter no-gain keeps (worse or equal: a change that does nothing, a seed change say, kept
+  for its noise), the latter also as a share of keeps and of experiments (over all repeats, both as
+  shares of keeps); the true score of the final best (and the mean that made it
   the best), the runs and process seconds spent on confirmations, the runs a best got after
   its decision (--best-runs, then more as results pile up against it; none under greedy),
   and the wins missed (discarded changes truly
@@ -50,7 +51,7 @@ class Figures:
     run_seconds: float
     keeps: int
     worse_keeps: int  # kept with a true score worse than the parent's
-    false_keeps: int  # kept with a true score no better than the parent's (worse or equal)
+    no_gain_keeps: int  # kept with a true score no better than the parent's (worse or equal)
     best_true: float
     best_measured: float
     wall: float
@@ -105,7 +106,7 @@ def figures(repo: Path, tag: str, rule: str, wall: float, noise: float, max_runs
             if rec.n > 0:
                 f.keeps += 1
                 f.worse_keeps += true(rec.commit or "") > true(rec.parent or "")
-                f.false_keeps += true(rec.commit or "") >= true(rec.parent or "")
+                f.no_gain_keeps += true(rec.commit or "") >= true(rec.parent or "")
             best = rec
         elif rec.status == "discard":
             f.missed += true(rec.parent or "") - true(rec.commit or "") > noise
@@ -123,10 +124,10 @@ def show(rows: list[Figures], noise: float) -> None:
           f"{'best true':>11}{'best measured':>14}{'confirm runs':>13}{'confirm s':>10}{'settle runs':>12}{'missed':>7}"
           f"{'wall s':>8}")
     for f in rows:
-        share = f.false_keeps / f.keeps if f.keeps else 0.0
-        per_exp = f.false_keeps / f.experiments if f.experiments else 0.0
+        share = f.no_gain_keeps / f.keeps if f.keeps else 0.0
+        per_exp = f.no_gain_keeps / f.experiments if f.experiments else 0.0
         confirm_share = f.confirm_seconds / f.run_seconds if f.run_seconds else 0.0
-        print(f"{f.rule:<26}{f.experiments:>5}{f.runs:>6}{f.keeps:>6}{f.worse_keeps:>6}{f.false_keeps:>8}{share:>9.1%}"
+        print(f"{f.rule:<26}{f.experiments:>5}{f.runs:>6}{f.keeps:>6}{f.worse_keeps:>6}{f.no_gain_keeps:>8}{share:>9.1%}"
               f"{per_exp:>8.1%}"
               f"{f.best_true:>11.6f}{f.best_measured:>14.6f}{f.confirm_runs:>13}"
               f"{f'{f.confirm_seconds:.0f} ({confirm_share:.0%})':>10}{f.settle_runs:>12}{f.missed:>7}{f.wall:>8.0f}")
@@ -174,11 +175,11 @@ def main() -> int:
         print(f"\nover {args.repeats} repeats: false (worse) keeps and no-gain keeps as shares of keeps, the mean "
               f"true score of the final best (its standard error over the repeats)")
         for rule, fs in totals.items():
-            keeps, worse, false = (sum(f.keeps for f in fs), sum(f.worse_keeps for f in fs),
-                                   sum(f.false_keeps for f in fs))
+            keeps, worse, no_gain = (sum(f.keeps for f in fs), sum(f.worse_keeps for f in fs),
+                                     sum(f.no_gain_keeps for f in fs))
             trues = [f.best_true for f in fs]
             print(f"{rule:<26}worse {worse:>3} / {keeps:<4} = {worse / max(keeps, 1):5.1%}   "
-                  f"no gain {false:>3} = {false / max(keeps, 1):5.1%}   best true {statistics.fmean(trues):.6f} "
+                  f"no gain {no_gain:>3} = {no_gain / max(keeps, 1):5.1%}   best true {statistics.fmean(trues):.6f} "
                   f"({statistics.stdev(trues) / math.sqrt(len(trues)):.6f})   runs {sum(f.runs for f in fs)}")
     return 0
 

@@ -44,7 +44,7 @@ class Night:
     best_true: float
     keeps: int
     worse_keeps: int  # true score above the parent's
-    false_keeps: int  # true score not below the parent's (worse or equal)
+    no_gain_keeps: int  # true score not below the parent's (worse or equal)
     experiments: int
     confirmations: int
     best_runs: int
@@ -91,7 +91,7 @@ def night(args: tuple[str, float, int, float, int]) -> Night:
             f.keeps += 1
             new, old = true_score(constants_of(proposal.train_py)), true_score(constants_of(best_text))
             f.worse_keeps += new > old
-            f.false_keeps += new >= old
+            f.no_gain_keeps += new >= old
             groups.append(list(best.values()))
             best_text, best_kind, decisive, compared = proposal.train_py, "agent", len(candidate), 0
             best = dict(enumerate(candidate))
@@ -120,11 +120,11 @@ def main() -> int:
         for rule in args.rules.split(","):
             nights = pool.map(night, [(rule, args.keep_z, args.runs, args.noise, s) for s in range(args.repeats)])
             trues = [n.best_true for n in nights]
-            keeps, false = sum(n.keeps for n in nights), sum(n.false_keeps for n in nights)
+            keeps, no_gain = sum(n.keeps for n in nights), sum(n.no_gain_keeps for n in nights)
             worse = sum(n.worse_keeps for n in nights)
             per = len(nights)
             print(f"{rule:<8}{statistics.fmean(trues):>11.5f}{statistics.stdev(trues) / math.sqrt(per):>10.5f}"
-                  f"{worse / max(keeps, 1):>13.1%}{false / max(keeps, 1):>9.1%}{keeps / per:>8.1f}{sum(n.experiments for n in nights) / per:>7.0f}"
+                  f"{worse / max(keeps, 1):>13.1%}{no_gain / max(keeps, 1):>9.1%}{keeps / per:>8.1f}{sum(n.experiments for n in nights) / per:>7.0f}"
                   f"{sum(n.confirmations for n in nights) / per:>10.1f}{sum(n.best_runs for n in nights) / per:>11.1f}",
                   flush=True)
     return 0

@@ -4,7 +4,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from loop.agents.base import Usage
-from loop.journal import RESULTS_HEADER, Journal, fold, read_events, rebuild_results
+from loop.journal import (
+    RESULTS_HEADER,
+    ExperimentRecord,
+    Journal,
+    fold,
+    read_events,
+    rebuild_results,
+    unreproduced_warning,
+)
 
 
 def test_fold_and_results(tmp_path: Path) -> None:
@@ -50,3 +58,20 @@ def test_the_best_is_the_last_keep_even_above_an_earlier_keeps_score() -> None:
     assert fold(events).best.n == 2  # type: ignore[union-attr]
     events.append({"event": "decided", "n": 3, "status": "discard", "val_bpb": 0.5, "runs": 1})
     assert fold(events).best.n == 2  # type: ignore[union-attr]
+
+
+def test_crashes_of_a_kept_commit_are_counted_after_its_decision_and_worded_as_they_are() -> None:
+    """Only runs after the decision count (a crash before it would have crashed the experiment); one
+    stray crash among scored runs is reported as such, and only at the limit is the best said to be
+    run no more."""
+    scored, crashed = {"phase": "evaluated", "reason": "", "scores": {"val": 1.0}}, {"phase": "evaluated",
+                                                                                    "reason": "exit 1: boom"}
+    rec = ExperimentRecord(n=3, status="keep", decided_through=1,
+                           runs={0: scored, 1: scored, 2: crashed, 3: scored, 4: {"phase": "running"}})
+    assert rec.crashed_reruns() == [2]
+    one = unreproduced_warning(rec, 2)
+    assert "kept experiment #3 crashed on 1 of its 3 runs since it was kept" in one and "run no more" not in one
+    rec.runs[4] = crashed
+    two = unreproduced_warning(rec, 2)
+    assert "crashed on 2 of its 4 runs" in two and "it is run no more" in two and "scored runs (3)" in two
+    assert ExperimentRecord(n=4, status="discard", decided_through=1, runs={1: crashed}).crashed_reruns() == []

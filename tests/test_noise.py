@@ -423,9 +423,9 @@ def hostile_best_scenario(tmp_path: Path) -> tuple[Path, dict[str, str], Path]:
 def test_a_best_that_crashes_when_run_again_is_flagged_and_run_no_more(tmp_path: Path) -> None:
     """A train.py can tell a later run from its first (the output directory of run k ends in
     run<k>/ckpt) and crash there on purpose, so that its lucky first score is never measured again.
-    Its crashed runs measure nothing: the daemon runs it BEST_CRASHES times more and then no more,
-    however many results are compared with it; the results are still decided (against the runs that
-    kept it), and status and the report say that the best does not reproduce."""
+    A crashed run counts as one of its runs (so a crash buys no fresh draw), and once it has crashed
+    BEST_CRASHES times it is run no more, however many results are compared with it; the results
+    are still decided (against the run that kept it), and status and the report say why."""
     repo, env, queue = hostile_best_scenario(tmp_path)
     done = run_cli(repo, "start", "--tag", TAG, "--agent", "queue", "--queue", str(queue), "--budget", "4",
                    "--max-experiments", "8", "--lookahead", "0", "--baseline-runs", "4", "--best-runs", "6",
@@ -449,7 +449,9 @@ def test_a_best_that_crashes_when_run_again_is_flagged_and_run_no_more(tmp_path:
     report = run_cli(repo, "report", "--tag", TAG, env=env)
     for shown in (status, report):
         assert shown.returncode == 0, shown.stderr
-        assert f"kept experiment #1 crashed on {len(later)} of its runs after it was kept: it does not reproduce" in shown.stdout
+        assert (f"kept experiment #1 crashed on {len(later)} of its {len(later)} runs since it was kept; it is run "
+                f"no more") in shown.stdout, shown.stdout
+        assert "results are held to its scored runs (1)" in shown.stdout
 
 
 def test_a_best_that_crashes_when_run_again_on_other_hardware(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from statistics import fmean
 from loop import gitops
 from loop import target as targets
 from loop.commands.common import last_tag, lock_path, read_json, state_path
+from loop.config import BEST_CRASHES
 from loop.errors import SetupError
 from loop.journal import JOURNAL_NAME, STATUSES, load_run, run_dir, unreproduced_warning
 from loop.lock import read_holder
@@ -59,7 +60,7 @@ def status(repo: Path, tag: str | None = None) -> int:
                   f"{metric.text(fmean(scores))}")
     for e in done:
         if e.crashed_reruns():
-            print(unreproduced_warning(e.n, len(e.crashed_reruns())))
+            print(unreproduced_warning(e, BEST_CRASHES))
     noise = Noise.pooled(e.scores() for e in done if e.status in ("keep", "discard"))
     if noise.sigma is not None:
         print(f"run-to-run noise: {noise.sigma:.6f} (standard deviation, {noise.degrees} degrees of freedom)")
