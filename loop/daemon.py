@@ -154,7 +154,7 @@ class Daemon:
         self.state_written = 0.0
         self.eval_since: dict[tuple[int, int], float] = {}
         self.conflicts: dict[int, str] = {}  # experiment -> the conflicting merge it is asked to redo
-        self.holdouts_pending: set[int] = set()  # kept experiments whose holdout score is being computed
+        self.holdouts_pending: dict[int, float] = {}  # kept experiments whose holdout is being scored -> since
         self.held: dict[str, list[int]] = {}  # hardware -> experiments waiting for the best's run there
         self.run_usage = Usage()
         self.waiting_since = 0.0
@@ -480,11 +480,11 @@ class Daemon:
         exp_dir = self.exp_dir(att.n) if run == 0 else self.exp_dir(att.n) / f"run{run}"
         spec = RunSpec(train_py=self.git.show(att.commit or "", EDITABLE), exp_dir=exp_dir, budget=self.config.budget,
                        timeout=self.config.timeout, splits=("holdout",))
-        self.holdouts_pending.add(att.n)
+        self.holdouts_pending[att.n] = time.time()
         self.executor.submit(Job(att.n, run, att.commit or "", spec, score_only=True))
 
     def on_holdout(self, job: Job, outcome: RunOutcome) -> None:
-        self.holdouts_pending.discard(job.n)
+        self.holdouts_pending.pop(job.n, None)
         self.journal.append("holdout", n=job.n, run=job.run, scores={"holdout": outcome.scores.get("holdout")},
                             reason=outcome.reason, eval_seconds=round(outcome.eval_seconds, 3), timings=outcome.timings)
         _drop_scratch(job.spec.exp_dir)
@@ -990,9 +990,10 @@ class Daemon:
         slots = [{"slot": name, **view, "busy_share": round(self.busy_seconds.get(name, 0.0) / max(now - since, 1e-9), 3)}
                  for name, view in self.slot_view.items()]
         evaluating = [{"n": n, "run": r, "since": t} for (n, r), t in sorted(self.eval_since.items())]
+        holdouts = [{"n": n, "since": t} for n, t in sorted(self.holdouts_pending.items())]
         atomic_write(self.state_path, json.dumps({
             "pid": os.getpid(), "tag": self.config.tag, "phase": phase or ("stopping" if self.stopping else "running"),
-            "updated": now, "budget": self.config.budget, "slots": slots, "evaluating": evaluating,
+            "updated": now, "budget": self.config.budget, "slots": slots, "evaluating": evaluating, "holdouts": holdouts,
             "proposing": sorted(self.proposer.in_flight()), "waiting": self.waiting,
             "waiting_since": self.waiting_since, "first_dispatch": self.first_dispatch,
             "graceful_stop": self.stop.graceful, "stopping": self.stopping}))

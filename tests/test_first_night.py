@@ -170,3 +170,18 @@ def test_report_compare_includes_the_tag_given(tmp_path: Path) -> None:
     assert report.returncode == 0, report.stderr
     rows = [line.split("\t")[0] for line in report.stdout.splitlines() if "\t" in line]
     assert "one" in rows and "two" in rows, report.stdout
+
+
+def test_status_shows_a_holdout_being_scored(tmp_path: Path) -> None:
+    """A kept commit's holdout is scored on its own (on CPU it takes a slot): status says so, rather
+    than showing nothing under way."""
+    repo, env = make_repo(tmp_path, eval_sleep=4.0, holdout=True)
+    daemon = start_background(repo, "start", "--tag", "ho", "--budget", "2", "--baseline-runs", "1",
+                              "--max-experiments", "1", env=env)
+    deadline, text = time.monotonic() + 120, ""
+    while time.monotonic() < deadline and "scoring the holdout" not in text and daemon.poll() is None:
+        text = run_cli(repo, "status", env=env).stdout
+        time.sleep(0.3)
+    assert "experiment 0: scoring the holdout for" in text, text
+    assert daemon.wait(timeout=120) == 0
+    assert [e for e in journal_events(repo, "ho") if e["event"] == "holdout" and e["n"] == 0]

@@ -96,6 +96,8 @@ def _live(state: dict, tag: str) -> None:
               f"of {budget:.0f}s{loss}{busy}")
     for ev in state.get("evaluating", []):
         print(f"experiment {ev['n']}: evaluating for {now - ev['since']:.0f}s")
+    for ev in state.get("holdouts", []):
+        print(f"experiment {ev['n']}: scoring the holdout for {now - ev['since']:.0f}s (kept; the holdout decides nothing)")
     if state.get("proposing"):
         print(f"agent proposing: experiment(s) {', '.join(str(n) for n in state['proposing'])}")
     if state.get("waiting"):
