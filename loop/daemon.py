@@ -237,7 +237,7 @@ class Daemon:
         att.description = " ".join(proposal.description.split()) or f"experiment {req.n}"
         att.hypothesis = proposal.hypothesis
         self.run_usage = self.run_usage + proposal.usage
-        if self.baseline_decided():
+        if self.baseline_decided() and not self.held_back(att):
             self.commit(att)  # now, off the path between one run and the next
 
     def on_proposal_error(self, event: ProposalError) -> None:
@@ -356,7 +356,7 @@ class Daemon:
         the best kept commit as it is now."""
         waiting = sorted(self.attempts.values(), key=lambda a: (not (a.outcomes or a.running), a.n))
         for att in waiting:
-            if att.commit is None and att.proposal is not None and self.baseline_decided():
+            if att.commit is None and att.proposal is not None and self.baseline_decided() and not self.held_back(att):
                 self.commit(att)
             if att.commit is None or not att.queued_runs:
                 continue
@@ -825,6 +825,14 @@ class Daemon:
     def room_for_more(self) -> bool:
         limit = self.config.max_experiments
         return limit is None or self.decided_count() + self.experiments_in_flight() < limit
+
+    def held_back(self, att: Attempt) -> bool:
+        """A proposal that would run past --max-experiments is not committed: a combine can take the
+        last place while the agent still works on a proposal asked for earlier. It stays proposed in
+        the journal, for a `resume` with a higher limit."""
+        limit = self.config.max_experiments
+        committed = {a.n for a in self.attempts.values() if a.n > 0 and a.kind != "best" and a.commit and a.n != att.n}
+        return limit is not None and self.decided_count() + len(committed) >= limit
 
     def decided_count(self) -> int:
         return sum(1 for e in self.run.experiments if e.n > 0 and e.status in STATUSES)

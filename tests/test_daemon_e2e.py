@@ -24,8 +24,9 @@ def test_search_run_of_four_experiments(tmp_path: Path) -> None:
 
 
 def test_real_harness_run(tmp_path: Path, prepared_cache: Path) -> None:
-    """The real prepare.py/train.py/val.txt, a 5-second budget (a few steps even on a busy machine):
-    the baseline learns, 2 more run."""
+    """The real prepare.py/train.py/val.txt, a 5-second budget: the baseline learns (when a step fit
+    in the budget: on a machine busy enough none may, and the untrained model scores the uniform 8
+    bits a byte), 2 more run."""
     repo, env = make_repo(tmp_path, harness="real")
     env["AUTORESEARCH_CACHE"] = str(prepared_cache)
     done = run_cli(repo, "start", "--tag", "real", "--budget", "5", "--max-experiments", "2", "--baseline-runs", "1",
@@ -34,7 +35,9 @@ def test_real_harness_run(tmp_path: Path, prepared_cache: Path) -> None:
     rows = read_results(repo)
     reasons = [(e.n, e.status, e.reason) for e in fold(journal_events(repo, "real")).experiments]
     assert len(rows) == 3, (reasons, done.stdout[-2000:])
-    assert rows[0][3] == "keep" and 0 < float(rows[0][1]) < 8.0  # far below a uniform byte model
+    steps = float(fold(journal_events(repo, "real")).by_n[0].summary.get("num_steps") or 0)
+    assert rows[0][3] == "keep" and 0 < float(rows[0][1]) <= 8.0
+    assert float(rows[0][1]) < 8.0 or steps == 0, steps  # below a uniform byte model once it has trained
     assert_invariants(repo, "real")
 
 

@@ -90,6 +90,42 @@ def test_result_beaten_while_running_is_combined_once(tmp_path: Path) -> None:
     assert_invariants(repo, "cb")
 
 
+
+def test_a_combine_never_takes_the_run_past_the_limit(tmp_path: Path) -> None:
+    """--max-experiments 3 on two slots: the agent is asked for a third experiment while the first
+    two run; the slow one is beaten by the fast one and combined, which takes the last place. The
+    agent's third proposal, arriving while the combine trains, is not run: it stays proposed for a
+    `resume` with a higher limit, which runs it."""
+    repo, env = make_repo(tmp_path)
+    queue = tmp_path / "queue"
+    queue_proposal(queue, "a", _train(repo, LR="0.005"), "best LR")
+    queue_proposal(queue, "b", _train(repo, DEPTH="4", sleep_s="6.0"), "deeper")  # its combine trains 6 s too
+    args = ("--agent", "queue", "--queue", str(queue), "--slots", "2", *BASE)
+    daemon = start_background(repo, "start", "--tag", "lim", *args, "--max-experiments", "3", env=env)
+    combine = _wait_for_combine(repo, "lim")
+    queue_proposal(queue, "c", _train(repo, WIDTH="16"), "wider")  # the answer to the ask made before
+    late = wait_for_event(repo, "lim", "proposed", n=combine["n"] - 1, timeout=120)
+    assert late["description"] == "wider"
+    assert daemon.wait(timeout=300) == 0
+    rows = read_results(repo)
+    assert [r[4] for r in rows] == ["baseline", "best LR", "deeper", "combine: deeper"]
+    assert not [e for e in _events(repo, "lim", "committed") if e["n"] == late["n"]]
+    assert_invariants(repo, "lim")
+    done = run_cli(repo, "resume", "--tag", "lim", *args, "--max-experiments", "4", env=env, timeout=300)
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert [r[4] for r in read_results(repo)][-1] == "wider"
+    assert_invariants(repo, "lim")
+
+
+def _wait_for_combine(repo: Path, tag: str, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = [e for e in _events(repo, tag, "proposed") if e.get("combine_of")] if (repo / ".autoresearch").exists() else []
+        if found:
+            return found[0]
+        time.sleep(0.05)
+    raise AssertionError("no combine was proposed")
+
 def test_conflict_goes_back_to_the_agent_once(tmp_path: Path) -> None:
     repo, env = make_repo(tmp_path)
     queue = tmp_path / "queue"
