@@ -42,7 +42,8 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--max-cost", type=float, help="stop before the agent's spend could pass this many USD")
         sp.add_argument("--fix-attempts", type=int, default=d("fix_attempts"),
                         help="chances the agent gets to fix a simple crash (they cost no row)")
-        sp.add_argument("--gpus", default=d("gpus"), help="GPUs that get a slot: all, a count N, or indices 0,2,5 (0 alone is GPU 0)")
+        sp.add_argument("--gpus", default=d("gpus"),
+                        help="GPUs that get a slot: all, a count N, or indices 0,2,5 (0 alone is GPU 0)")
         sp.add_argument("--slots", type=int, help="CPU slots, for machines without a GPU (default 1)")
         sp.add_argument("--lookahead", type=int, help="proposals asked ahead of free slots (default: one per slot)")
         sp.add_argument("--keep-checkpoints", choices=("all", "kept", "none"), default=d("keep_checkpoints"),

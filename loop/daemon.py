@@ -1001,7 +1001,8 @@ class Daemon:
         holdouts = [{"n": n, "since": t} for n, t in sorted(self.holdouts_pending.items())]
         atomic_write(self.state_path, json.dumps({
             "pid": os.getpid(), "tag": self.config.tag, "phase": phase or ("stopping" if self.stopping else "running"),
-            "updated": now, "budget": self.config.budget, "slots": slots, "evaluating": evaluating, "holdouts": holdouts,
+            "updated": now, "budget": self.config.budget, "slots": slots, "evaluating": evaluating,
+            "holdouts": holdouts,
             "proposing": sorted(self.proposer.in_flight()), "waiting": self.waiting,
             "waiting_since": self.waiting_since, "first_dispatch": self.first_dispatch,
             "graceful_stop": self.stop.graceful, "stopping": self.stopping}))

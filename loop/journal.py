@@ -164,14 +164,18 @@ class ExperimentRecord:
         return {run: r["scores"][split] for run, r in self.runs.items()
                 if isinstance(r.get("scores"), dict) and r["scores"].get(split) is not None}
 
-    def crashed_reruns(self) -> list[int]:
-        """A kept commit's runs after its decision that ended without a score: a best that cannot be
-        run again is no result to build on, and train.py can tell a later run from the first (its
-        output directory), so a crash there may be on purpose, to keep a lucky first score standing."""
+    def runs_since_kept(self) -> dict[int, dict[str, Any]]:
+        """A kept commit's runs after its decision that have finished, scored or crashed."""
         if self.status != "keep":
-            return []
-        return sorted(run for run, r in self.runs.items()
-                      if run >= max(self.decided_through, 1) and r.get("phase") == "evaluated" and r.get("reason"))
+            return {}
+        return {run: r for run, r in self.runs.items()
+                if run >= max(self.decided_through, 1) and r.get("phase") == "evaluated"}
+
+    def crashed_reruns(self) -> list[int]:
+        """Those of runs_since_kept that ended without a score: a best that cannot be run again is no
+        result to build on, and train.py can tell a later run from the first (its output directory),
+        so a crash there may be on purpose, to keep a lucky first score standing."""
+        return sorted(run for run, r in self.runs_since_kept().items() if r.get("reason"))
 
     @property
     def is_experiment(self) -> bool:
@@ -387,9 +391,14 @@ def unreproduced_warning(rec: ExperimentRecord, limit: int) -> str:
     """A kept experiment that crashed when run again after its decision (`limit`: the crashes after
     which a best is run no more)."""
     crashed = rec.crashed_reruns()
-    later = [run for run, r in rec.runs.items() if run >= max(rec.decided_through, 1) and r.get("phase") == "evaluated"]
-    text = f"warning: kept experiment #{rec.n} crashed on {len(crashed)} of its {len(later)} runs since it was kept"
+    text = (f"warning: kept experiment #{rec.n} crashed on {len(crashed)} of its {len(rec.runs_since_kept())} "
+            f"runs since it was kept")
     if len(crashed) >= limit:
         text += (f"; it is run no more (a train.py can crash its later runs on purpose, to keep a lucky score "
                  f"standing), and results are held to its scored runs ({len(rec.scores())})")
     return text + f" (`autoresearch show {rec.n}`)"
+
+
+def unreproduced_warnings(experiments: list[ExperimentRecord], limit: int) -> list[str]:
+    """One warning per kept experiment that crashed when run again (status and the report)."""
+    return [unreproduced_warning(e, limit) for e in experiments if e.crashed_reruns()]

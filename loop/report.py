@@ -31,7 +31,7 @@ from loop.journal import (
     read_events_checked,
     run_dir,
     state_dir,
-    unreproduced_warning,
+    unreproduced_warnings,
 )
 from loop.target import MetricView, metric_of
 
@@ -202,7 +202,7 @@ def summarize(run: RunRecord, now: float | None = None) -> Summary:
         interrupted=sum(e.status == "interrupted" for e in run.experiments),
         failed_proposals=sum(e.failed_proposals for e in run.experiments),
         running=bool(running), kept=kept, crashes=dict(sorted(crashes.items(), key=lambda kv: -len(kv[1]))),
-        unreproduced=[unreproduced_warning(e, BEST_CRASHES) for e in done if e.crashed_reruns()],
+        unreproduced=unreproduced_warnings(done, BEST_CRASHES),
         metric=metric_of(run.meta))
 
 

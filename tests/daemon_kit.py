@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 from loop.journal import JOURNAL_NAME, fold, read_events, run_dir
 
@@ -223,11 +224,13 @@ def journal_events(repo: Path, tag: str) -> list[dict]:
     return read_events(run_dir(repo, tag) / JOURNAL_NAME)
 
 
-def wait_for_event(repo: Path, tag: str, event: str, n: int | None = None, timeout: float = 60, poll: float = 0.01) -> dict:
+def wait_for_event(repo: Path, tag: str, event: str, n: int | None = None, timeout: float = 60, poll: float = 0.01,
+                   where: Callable[[dict], bool] = lambda ev: True) -> dict:
+    """The first `event` (of experiment `n`, and for which `where` holds) once it is journaled."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for ev in journal_events(repo, tag):
-            if ev["event"] == event and (n is None or ev.get("n") == n):
+            if ev["event"] == event and (n is None or ev.get("n") == n) and where(ev):
                 return ev
         time.sleep(poll)
     raise AssertionError(f"no {event} event for experiment {n} within {timeout}s")

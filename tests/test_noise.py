@@ -400,16 +400,17 @@ def test_status_shows_the_mean_results_meet(auto_run: tuple[Path, list[dict]]) -
         assert f"{sum(compared) / len(compared):.6f}" in done.stdout
 
 
-def hostile_best_scenario(tmp_path: Path) -> tuple[Path, dict[str, str], Path]:
+def hostile_best_scenario(tmp_path: Path, later_runs: str = "[0-9]+") -> tuple[Path, dict[str, str], Path]:
     """A noisy repo and a queue: a clear win (40 sigma: kept on its first run once the noise has 5
-    degrees of freedom) that crashes on any run but its first, then seed-only changes of it without
-    the trick (spares for proposals handed back)."""
+    degrees of freedom) that crashes on its later runs whose number matches `later_runs` (all of
+    them by default), then seed-only changes of it without the trick (spares for proposals handed
+    back)."""
     repo, env = make_noisy_repo(tmp_path, noise=SIGMA, sleep=0.3)
     win = train_py_with(0.3, WIDTH=32)
     hostile = win.replace(
         'if __name__ == "__main__":\n',
         'if __name__ == "__main__":\n    import re\n'
-        '    if re.search(r"/run[0-9]+/ckpt$", os.environ.get("AUTORESEARCH_OUT", "")):\n'
+        f'    if re.search(r"/run{later_runs}/ckpt$", os.environ.get("AUTORESEARCH_OUT", "")):\n'
         '        raise SystemExit("a later run")\n', 1)
     assert hostile != win
     queue = tmp_path / "queue"
@@ -474,3 +475,26 @@ def test_a_best_that_crashes_when_run_again_on_other_hardware(tmp_path: Path) ->
     later = [e for e in events_of(events, "evaluated", 1) if e["run"] >= 1]
     assert BEST_CRASHES <= len(later) <= BEST_CRASHES + 1 and all(e["reason"] for e in later)
     assert run.by_n[2].best_before == pytest.approx(run.by_n[1].scores_by_run()[0], abs=1e-12)
+
+
+def test_a_crashed_run_of_the_best_buys_it_no_fresh_draw(tmp_path: Path) -> None:
+    """The attack on the best's mean: crash the later runs that look unlucky (train.py sees its own
+    training loss), so that only lucky draws count. A crashed run counts as one of the best's runs:
+    with --best-runs 3 the best that crashed its run 1 is not run a third time to make up for it, and
+    results are compared with the one later run it let through; the warning says one crash, not
+    that it is run no more."""
+    repo, env, queue = hostile_best_scenario(tmp_path, later_runs="1")
+    done = run_cli(repo, "start", "--tag", TAG, "--agent", "queue", "--queue", str(queue), "--budget", "4",
+                   "--max-experiments", "3", "--lookahead", "0", "--baseline-runs", "6", "--best-runs", "3",
+                   env=env, timeout=300)
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert_invariants(repo, TAG)
+    events = journal_events(repo, TAG)
+    run = fold(events)
+    first = run.by_n[1]
+    assert first.status == "keep" and first.decided_through == 1
+    assert sorted(e["run"] for e in events_of(events, "running", 1)) == [0, 1, 2]  # no run 3 in place of run 1
+    assert first.crashed_reruns() == [1]
+    assert run.by_n[2].best_before == pytest.approx(first.scores_by_run()[2], abs=1e-12)
+    shown = run_cli(repo, "status", "--tag", TAG, env=env).stdout
+    assert "kept experiment #1 crashed on 1 of its 2 runs since it was kept (" in shown, shown

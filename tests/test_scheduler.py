@@ -102,7 +102,7 @@ def test_a_combine_never_takes_the_run_past_the_limit(tmp_path: Path) -> None:
     queue_proposal(queue, "b", _train(repo, DEPTH="4", sleep_s="6.0"), "deeper")  # its combine trains 6 s too
     args = ("--agent", "queue", "--queue", str(queue), "--slots", "2", *BASE)
     daemon = start_background(repo, "start", "--tag", "lim", *args, "--max-experiments", "3", env=env)
-    combine = _wait_for_combine(repo, "lim")
+    combine = wait_for_event(repo, "lim", "proposed", timeout=120, where=lambda ev: bool(ev.get("combine_of")))
     queue_proposal(queue, "c", _train(repo, WIDTH="16"), "wider")  # the answer to the ask made before
     late = wait_for_event(repo, "lim", "proposed", n=combine["n"] - 1, timeout=120)
     assert late["description"] == "wider"
@@ -116,15 +116,6 @@ def test_a_combine_never_takes_the_run_past_the_limit(tmp_path: Path) -> None:
     assert [r[4] for r in read_results(repo)][-1] == "wider"
     assert_invariants(repo, "lim")
 
-
-def _wait_for_combine(repo: Path, tag: str, timeout: float = 120) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = [e for e in _events(repo, tag, "proposed") if e.get("combine_of")] if (repo / ".autoresearch").exists() else []
-        if found:
-            return found[0]
-        time.sleep(0.05)
-    raise AssertionError("no combine was proposed")
 
 def test_conflict_goes_back_to_the_agent_once(tmp_path: Path) -> None:
     repo, env = make_repo(tmp_path)

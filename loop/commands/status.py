@@ -14,7 +14,7 @@ from loop import target as targets
 from loop.commands.common import last_tag, lock_path, read_json, state_path
 from loop.config import BEST_CRASHES
 from loop.errors import SetupError
-from loop.journal import JOURNAL_NAME, STATUSES, load_run, run_dir, unreproduced_warning
+from loop.journal import JOURNAL_NAME, STATUSES, load_run, run_dir, unreproduced_warnings
 from loop.lock import read_holder
 from loop.policy import Noise, Policy
 
@@ -58,9 +58,8 @@ def status(repo: Path, tag: str | None = None) -> int:
             scores = Policy.comparable(run.best.scores_by_run(), run.best.decided_through, run.best.kind)
             print(f"  the best's mean over {len(scores)} of its runs, which results are compared with: "
                   f"{metric.text(fmean(scores))}")
-    for e in done:
-        if e.crashed_reruns():
-            print(unreproduced_warning(e, BEST_CRASHES))
+    for line in unreproduced_warnings(done, BEST_CRASHES):
+        print(line)
     noise = Noise.pooled(e.scores() for e in done if e.status in ("keep", "discard"))
     if noise.sigma is not None:
         print(f"run-to-run noise: {noise.sigma:.6f} (standard deviation, {noise.degrees} degrees of freedom)")
@@ -97,7 +96,8 @@ def _live(state: dict, tag: str) -> None:
     for ev in state.get("evaluating", []):
         print(f"experiment {ev['n']}: evaluating for {now - ev['since']:.0f}s")
     for ev in state.get("holdouts", []):
-        print(f"experiment {ev['n']}: scoring the holdout for {now - ev['since']:.0f}s (kept; the holdout decides nothing)")
+        print(f"experiment {ev['n']}: scoring the holdout for {now - ev['since']:.0f}s "
+              f"(kept; the holdout decides nothing)")
     if state.get("proposing"):
         print(f"agent proposing: experiment(s) {', '.join(str(n) for n in state['proposing'])}")
     if state.get("waiting"):
