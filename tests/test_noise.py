@@ -421,6 +421,14 @@ def hostile_best_scenario(tmp_path: Path, later_runs: str = "[0-9]+") -> tuple[P
     return repo, env, queue
 
 
+def start_hostile(repo: Path, env: dict[str, str], queue: Path, *limits: str) -> list[dict]:
+    """`start` on the hostile scenario's queue, one proposal at a time; the journal's events."""
+    done = run_cli(repo, "start", "--tag", TAG, "--agent", "queue", "--queue", str(queue), "--budget", "4",
+                   "--lookahead", "0", *limits, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert_invariants(repo, TAG)
+    return journal_events(repo, TAG)
+
 def test_a_best_that_crashes_when_run_again_is_flagged_and_run_no_more(tmp_path: Path) -> None:
     """A train.py can tell a later run from its first (the output directory of run k ends in
     run<k>/ckpt) and crash there on purpose, so that its lucky first score is never measured again.
@@ -428,12 +436,7 @@ def test_a_best_that_crashes_when_run_again_is_flagged_and_run_no_more(tmp_path:
     BEST_CRASHES times it is run no more, however many results are compared with it; the results
     are still decided (against the run that kept it), and status and the report say why."""
     repo, env, queue = hostile_best_scenario(tmp_path)
-    done = run_cli(repo, "start", "--tag", TAG, "--agent", "queue", "--queue", str(queue), "--budget", "4",
-                   "--max-experiments", "8", "--lookahead", "0", "--baseline-runs", "4", "--best-runs", "6",
-                   env=env, timeout=300)
-    assert done.returncode == 0, done.stderr + done.stdout
-    assert_invariants(repo, TAG)
-    events = journal_events(repo, TAG)
+    events = start_hostile(repo, env, queue, "--max-experiments", "8", "--baseline-runs", "4", "--best-runs", "6")
     run = fold(events)
     first = run.by_n[1]
     assert first.status == "keep" and first.decided_runs == 1
@@ -484,12 +487,7 @@ def test_a_crashed_run_of_the_best_buys_it_no_fresh_draw(tmp_path: Path) -> None
     results are compared with the one later run it let through; the warning says one crash, not
     that it is run no more."""
     repo, env, queue = hostile_best_scenario(tmp_path, later_runs="1")
-    done = run_cli(repo, "start", "--tag", TAG, "--agent", "queue", "--queue", str(queue), "--budget", "4",
-                   "--max-experiments", "3", "--lookahead", "0", "--baseline-runs", "6", "--best-runs", "3",
-                   env=env, timeout=300)
-    assert done.returncode == 0, done.stderr + done.stdout
-    assert_invariants(repo, TAG)
-    events = journal_events(repo, TAG)
+    events = start_hostile(repo, env, queue, "--max-experiments", "3", "--baseline-runs", "6", "--best-runs", "3")
     run = fold(events)
     first = run.by_n[1]
     assert first.status == "keep" and first.decided_through == 1
