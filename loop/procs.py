@@ -28,7 +28,8 @@ import psutil
 DEFAULT_LOG_CAP = 8 * 1024 * 1024  # bytes of output kept from the start
 TAIL_KEEP = 256 * 1024  # bytes kept from the end once the cap is reached
 KILL_GRACE_SECONDS = 5.0
-EXIT_SETTLE_SECONDS = 0.1  # a run's process still alive this long after the run ended was left running
+EXIT_SETTLE_SECONDS = 2.0  # a run's process still alive this long after the run ended was left running
+EXIT_POLL_SECONDS = 0.05
 TOKEN_ENV = "AUTORESEARCH_RUN_TOKEN"
 PR_SET_CHILD_SUBREAPER = 36
 _STARTED: set[int] = set()  # pids of Contained processes whose exit status their owner has yet to read
@@ -121,8 +122,10 @@ class Contained:
         if timed_out or cancelled:
             kill_tree(proc.pid, self.tree)
             proc.wait()
+        leftovers = kill_tree(proc.pid, self.tree, settle=EXIT_SETTLE_SECONDS)
+        # Until the last of its processes was gone: one that finishes within the settle time still
+        # ran, and its time counts against the budget.
         wall = time.monotonic() - self.start
-        leftovers = kill_tree(proc.pid, self.tree)
         _STARTED.discard(proc.pid)
         self.pump.join(timeout=10)
         return ProcResult(
@@ -233,13 +236,18 @@ class _Tree:
         return out
 
 
-def kill_tree(root: int, tree: _Tree) -> int:
-    """SIGKILL the session's process group and every process of the run; return how many lived."""
+def kill_tree(root: int, tree: _Tree, settle: float = 0.0) -> int:
+    """SIGKILL the session's process group and every process of the run; return how many were
+    still alive `settle` seconds after the call (left running, when the run itself had ended)."""
     tree.snapshot()
     tree.add_leftovers()
     lingering = tree.alive()
-    if lingering:  # one caught mid-exit (a sandbox's init on a busy host) is gone a moment later
-        time.sleep(EXIT_SETTLE_SECONDS)
+    # One caught mid-exit (a sandbox's init on a busy host) is gone a moment later; how long that
+    # moment is depends on the host's load, so wait for it, and only a process that outlives the
+    # wait was left running.
+    settle_until = time.monotonic() + settle
+    while lingering and time.monotonic() < settle_until:
+        time.sleep(EXIT_POLL_SECONDS)
         tree.snapshot()
         lingering = tree.alive()
     try:

@@ -115,6 +115,20 @@ def test_nothing_of_a_run_survives_it(tmp_path: Path, boxed: bool) -> None:
     assert survivors() == []
 
 
+def test_a_process_that_ends_just_after_the_run_was_not_left_running(tmp_path: Path) -> None:
+    # A busy host can keep a run's last process (a sandbox's init) alive a moment past the run;
+    # that is no crash, but its time is the run's: the wall clock runs until it is gone.
+    res, _ = run(tmp_path, f"""
+        import os
+        if os.fork() == 0:
+            os.setsid()
+            os.execvp("sleep", ["{MARKER}", "0.6"])
+    """, boxed=False)
+    assert res.returncode == 0 and res.leftovers_killed == 0, res
+    assert res.wall_seconds >= 0.6
+    assert survivors() == []
+
+
 def test_timeout_kills_a_sigterm_proof_hang(tmp_path: Path) -> None:
     res, log = run(tmp_path, f"""
         import signal, subprocess, time
