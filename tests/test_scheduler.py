@@ -193,19 +193,31 @@ def test_stop_and_stop_now_with_several_in_flight(tmp_path: Path) -> None:
 
     daemon = start_background(repo, "resume", "--tag", "st", env=env)
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        run = fold(journal_events(repo, "st"))
-        if len([e for e in run.experiments if e.status is None and e.runs]) >= 3:
-            break
+    while time.monotonic() < deadline and _runs_in_flight(repo, "st") < 3:  # the best's own reruns count
         time.sleep(0.05)
-    rows_before = len(read_results(repo))
     now = run_cli(repo, "stop", "--now", env=env)
     assert now.returncode == 0, now.stderr
     assert daemon.wait(timeout=120) == 0
     run = fold(journal_events(repo, "st"))
-    assert len([e for e in run.experiments if e.status == "interrupted"]) >= 2
-    assert len(read_results(repo)) <= rows_before + 1  # interrupted runs are not rows
+    # Runs in flight are stopped, not waited for: each takes 3 s, longer than the stop command
+    # takes even on a busy machine. Interrupted experiments get no row; a best's reruns are
+    # interrupted while the best stays kept.
+    assert len([e for e in journal_events(repo, "st") if e["event"] == "interrupted" and "run" in e]) >= 2
+    assert all(e.status in ("keep", "discard", "crash", "interrupted") for e in run.experiments if e.runs)
     assert_invariants(repo, "st")
+
+
+def _runs_in_flight(repo: Path, tag: str) -> int:
+    """Runs started since the last resume and not yet ended."""
+    events = journal_events(repo, tag)
+    resumed = max(i for i, e in enumerate(events) if e["event"] in ("run_started", "run_resumed"))
+    flight: set[tuple[int, int]] = set()
+    for e in events[resumed:]:
+        if e["event"] == "started":
+            flight.add((e["n"], e["run"]))
+        elif e["event"] in ("evaluated", "interrupted") and "run" in e:
+            flight.discard((e["n"], e["run"]))
+    return len(flight)
 
 
 @pytest.mark.parametrize("slot", ["gpu", "cpu"])
