@@ -69,6 +69,9 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("start", formatter_class=fmt, help="start a new run on branch autoresearch/TAG")
     s.add_argument("--tag", required=True)
     s.add_argument("--detach", action="store_true", help="run in the background, logging to .autoresearch/daemon.log")
+    s.add_argument("--seed-key", metavar="KEY", help="secret the runs' seeds are derived from (default: a new random "
+                   "one, kept in the journal, which no run can read); the same key and tag draw the same seeds; '' "
+                   "derives them from the tag alone, which lets a run work out which run it is")
     settings(s, fresh=True)
     r = sub.add_parser("resume", formatter_class=fmt, help="continue a stopped or killed run where it left off")
     r.add_argument("--tag", required=True)
@@ -104,6 +107,8 @@ def dispatch(args: argparse.Namespace, argv: list[str]) -> int:
         from loop.commands.start import start
 
         values = {k: v for k, v in _settings(args).items() if v is not None}
+        if args.seed_key is not None:
+            values["seed_key"] = args.seed_key
         config = Config(tag=_tag(args.tag), agent=args.agent or default_agent_name(), **values)
         return start(repo, config, args.detach, argv)
     if args.command == "resume":

@@ -6,7 +6,8 @@ daemon writes a default of its own.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+import secrets
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from loop.errors import UsageError
@@ -42,6 +43,9 @@ class Config:
     screen_on: str | None = None  # with Ray: hardware label first runs go to
     confirm_on: str | None = None  # with Ray: hardware label confirmation runs go to
     target: str | None = None  # the target's TOML file, relative to the repository; None: autoresearch.toml or builtin
+    # The secret the runs' seeds are derived from: a new one for every night, kept in the journal
+    # (which no run can read); "" derives them from the tag alone, the same draws every time.
+    seed_key: str = field(default_factory=lambda: secrets.token_hex(16))
 
     def __post_init__(self) -> None:
         """Bad numbers are found at start, not after a baseline has spent its budget."""

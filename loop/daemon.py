@@ -18,9 +18,12 @@ number of experiments in flight (see `load`). The working tree follows the best 
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import queue
+import secrets
 import shutil
 import signal
 import threading
@@ -68,6 +71,7 @@ MIN_FREE_DISK_BYTES = 2 << 30  # below this the run stops rather than corrupt it
 MAX_FAILED_PROPOSALS = 5  # in a row, then the agent is clearly broken
 DIFFS_IN_HISTORY = 8  # recent experiments whose diff the agent sees
 STATE_EVERY_S = 1.0  # how often the live view (`status`) is refreshed
+WORK_DIR = "work"  # in the run's folder: the token-named folders of the runs in flight
 SETTLING = "settling"  # key of the decisions held until the best's settling runs are in
 
 
@@ -371,11 +375,14 @@ class Daemon:
         return None
 
     def job(self, att: Attempt, run: int) -> Job:
-        exp_dir = self.exp_dir(att.n) if run == 0 else self.exp_dir(att.n) / f"run{run}"
-        exp_dir.mkdir(parents=True, exist_ok=True)
+        # A run works in a folder named by a random token, not by its experiment and run: nothing a
+        # run can see of its own paths (its output folder, its mounts) tells a rerun from a first
+        # run. It is filed under the experiment's folder when it ends (file_run).
+        work = self.dir / WORK_DIR / secrets.token_hex(8)
+        work.mkdir(parents=True)
         allowance = self.allowance if self.allowance is not None else self.config.timeout - self.config.budget
         train_py = self.git.show(att.commit or "", EDITABLE) if self.target.builtin else b""
-        spec = RunSpec(train_py=train_py, exp_dir=exp_dir, budget=self.config.budget,
+        spec = RunSpec(train_py=train_py, exp_dir=work, budget=self.config.budget,
                        timeout=self.config.timeout, seed=self.seed(att.n, run), startup_allowance=allowance,
                        splits=("val",), kernels=self.dir / "kernels", keep_kernels=att.n == 0)
         return Job(att.n, run, att.commit or "", spec)
@@ -428,6 +435,7 @@ class Daemon:
             self.on_finished(event.job, event.slot, event.outcome)
         elif isinstance(event, Lost):
             self.journal.append("lost", n=event.job.n, run=event.job.run, slot=event.slot, why=event.why)
+            shutil.rmtree(event.job.spec.exp_dir, ignore_errors=True)  # it runs again, in a folder of its own
             att = self.attempts[event.job.n]
             att.running.pop(event.job.run, None)
             att.queued_runs.insert(0, event.job.run)
@@ -440,6 +448,7 @@ class Daemon:
         att.running.pop(job.run, None)
         self.eval_since.pop(job.key, None)
         _drop_scratch(job.spec.exp_dir)
+        self.file_run(job)
         if outcome.interrupted:
             self.journal.append("interrupted", n=job.n, run=job.run, phase="running")
             if not att.running:
@@ -477,7 +486,7 @@ class Daemon:
         if "holdout.txt" not in self.pinned or self.config.ray is not None:
             return  # on a cluster the checkpoint stays on its node
         run = min(r for r, o in att.outcomes.items() if o.val_bpb is not None)
-        exp_dir = self.exp_dir(att.n) if run == 0 else self.exp_dir(att.n) / f"run{run}"
+        exp_dir = self.run_folder(att.n, run)  # the holdout never decides: no need to hide which run
         spec = RunSpec(train_py=self.git.show(att.commit or "", EDITABLE), exp_dir=exp_dir, budget=self.config.budget,
                        timeout=self.config.timeout, splits=("holdout",))
         self.holdouts_pending[att.n] = time.time()
@@ -729,6 +738,7 @@ class Daemon:
 
     def load(self) -> None:
         """Make journal, git and results.tsv agree, and pick up every undecided experiment where it was."""
+        shutil.rmtree(self.dir / WORK_DIR, ignore_errors=True)  # runs in flight when the daemon last stopped
         events, problems = read_events_checked(self.journal.path)
         for line in problems:
             self.display.say(f"warning: {line}")
@@ -934,8 +944,7 @@ class Daemon:
             self.allowance = min(allowance, self.config.timeout - self.config.budget)
 
     def seed(self, n: int, run: int) -> int:
-        """The harness's seed for one run: fixed by tag, experiment and run, different for every run."""
-        return zlib.crc32(f"{self.config.tag}/{n}/{run}".encode()) & 0x7FFFFFFF
+        return run_seed(self.config.seed_key, self.config.tag, n, run)
 
     def tidy_checkpoints(self, n: int, status: str) -> None:
         keep = self.config.keep_checkpoints
@@ -978,6 +987,25 @@ class Daemon:
 
     def exp_dir(self, n: int) -> Path:
         return experiment_dir(self.repo, self.config.tag, n)
+
+    def run_folder(self, n: int, run: int) -> Path:
+        """Where a run's logs and checkpoint are kept: the experiment's folder, run<k>/ for later runs."""
+        return self.exp_dir(n) if run == 0 else self.exp_dir(n) / f"run{run}"
+
+    def file_run(self, job: Job) -> None:
+        """Move a run's logs and checkpoint from its token-named work folder to its run folder (a
+        rerun after a resume replaces what its interrupted try left there)."""
+        work, home = job.spec.exp_dir, self.run_folder(job.n, job.run)
+        try:
+            home.mkdir(parents=True, exist_ok=True)
+            for item in sorted(work.iterdir()) if work.is_dir() else ():
+                dest = home / item.name
+                if dest.is_dir() and not dest.is_symlink():
+                    shutil.rmtree(dest)
+                item.replace(dest)
+            shutil.rmtree(work, ignore_errors=True)
+        except OSError as e:  # whatever a run left in its folder, the daemon goes on
+            self.display.say(f"warning: could not file run {job.run} of #{job.n:04d} from {work}: {e}")
 
     def on_line(self, job: Job):
         def watch(line: str) -> None:
@@ -1034,6 +1062,16 @@ def _check_metric(outcome: RunOutcome, allow_negative: bool = False) -> None:
                 or (value < 0 and not allow_negative)):
             outcome.scores, outcome.reason = {}, f"eval: impossible {split} score {value!r}"
             return
+
+
+def run_seed(key: str, tag: str, n: int, run: int) -> int:
+    """The harness's seed for one run: different for every run, fixed by the night's secret key,
+    tag, experiment and run. A run sees its seed, never the key, so the seed cannot tell it which run
+    it is. An empty key gives the seeds of the tag alone, which anyone can work out."""
+    what = f"{tag}/{n}/{run}".encode()
+    if not key:
+        return zlib.crc32(what) & 0x7FFFFFFF
+    return int.from_bytes(hmac.new(key.encode(), what, hashlib.sha256).digest()[:4], "big") & 0x7FFFFFFF
 
 
 def _drop_scratch(exp_dir: Path) -> None:

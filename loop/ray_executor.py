@@ -117,7 +117,7 @@ def run_on_node(task: NodeTask, pinned: dict[str, bytes], stop_flag: Any, kernel
     threading.Thread(target=_watch_stop, args=(stop_flag, cancel, watching), daemon=True).start()
     try:
         failure = prepare_node(pinned["prepare.py"])
-        scratch = scratch_root() / f"{task.n:04d}-{task.run}-{uuid.uuid4().hex[:8]}"
+        scratch = scratch_root() / uuid.uuid4().hex  # named by no experiment or run: see Daemon.job
         keep = task.keep_kernels and not kernels
         kept = node_kernels(kernels) if kernels else scratch / "kernels" if keep else None
         spec = RunSpec(train_py=task.train_py, exp_dir=scratch, budget=task.budget, timeout=task.timeout,

@@ -5,8 +5,8 @@
                                   [--rules auto,always,never] [--keep-z 2] [--best-runs 2] [--first-repeat 0]
 
 Runs the real daemon (the CLI, the search agent, one slot, --lookahead 0 so a proposal is asked
-only when the slot is about to free, and the same tag so every rule draws the same seeds for the
-same experiment and run) on the noisy fake harness of tests/noisy_kit.py, whose true score
+only when the slot is about to free, and the same tag with seeds of the tag alone, --seed-key '',
+so every rule draws the same seeds for the same experiment and run) on the noisy fake harness of tests/noisy_kit.py, whose true score
 is a known function of train.py's constants and whose evaluator adds Gaussian noise of size
 --noise drawn from each run's seed. Rules, in turn: --confirm auto, always, then never (greedy).
 Greedy gets as many experiments as auto spent runs, so the two are compared at equal runs (its
@@ -35,7 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from daemon_kit import journal_events, run_cli  # noqa: E402
-from noisy_kit import make_noisy_repo, true_score_at  # noqa: E402
+from noisy_kit import PUBLIC_SEEDS, make_noisy_repo, true_score_at  # noqa: E402
 
 from loop.journal import fold  # noqa: E402
 
@@ -64,7 +64,7 @@ def run_rule(root: Path, tag: str, confirm: str, experiments: int, args: argpars
     (root / confirm).mkdir()
     repo, env = make_noisy_repo(root / confirm, noise=args.noise)
     t0 = time.monotonic()
-    done = run_cli(repo, "start", "--tag", tag, "--agent", "search", "--budget", "1", "--lookahead", "0",
+    done = run_cli(repo, "start", "--tag", tag, *PUBLIC_SEEDS, "--agent", "search", "--budget", "1", "--lookahead", "0",
                    "--max-experiments", str(experiments), "--confirm", confirm,
                    "--baseline-runs", str(args.baseline_runs), "--keep-z", str(args.keep_z),
                    *(("--best-runs", str(args.best_runs)) if args.best_runs and confirm != "never" else ()),

@@ -30,6 +30,9 @@ def true_score(c):
             + 0.01 * (c["DEPTH"] - 6) ** 2)
 '''
 KNOBS = ("LR", "WIDTH", "DEPTH", "ORDER")
+# Seeds of the tag alone (a night's own key is random): every run of a test or a benchmark draws
+# the same noise, and the rules a benchmark compares draw the same seeds.
+PUBLIC_SEEDS = ("--seed-key", "")
 
 NOISY_DOCSTRING = '"""Fake harness with noise: the real contracts, a known true score, noise from the run\'s seed."""'
 NOISY_MODEL = '''    if cmd == "model":  # the run's score, noise included, on the pipe it was given

@@ -11,13 +11,16 @@ from __future__ import annotations
 import os
 import signal
 import time
+import zlib
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
 from daemon_kit import assert_invariants, journal_events, read_results, run_cli, start_background
-from noisy_kit import make_noisy_repo, train_py_with, true_score_at
+from noisy_kit import PUBLIC_SEEDS, make_noisy_repo, train_py_with, true_score_at
 
 from loop.config import BEST_CRASHES
+from loop.daemon import run_seed
 from loop.executor import HARDWARE_LABEL_ENV
 from loop.journal import fold
 from loop.policy import CLEAR_Z, MAX_BEST_RUNS, MAX_CONFIRMATIONS, Noise, Policy, t_quantile
@@ -161,7 +164,7 @@ def run_scenario(tmp_path: Path, confirm: str, spares: int = 0) -> tuple[Path, l
     extra = [train_py_with(TRAIN_S, ORDER=100 + k) for k in range(spares)]
     for i, train_py in enumerate([*SEED_ONLY, CLEAR_WIN, GREY, *extra], start=1):
         (queue / f"{i:02d}.py").write_text(train_py)
-    done = run_cli(repo, "start", "--tag", TAG, "--agent", "queue", "--queue", str(queue), "--budget", "4",
+    done = run_cli(repo, "start", "--tag", TAG, *PUBLIC_SEEDS, "--agent", "queue", "--queue", str(queue), "--budget", "4",
                    "--max-experiments", str(GREY_N), "--lookahead", "0", "--confirm", confirm,
                    "--baseline-runs", str(BASELINE_RUNS),
                    *(("--best-runs", str(BEST_RUNS)) if confirm != "never" else ()), env=env, timeout=300)
@@ -317,7 +320,7 @@ def test_settling_survives_a_kill(tmp_path: Path) -> None:
     """kill -9 while the new best's extra runs are in flight; `resume` runs what is missing, once."""
     repo, env = make_noisy_repo(tmp_path, noise=SIGMA, sleep=0.6)
     args = ("--budget", "2", "--max-experiments", "2", "--baseline-runs", "1", "--best-runs", "3", "--lookahead", "0")
-    daemon = start_background(repo, "start", "--tag", TAG, "--agent", "search", *args, env=env)
+    daemon = start_background(repo, "start", "--tag", TAG, *PUBLIC_SEEDS, "--agent", "search", *args, env=env)
     deadline = time.monotonic() + 120
     while not [e for e in events_of(journal_events(repo, TAG) if (repo / ".autoresearch").exists() else [],
                                      "started", 0) if e["run"] > 0]:
@@ -350,7 +353,7 @@ def test_a_graceful_stop_while_a_result_waits_for_the_best(tmp_path: Path) -> No
     (queue / "02.py").write_text(train_py_with(0.1, WIDTH=32, LR=0.005, DEPTH=3))
     args = ("--agent", "queue", "--queue", str(queue), "--budget", "10", "--slots", "2", "--baseline-runs", "1",
             "--best-runs", "4", "--lookahead", "0")
-    daemon = start_background(repo, "start", "--tag", TAG, *args, env=env)
+    daemon = start_background(repo, "start", "--tag", TAG, *PUBLIC_SEEDS, *args, env=env)
     try:
         deadline = time.monotonic() + 120
         while not events_of(journal_events(repo, TAG) if (repo / ".autoresearch").exists() else [], "evaluated", 1):
@@ -400,17 +403,31 @@ def test_status_shows_the_mean_results_meet(auto_run: tuple[Path, list[dict]]) -
         assert f"{sum(compared) / len(compared):.6f}" in done.stdout
 
 
-def hostile_best_scenario(tmp_path: Path, later_runs: str = "[0-9]+") -> tuple[Path, dict[str, str], Path]:
+def test_seeds_are_keyed_by_the_nights_secret() -> None:
+    """A run's seed is a keyed hash of tag, experiment and run: the same key draws the same seeds,
+    another key others; the empty key gives the seeds of the tag alone."""
+    assert run_seed("", TAG, 1, 0) == zlib.crc32(f"{TAG}/1/0".encode()) & 0x7FFFFFFF
+    assert run_seed("k", TAG, 1, 0) == run_seed("k", TAG, 1, 0)
+    drawn = {(key, n, run): run_seed(key, TAG, n, run) for key in ("k", "k2") for n in range(40) for run in range(5)}
+    assert len(set(drawn.values())) == len(drawn)  # every run of every night its own seed
+    assert all(0 <= seed < 2**31 for seed in drawn.values())
+
+
+def hostile_best_scenario(tmp_path: Path, later_runs: Iterable[int] = range(1, 40)) -> tuple[Path, dict[str, str], Path]:
     """A noisy repo and a queue: a clear win (40 sigma: kept on its first run once the noise has 5
-    degrees of freedom) that crashes on its later runs whose number matches `later_runs` (all of
-    them by default), then seed-only changes of it without the trick (spares for proposals handed
-    back)."""
+    degrees of freedom) that crashes on its runs numbered in `later_runs` (all later ones by
+    default), then seed-only changes of it without the trick (spares for proposals handed back).
+
+    A run cannot tell which run it is (its folders are named by a random token, its seed is keyed
+    by the night's secret), so the scenario runs with PUBLIC_SEEDS and hands the trick the seeds of
+    the runs it is to crash on: a best that found a way to tell."""
     repo, env = make_noisy_repo(tmp_path, noise=SIGMA, sleep=0.3)
     win = train_py_with(0.3, WIDTH=32)
+    seeds = sorted(run_seed("", TAG, 1, run) for run in later_runs)
     hostile = win.replace(
         'if __name__ == "__main__":\n',
-        'if __name__ == "__main__":\n    import re\n'
-        f'    if re.search(r"/run{later_runs}/ckpt$", os.environ.get("AUTORESEARCH_OUT", "")):\n'
+        'if __name__ == "__main__":\n'
+        f'    if int(os.environ.get("AUTORESEARCH_SEED", "0")) in {seeds}:\n'
         '        raise SystemExit("a later run")\n', 1)
     assert hostile != win
     queue = tmp_path / "queue"
@@ -423,15 +440,15 @@ def hostile_best_scenario(tmp_path: Path, later_runs: str = "[0-9]+") -> tuple[P
 
 def start_hostile(repo: Path, env: dict[str, str], queue: Path, *limits: str) -> list[dict]:
     """`start` on the hostile scenario's queue, one proposal at a time; the journal's events."""
-    done = run_cli(repo, "start", "--tag", TAG, "--agent", "queue", "--queue", str(queue), "--budget", "4",
+    done = run_cli(repo, "start", "--tag", TAG, *PUBLIC_SEEDS, "--agent", "queue", "--queue", str(queue), "--budget", "4",
                    "--lookahead", "0", *limits, env=env, timeout=300)
     assert done.returncode == 0, done.stderr + done.stdout
     assert_invariants(repo, TAG)
     return journal_events(repo, TAG)
 
 def test_a_best_that_crashes_when_run_again_is_flagged_and_run_no_more(tmp_path: Path) -> None:
-    """A train.py can tell a later run from its first (the output directory of run k ends in
-    run<k>/ckpt) and crash there on purpose, so that its lucky first score is never measured again.
+    """A train.py that could tell a later run from its first might crash there on purpose, so that
+    its lucky first score is never measured again.
     A crashed run counts as one of its runs (so a crash buys no fresh draw), and once it has crashed
     BEST_CRASHES times it is run no more, however many results are compared with it; the results
     are still decided (against the run that kept it), and status and the report say why."""
@@ -464,7 +481,7 @@ def test_a_best_that_crashes_when_run_again_on_other_hardware(tmp_path: Path) ->
     runs on the first hardware, not held forever."""
     repo, env, queue = hostile_best_scenario(tmp_path)
     args = ("--agent", "queue", "--queue", str(queue), "--budget", "4", "--lookahead", "0")
-    first = run_cli(repo, "start", "--tag", TAG, *args, "--max-experiments", "1", "--baseline-runs", "6",
+    first = run_cli(repo, "start", "--tag", TAG, *PUBLIC_SEEDS, *args, "--max-experiments", "1", "--baseline-runs", "6",
                     "--best-runs", "1", env={**env, HARDWARE_LABEL_ENV: "box-a"}, timeout=300)
     assert first.returncode == 0, first.stderr + first.stdout
     assert fold(journal_events(repo, TAG)).by_n[1].status == "keep"
@@ -486,7 +503,7 @@ def test_a_crashed_run_of_the_best_buys_it_no_fresh_draw(tmp_path: Path) -> None
     with --best-runs 3 the best that crashed its run 1 is not run a third time to make up for it, and
     results are compared with the one later run it let through; the warning says one crash, not
     that it is run no more."""
-    repo, env, queue = hostile_best_scenario(tmp_path, later_runs="1")
+    repo, env, queue = hostile_best_scenario(tmp_path, later_runs=[1])
     events = start_hostile(repo, env, queue, "--max-experiments", "3", "--baseline-runs", "6", "--best-runs", "3")
     run = fold(events)
     first = run.by_n[1]

@@ -7,9 +7,10 @@ import hashlib
 from pathlib import Path
 
 import psutil
-from daemon_kit import assert_invariants, journal_events, make_repo, queue_proposal, read_results, run_cli
+from daemon_kit import assert_invariants, git, journal_events, make_repo, queue_proposal, read_results, run_cli
 
 from loop.journal import fold
+from loop.procs import TOKEN_ENV
 from loop.sandbox import FILE_ENV, MEMORY_ENV, available
 
 MARKER = "autoresearch-threat-marker"
@@ -116,3 +117,54 @@ def test_fix_attempt_then_success(tmp_path: Path) -> None:
     events = [e["event"] for e in journal_events(repo, "f")]
     assert "fix_requested" in events
     assert_invariants(repo, "f")
+
+
+# What a run can see of itself, saved in its checkpoint: the environment (its seed and the random
+# token that marks its processes aside), its folders, its command line, and its mounts, without
+# the kernel's mount ids and anonymous device numbers (machine-wide counters and pools that other
+# sandboxes running at the time move), with the token its folders are named by written as TOKEN.
+# The lint refuses a train.py that mentions /proc/ or the token's name: the one is built and the
+# other matched by its end, to get past the lint to the sandbox behind it.
+SEEN = '''    import json as _json, sys as _sys
+    _out = os.environ["AUTORESEARCH_OUT"]
+    try:
+        _info = os.path.join("/", "pro" + "c", "self", "mountinfo")
+        _mounts = [_line.split(" ", 3)[3] for _line in open(_info).read().splitlines()]
+    except OSError:
+        _mounts = []
+    _seen = {"env": {k: v for k, v in os.environ.items() if k != "AUTORESEARCH_SEED" and not k.endswith("_TOKEN")}, "cwd": os.getcwd(),
+             "argv": _sys.argv, "mounts": _mounts}
+    os.makedirs(_out, exist_ok=True)
+    with open(os.path.join(_out, "seen.json"), "w") as _f:
+        _f.write(_json.dumps(_seen, sort_keys=True).replace(os.path.basename(os.path.dirname(_out)), "TOKEN"))
+'''
+
+
+def test_a_run_cannot_tell_which_run_it_is(tmp_path: Path) -> None:
+    """Every run of every experiment sees the same world, its seed aside: no path, mount or variable
+    names the experiment or the run, so a train.py cannot behave well only on the run that decides
+    and badly on the runs that measure it again. Its seed is keyed by the night's secret, so the
+    seed tells it nothing either: the same tag started twice draws other seeds."""
+    assert TOKEN_ENV.endswith("_TOKEN")
+    repo, env = make_repo(tmp_path)
+    train = (repo / "train.py").read_text().replace("    t0 = time.time()\n", SEEN + "    t0 = time.time()\n", 1)
+    (repo / "train.py").write_text(train)
+    git(repo, "commit", "-qam", "train.py says what it sees")
+    done = run_cli(repo, "start", "--tag", "who", "--max-experiments", "3", "--budget", "2", "--best-runs", "2",
+                   "--keep-checkpoints", "all", env=env, timeout=300)
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert_invariants(repo, "who")
+    runs = [e for e in journal_events(repo, "who") if e["event"] == "evaluated" and not e["reason"]]
+    assert {e["n"] for e in runs} >= {0, 1} and max(e["run"] for e in runs) >= 1, runs
+    seen = {p.relative_to(repo).as_posix(): p.read_text() for p in repo.glob(".autoresearch/runs/who/**/seen.json")}
+    assert len(seen) == len(runs), sorted(seen)
+    assert len(set(seen.values())) == 1, seen  # the runs of the baseline and of the experiments alike
+    view = next(iter(seen.values()))
+    assert "TOKEN" in view and "/0001" not in view and "/run1" not in view, view
+
+    seeds = {e["seed"] for e in journal_events(repo, "who") if e["event"] == "running"}
+    (tmp_path / "again").mkdir()
+    again, env = make_repo(tmp_path / "again")
+    assert run_cli(again, "start", "--tag", "who", "--max-experiments", "1", "--budget", "2", env=env,
+                   timeout=300).returncode == 0
+    assert not seeds & {e["seed"] for e in journal_events(again, "who") if e["event"] == "running"}
