@@ -15,9 +15,11 @@ kill. Without a working bwrap the daemon prints `warning()` once and runs unsand
 """
 from __future__ import annotations
 
+import ctypes
 import functools
 import json
 import os
+import platform
 import resource
 import shutil
 import subprocess
@@ -36,6 +38,8 @@ HIDE_TMPFS_BYTES = 1 << 20  # the tmpfs over a hidden path holds only mount poin
 PRIVATE_TMP_BYTES = 1 << 30  # the run's own /tmp and /dev/shm, each
 CHECK_TIMEOUT_S = 300.0  # `import torch` on a busy machine can take a minute
 QUERY_TIMEOUT_S = 60.0
+KEYCTL_SYSCALL = {"x86_64": 250, "aarch64": 219}  # keyctl(2) has no libc wrapper
+KEYCTL_JOIN_SESSION_KEYRING = 1
 
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 # What of /etc programs read: the dynamic loader's cache, user and group names (getpass, torch's
@@ -201,14 +205,32 @@ def limits_preexec(spec: SandboxSpec) -> Callable[[], None]:
     memory = memory_cap(spec)
     file_bytes = int(float(os.environ[FILE_ENV]) * (1 << 20)) if FILE_ENV in os.environ else spec.max_file_bytes
 
+    join_new_session_keyring = _session_keyring_joiner()
+
     def apply() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (file_bytes, file_bytes))
         resource.setrlimit(resource.RLIMIT_NOFILE, (spec.max_open_files, spec.max_open_files))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         if memory is not None:
             resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+        join_new_session_keyring()
 
     return apply
+
+
+@functools.cache
+def _session_keyring_joiner() -> Callable[[], None]:
+    """Joins a new anonymous session keyring. Keyrings are not namespaced: a daemon started from a
+    login or a service has a session keyring, every run would inherit it, and one run could leave
+    a key there for the next to find (a later run knowing it is not the first). Resolved here, in
+    the parent, so that the child only makes the call. Where keyctl is refused (a container's
+    seccomp), the run cannot reach a keyring either."""
+    number = KEYCTL_SYSCALL.get(platform.machine())
+    if number is None:
+        return lambda: None
+    syscall = ctypes.CDLL(None, use_errno=True).syscall
+    syscall.restype = ctypes.c_long
+    return lambda: syscall(ctypes.c_long(number), ctypes.c_long(KEYCTL_JOIN_SESSION_KEYRING), None)
 
 
 # --- what the allow-list is made of -------------------------------------------------------------

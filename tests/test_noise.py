@@ -418,9 +418,10 @@ def hostile_best_scenario(tmp_path: Path, later_runs: Iterable[int] = range(1, 4
     degrees of freedom) that crashes on its runs numbered in `later_runs` (all later ones by
     default), then seed-only changes of it without the trick (spares for proposals handed back).
 
-    A run cannot tell which run it is (its folders are named by a random token, its seed is keyed
-    by the night's secret), so the scenario runs with PUBLIC_SEEDS and hands the trick the seeds of
-    the runs it is to crash on: a best that found a way to tell."""
+    Nothing a run is given tells it which run it is (its folders are named by a random token, its
+    seed is keyed by the night's secret), but side channels the kernel shares can (a page already
+    in memory because its first run read it). The scenario stands in for that: it runs with
+    PUBLIC_SEEDS and hands the trick the seeds of the runs it is to crash on."""
     repo, env = make_noisy_repo(tmp_path, noise=SIGMA, sleep=0.3)
     win = train_py_with(0.3, WIDTH=32)
     seeds = sorted(run_seed("", TAG, 1, run) for run in later_runs)

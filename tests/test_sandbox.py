@@ -2,7 +2,9 @@
 that nothing of it outlives it (setsid grandchildren, SIGTERM-proof loops, forks, memory hogs)."""
 from __future__ import annotations
 
+import ctypes
 import os
+import platform
 import sys
 import textwrap
 from pathlib import Path
@@ -127,6 +129,37 @@ def test_a_process_that_ends_just_after_the_run_was_not_left_running(tmp_path: P
     assert res.returncode == 0 and res.leftovers_killed == 0, res
     assert res.wall_seconds >= 0.6
     assert survivors() == []
+
+
+SESSION_KEYRING_ID = """
+    import ctypes
+    syscall = ctypes.CDLL(None, use_errno=True).syscall
+    syscall.restype = ctypes.c_long
+    print("session keyring", syscall(ctypes.c_long({number}), ctypes.c_long(0), ctypes.c_long(-3), ctypes.c_long(0)),
+          flush=True)
+"""
+
+
+@pytest.mark.parametrize("boxed", [True, False])
+def test_a_run_gets_a_session_keyring_of_its_own(tmp_path: Path, boxed: bool) -> None:
+    """Keyrings are not namespaced: a run that shared the daemon's session keyring (a login's, a
+    service's) could leave a key there for the next run to find."""
+    if boxed and not sandbox.available():
+        pytest.skip("bwrap is not usable here")
+    number = sandbox.KEYCTL_SYSCALL.get(platform.machine())
+    if number is None:
+        pytest.skip("no keyctl system call number for this machine")
+    syscall = ctypes.CDLL(None, use_errno=True).syscall
+    syscall.restype = ctypes.c_long
+    # This process joins a session keyring of its own, as a daemon started from a login has one.
+    daemons = syscall(ctypes.c_long(number), ctypes.c_long(sandbox.KEYCTL_JOIN_SESSION_KEYRING),
+                      ctypes.c_char_p(b"autoresearch-test-session"))
+    if daemons < 0:
+        pytest.skip("keyctl is refused here (a container's seccomp): no run can reach a keyring")
+    res, log = run(tmp_path, SESSION_KEYRING_ID.format(number=number), boxed=boxed)
+    assert res.returncode == 0, log
+    runs = int(log.split("session keyring", 1)[1].split()[0])
+    assert runs > 0 and runs != daemons, (runs, daemons)
 
 
 def test_timeout_kills_a_sigterm_proof_hang(tmp_path: Path) -> None:

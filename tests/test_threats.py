@@ -141,10 +141,11 @@ SEEN = '''    import json as _json, sys as _sys
 
 
 def test_a_run_cannot_tell_which_run_it_is(tmp_path: Path) -> None:
-    """Every run of every experiment sees the same world, its seed aside: no path, mount or variable
-    names the experiment or the run, so a train.py cannot behave well only on the run that decides
-    and badly on the runs that measure it again. Its seed is keyed by the night's secret, so the
-    seed tells it nothing either: the same tag started twice draws other seeds."""
+    """Every run of every experiment is given the same world, its seed aside: no path, mount or
+    variable names the experiment or the run, the direct way for a train.py to behave well only on
+    the run that decides and badly on the runs that measure it again. Its seed is keyed by the
+    night's secret, so the seed tells it nothing either: the same tag started twice draws other
+    seeds. (Machine-wide side channels, the page cache, remain: test_noise's crashing best.)"""
     assert TOKEN_ENV.endswith("_TOKEN")
     repo, env = make_repo(tmp_path)
     train = (repo / "train.py").read_text().replace("    t0 = time.time()\n", SEEN + "    t0 = time.time()\n", 1)
