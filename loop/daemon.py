@@ -18,6 +18,7 @@ number of experiments in flight (see `load`). The working tree follows the best 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -198,6 +199,8 @@ class Daemon:
                                 f"`autoresearch resume --tag {self.config.tag}` continues") from None
         finally:
             self.executor.shutdown()
+            with contextlib.suppress(OSError):
+                (self.dir / WORK_DIR).rmdir()  # empty once every run is filed
             reason = reason or "stopped"
             self.journal.append("run_stopped", reason=reason)
             self.write_state(phase="stopped")
