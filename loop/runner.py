@@ -314,9 +314,13 @@ class Runner:
 
 
 def _kernel_caches(kept: Path | None, private: Path) -> dict[str, str]:
-    """The run's own compile caches, under its TMPDIR, starting as a copy of the kept kernels."""
+    """The run's own compile caches, under its TMPDIR, starting as a copy of the kept kernels. The
+    copy's times are the run's own: the kept folder's would tell every run when the night began."""
     if kept is not None and kept.is_dir():
         shutil.copytree(kept, private, symlinks=True)
+        for path in (private, *private.rglob("*")):
+            if not path.is_symlink():
+                os.utime(path)
     private.mkdir(exist_ok=True)
     return {"TORCHINDUCTOR_CACHE_DIR": str(private / "inductor"), "TRITON_CACHE_DIR": str(private / "triton")}
 

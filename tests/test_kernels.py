@@ -36,6 +36,25 @@ def test_runs_start_from_the_baselines_kernels_and_leave_none_behind(tmp_path: P
     assert sorted(p.name for p in (kept / "inductor").iterdir()) == ["baseline"]
 
 
+def test_a_runs_copy_of_the_kernels_carries_its_own_times(tmp_path: Path) -> None:
+    """The kept folder's times would tell each run when the night began (an experiment's rough
+    number); the run's copy is stamped with the time it was made."""
+    import os
+    import time
+
+    from loop.runner import _kernel_caches
+
+    kept = tmp_path / "kept"
+    (kept / "inductor" / "ab").mkdir(parents=True)
+    (kept / "inductor" / "ab" / "kernel.py").write_text("compiled")
+    for path in (kept, *kept.rglob("*")):
+        os.utime(path, (1_000_000, 1_000_000))
+    before = time.time()
+    _kernel_caches(kept, tmp_path / "run" / "kernels")
+    copied = [tmp_path / "run" / "kernels", *(tmp_path / "run" / "kernels").rglob("*")]
+    assert len(copied) == 4 and all(p.stat().st_mtime >= before - 1 for p in copied)
+
+
 def test_baseline_runs_ending_together_keep_one_whole_copy(tmp_path: Path) -> None:
     """The baseline's runs on several slots finish together: the kept folder is one run's kernels,
     whole, never a mix or a part, and no scratch copy is left beside it."""
