@@ -63,6 +63,9 @@ def parser() -> argparse.ArgumentParser:
                         "cluster this machine is part of); needs pip install -e '.[ray]'")
         sp.add_argument("--screen-on", metavar="LABEL", help="with --ray: hardware label for first runs")
         sp.add_argument("--confirm-on", metavar="LABEL", help="with --ray: hardware label for confirmation runs")
+        sp.add_argument("--fetch-checkpoints", action="store_true", default=None,
+                        help="with --ray: bring each run's checkpoint back here (default: it stays on its node, "
+                        "where it is journaled)")
         sp.add_argument("--target", metavar="FILE", help="the target's TOML file (default: autoresearch.toml at the "
                         "root if there is one, else the builtin train.py experiment)")
 
@@ -149,7 +152,7 @@ def dispatch(args: argparse.Namespace, argv: list[str]) -> int:
 def _settings(args: argparse.Namespace) -> dict:
     keys = ("budget", "timeout", "min_delta", "max_experiments", "max_hours", "max_cost", "fix_attempts", "model",
             "gpus", "slots", "lookahead", "keep_checkpoints", "keep_z", "confirm", "baseline_runs", "best_runs", "ray",
-            "screen_on", "confirm_on", "target")
+            "screen_on", "confirm_on", "fetch_checkpoints", "target")
     values = {k: getattr(args, k) for k in keys}
     values["queue"] = str(args.queue.resolve()) if args.queue else None
     return values

@@ -42,6 +42,7 @@ class Config:
     ray: str | None = None  # a Ray cluster's address ("auto": the one this machine is in); None: local slots
     screen_on: str | None = None  # with Ray: hardware label first runs go to
     confirm_on: str | None = None  # with Ray: hardware label confirmation runs go to
+    fetch_checkpoints: bool = False  # with Ray: bring every checkpoint back (default: it stays on its node)
     target: str | None = None  # the target's TOML file, relative to the repository; None: autoresearch.toml or builtin
     # The secret the runs' seeds are derived from: a new one for every night, kept in the journal
     # (which no run can read); "" derives them from the tag alone, the same draws every time.
@@ -69,6 +70,12 @@ class Config:
             raise UsageError(f"--keep-checkpoints {self.keep_checkpoints}: choose one of {', '.join(KEEP_CHECKPOINTS)}")
         if self.confirm not in CONFIRM_MODES:
             raise UsageError(f"--confirm {self.confirm}: choose one of {', '.join(CONFIRM_MODES)}")
+        if self.ray is None:
+            ray_only = {"screen-on": self.screen_on, "confirm-on": self.confirm_on,
+                        "fetch-checkpoints": self.fetch_checkpoints}
+            if given := [f"--{name}" for name, value in ray_only.items() if value]:
+                raise UsageError(f"{' and '.join(given)} only apply to runs on a Ray cluster: add --ray ADDRESS, or "
+                                 "leave them out")
 
     @classmethod
     def from_saved(cls, saved: dict[str, Any], overrides: dict[str, Any]) -> Config:

@@ -397,7 +397,8 @@ class Daemon:
 
         pinned = {name: (self.repo / name).read_bytes() for name in PINNED if (self.repo / name).is_file()}
         return RayExecutor(self.config.ray, pinned, self.events, self.cancel, gpu=self.config.slots is None,
-                           screen_on=self.config.screen_on, confirm_on=self.config.confirm_on)
+                           screen_on=self.config.screen_on, confirm_on=self.config.confirm_on,
+                           fetch_checkpoints=self.config.fetch_checkpoints)
 
     def make_runner(self, job: Job) -> Runner | TargetRunner:
         if not self.target.builtin:
@@ -436,6 +437,8 @@ class Daemon:
                 self.eval_since[event.job.key] = time.time()
         elif isinstance(event, Finished):
             self.on_finished(event.job, event.slot, event.outcome)
+        elif isinstance(event, Lost) and event.job.score_only:  # a holdout's node vanished: it has no score
+            self.on_holdout(event.job, RunOutcome(reason=f"lost: {event.why}"))
         elif isinstance(event, Lost):
             self.journal.append("lost", n=event.job.n, run=event.job.run, slot=event.slot, why=event.why)
             shutil.rmtree(event.job.spec.exp_dir, ignore_errors=True)  # it runs again, in a folder of its own
@@ -482,18 +485,18 @@ class Daemon:
             return  # wait for the experiment's other runs
         self.decide(att)
 
-    def score_holdout(self, att: Attempt) -> None:
-        """A kept commit is scored on the holdout once, from its first run's checkpoint. The holdout
-        never decides anything: the report sets it beside val to show whether the search is fitting
-        the validation text."""
-        if "holdout.txt" not in self.pinned or self.config.ray is not None:
-            return  # on a cluster the checkpoint stays on its node
-        run = min(r for r, o in att.outcomes.items() if o.val_bpb is not None)
-        exp_dir = self.run_folder(att.n, run)  # the holdout never decides: no need to hide which run
-        spec = RunSpec(train_py=self.git.show(att.commit or "", EDITABLE), exp_dir=exp_dir, budget=self.config.budget,
+    def score_holdout(self, n: int, commit: str, outcomes: dict[int, RunOutcome]) -> None:
+        """A kept commit is scored on the holdout once, from its first run's checkpoint (where that
+        run left it: on a cluster, its node). The holdout never decides anything: the report sets it
+        beside val to show whether the search is fitting the validation text."""
+        if "holdout.txt" not in self.pinned:
+            return
+        run = min(r for r, o in outcomes.items() if o.val_bpb is not None)
+        exp_dir = self.run_folder(n, run)  # the holdout never decides: no need to hide which run
+        spec = RunSpec(train_py=self.git.show(commit, EDITABLE), exp_dir=exp_dir, budget=self.config.budget,
                        timeout=self.config.timeout, splits=("holdout",))
-        self.holdouts_pending[att.n] = time.time()
-        self.executor.submit(Job(att.n, run, att.commit or "", spec, score_only=True))
+        self.holdouts_pending[n] = time.time()
+        self.executor.submit(Job(n, run, commit, spec, score_only=True, ran_on=outcomes[run].hardware))
 
     def on_holdout(self, job: Job, outcome: RunOutcome) -> None:
         self.holdouts_pending.pop(job.n, None)
@@ -502,12 +505,15 @@ class Daemon:
         _drop_scratch(job.spec.exp_dir)
         if self.config.keep_checkpoints == "none":
             shutil.rmtree(job.spec.exp_dir / "ckpt", ignore_errors=True)
+            self.executor.discard_checkpoints([job.ran_on])
 
     def request_fix(self, att: Attempt, outcome: RunOutcome) -> None:
         """A simple crash (syntax, import, shape) goes back to the agent; it costs no row."""
         attempt = att.fix_attempt + 1
         crashed = self.proposal_text(att.commit or "")
         self.journal.append("fix_requested", n=att.n, attempt=attempt, reason=outcome.reason)
+        if self.config.keep_checkpoints != "all":  # the next attempt is a new commit: this one's runs are done
+            self.executor.discard_checkpoints([outcome.hardware])
         self.attempts[att.n] = Attempt(att.n, "agent", self.best_commit(), fix_attempt=attempt)
         self.to_ask.insert(0, (att.n, attempt, outcome.log_tail, crashed))
 
@@ -543,7 +549,7 @@ class Daemon:
         mean = fmean(scores) if scores and status != "crash" else None
         if status == "keep":
             self.git.set_branch(self.branch, att.commit or "", self.editable(att.commit or ""))
-            self.score_holdout(att)
+            self.score_holdout(att.n, att.commit or "", att.outcomes)
             self.drop_best_runs()
         self.finish(att, None, status=status, reason=reason, mean=mean, best_before=best_before, runs=len(scores),
                     through=max(att.outcomes, default=-1) + 1)
@@ -774,6 +780,10 @@ class Daemon:
         for rec in self.run.experiments:
             if rec.status is None:
                 self.resume_experiment(rec)
+            elif rec.status == "keep" and not rec.holdout_scored and rec.commit:  # stopped while it was scored
+                runs = {r: _outcome_of(f) for r, f in rec.runs.items() if f.get("phase") == "evaluated"}
+                if any(o.val_bpb is not None for o in runs.values()):
+                    self.score_holdout(rec.n, rec.commit, runs)
         if baseline is None or baseline.status == "interrupted":
             self.queue_baseline(meta.get("base_commit") or self.git.head(), fresh=baseline is None)
         if run.experiments:
@@ -955,6 +965,8 @@ class Daemon:
             return
         for ckpt in self.exp_dir(n).glob("**/ckpt"):
             shutil.rmtree(ckpt, ignore_errors=True)
+        rec = self.run.by_n.get(n)  # and those its runs left on cluster nodes
+        self.executor.discard_checkpoints([run.get("hardware") or {} for run in rec.runs.values()] if rec else [])
 
     def protected_hashes(self) -> dict[str, str]:
         if self.target.builtin:

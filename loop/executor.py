@@ -16,8 +16,8 @@ import os
 import queue
 import socket
 import threading
-from dataclasses import dataclass, replace
-from typing import Callable, Protocol, Union
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Protocol, Union
 
 from loop import gpu
 from loop.errors import UsageError
@@ -37,6 +37,9 @@ class Job:
     commit: str
     spec: RunSpec
     score_only: bool = False  # score an existing checkpoint (the holdout of a kept commit): no training
+    # With score_only: the hardware record of the run whose checkpoint is scored. A cluster finds
+    # there the node that kept it; a local run's is in spec.exp_dir.
+    ran_on: dict[str, Any] = field(default_factory=dict)
 
     @property
     def key(self) -> tuple[int, int]:
@@ -81,6 +84,10 @@ class Executor(Protocol):
     def slot_names(self) -> list[str]: ...
 
     def submit(self, job: Job, hardware: str | None = None) -> None: ...
+
+    def discard_checkpoints(self, ran_on: list[dict[str, Any]]) -> None:
+        """Delete the checkpoints these runs (by their hardware records) left away from their folders."""
+        ...
 
     def shutdown(self) -> None: ...
 
@@ -252,6 +259,9 @@ class LocalExecutor:
                 self._free.append(slot)
                 self._free.sort(key=self.slots.index)
         self._start_waiting_scores()
+
+    def discard_checkpoints(self, ran_on: list[dict[str, Any]]) -> None:
+        """Nothing to do: a local run's checkpoint is in its folder, which the controller tidies."""
 
     def shutdown(self) -> None:
         """Wait for the slots' threads (the caller cancels runs first when it must stop now)."""

@@ -28,6 +28,8 @@ carries `n`, the experiment number; the baseline is experiment 0):
                 (the mean that decided), runs (how many decided it), through (runs numbered below it
                 had finished)
   recorded      n                                 results.tsv row written
+  holdout       n, run, scores, reason, eval_seconds, timings   a kept commit's holdout (never decides)
+  lost          n, run, slot, why                 the run's worker or node vanished: it runs again, no row
   interrupted   n, phase                          `stop --now` or a kill: not a crash, no row
   run_stopped   reason
 
@@ -155,6 +157,7 @@ class ExperimentRecord:
     decided_order: int | None = None  # results.tsv lists experiments in the order they were decided
     decided_runs: int = 0  # runs whose mean decided it (more than one when confirmed)
     decided_through: int = 0  # runs numbered below this had finished when it was decided
+    holdout_scored: bool = False  # a kept commit's holdout score (or why it has none) is in
 
     def scores(self, split: str = "val") -> list[float]:
         """The split's score of every run that finished with one, in run order."""
@@ -315,6 +318,8 @@ def _apply(rec: ExperimentRecord, name: str, ev: dict[str, Any]) -> None:
             rec.val_bpb = None
     elif name == "recorded":
         rec.recorded, rec.finished_at = True, ts
+    elif name == "holdout":
+        rec.holdout_scored = True
     elif name == "interrupted" and "run" not in ev:
         rec.status, rec.finished_at = "interrupted", ts
 

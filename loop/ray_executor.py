@@ -11,6 +11,11 @@ directory, with the harness's pinned bytes shipped with the task; the node's tra
 prepared once per node under a file lock. The task yields three times: where it runs, training's
 outcome, and the whole result (outcome, compressed logs, where the checkpoint stayed).
 
+A checkpoint that stayed on its node is used there: a kept commit's holdout is scored by a task
+pinned to that node (or, when checkpoints are fetched, by a task that carries it), and one the
+controller no longer wants (--keep-checkpoints) is deleted there, so a night of runs does not fill
+the nodes' disks.
+
 Compiled kernels travel too: the node that runs the baseline sends its kernels back with the result,
 the controller keeps them as a local run would (runner.py), and every later task carries them (by
 reference, unpacked once per node), so a cluster's runs start from them as a local slot's do.
@@ -25,6 +30,7 @@ import hashlib
 import io
 import os
 import queue
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -33,7 +39,7 @@ import threading
 import time
 import uuid
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +57,7 @@ WAIT_S = 0.2  # the longest the watcher blocks on in-flight tasks before checkin
 CLUSTER_VIEW_S = 1.0  # how long a read of the cluster's nodes and free resources is reused
 CANCEL_POLL_S = 1.0  # how often a task on a node asks whether a stop --now was requested
 CANCEL_GRACE_S = 20.0  # after a stop --now, time for runs to kill their own processes before Ray kills them
+DROP_WAIT_S = 30.0  # at shutdown, how long checkpoint deletions on nodes may take to finish
 SCRATCH_ENV = "AUTORESEARCH_SCRATCH"  # a node's folder for runs; default: next to its data cache
 PREPARED_MARK = ".prepared-"  # + the pinned prepare.py's hash: this node's data is ready
 LOST_ERRORS = ("NodeDiedError", "WorkerCrashedError", "OwnerDiedError", "ObjectLostError", "ActorDiedError",
@@ -80,6 +87,8 @@ class NodeTask:
     splits: tuple[str, ...]
     fetch_checkpoint: bool
     keep_kernels: bool = False  # the baseline, with no kernels kept yet: send its kernels back
+    checkpoint: str = ""  # score this checkpoint, left on this node by an earlier run: no training
+    checkpoint_tar: bytes = b""  # score this checkpoint, carried from the controller: no training
 
 
 @dataclass
@@ -116,6 +125,9 @@ def run_on_node(task: NodeTask, pinned: dict[str, bytes], stop_flag: Any, kernel
     watching = threading.Event()
     threading.Thread(target=_watch_stop, args=(stop_flag, cancel, watching), daemon=True).start()
     try:
+        if task.checkpoint or task.checkpoint_tar:
+            yield ("finished", score_checkpoint(task, pinned, cancel, where["host"]))
+            return
         failure = prepare_node(pinned["prepare.py"])
         scratch = scratch_root() / uuid.uuid4().hex  # named by no experiment or run: see Daemon.job
         keep = task.keep_kernels and not kernels
@@ -137,6 +149,42 @@ def run_on_node(task: NodeTask, pinned: dict[str, bytes], stop_flag: Any, kernel
         yield ("finished", result)
     finally:
         watching.set()
+
+
+def score_checkpoint(task: NodeTask, pinned: dict[str, bytes], cancel: Cancel, host: str) -> NodeResult:
+    """Score a checkpoint without training (a kept commit's holdout): the one an earlier run left in
+    its folder on this node, or one carried with the task (scored in a folder removed after)."""
+    root = scratch_root()
+    carried = bool(task.checkpoint_tar)
+    if carried:
+        exp_dir = root / uuid.uuid4().hex
+        unpack(task.checkpoint_tar, exp_dir)
+    else:
+        exp_dir = Path(task.checkpoint).parent
+        if not _run_folder(exp_dir) or not (exp_dir / "ckpt").is_dir():
+            return NodeResult(RunOutcome(reason=f"eval: the checkpoint is no longer at {host}:{task.checkpoint}"),
+                              {}, "")
+    spec = RunSpec(train_py=task.train_py, exp_dir=exp_dir, budget=task.budget, timeout=task.timeout,
+                   seed=task.seed, splits=task.splits)
+    outcome = Runner(root, pinned, cancel).evaluate(spec, RunOutcome())
+    result = _collect(exp_dir, outcome, host, fetch=False)
+    if carried:
+        shutil.rmtree(exp_dir, ignore_errors=True)
+        result.checkpoint = ""
+    return result
+
+
+def drop_checkpoints(paths: list[str]) -> None:
+    """Delete checkpoints earlier runs left on this node, each with its run's folder. Only run
+    folders (straight under this node's scratch root) are touched, whatever a path says."""
+    for path in map(Path, paths):
+        if path.name == "ckpt" and _run_folder(path.parent):
+            shutil.rmtree(path.parent, ignore_errors=True)
+
+
+def _run_folder(folder: Path) -> bool:
+    """A run's folder on this node: a real directory straight under the scratch root."""
+    return folder.parent == scratch_root() and folder.is_dir() and not folder.is_symlink()
 
 
 def _watch_stop(stop_flag: Any, cancel: Cancel, done: threading.Event) -> None:
@@ -221,8 +269,6 @@ def unpack(tar: bytes, into: Path) -> None:
 
 def _collect(exp_dir: Path, outcome: RunOutcome, host: str, fetch: bool) -> NodeResult:
     """Logs as compressed bytes, the checkpoint fetched or left in place, scratch copies removed."""
-    import shutil
-
     logs = {log.name: zlib.compress(log.read_bytes()) for log in sorted(exp_dir.glob("*.log")) if log.is_file()}
     for sub in exp_dir.iterdir():  # scratch copies: everything but the checkpoint
         if sub.is_dir() and sub.name != "ckpt":
@@ -277,6 +323,8 @@ class RayExecutor:
         if gpu:
             options["num_gpus"] = 1
         self._task = self.ray.remote(**options)(run_on_node)
+        self._drop = self.ray.remote(num_cpus=0, max_retries=0)(drop_checkpoints)
+        self._drops: list[Any] = []  # deletions sent to nodes, collected as they end
         self._kernels: Any = None  # the kept kernels in the object store, once there are some
         self._flights: dict[Any, _Flight] = {}  # generator -> its run
         self._lock = threading.Lock()
@@ -319,7 +367,8 @@ class RayExecutor:
         return max(0, min(total - mine, int(available.get(self.resource, 0)) - waiting))
 
     def submit(self, job: Job, hardware: str | None = None) -> None:
-        """Run `job` on any node, or on a node labelled `hardware` (its resource `hw:<label>`)."""
+        """Run `job` on any node, or on a node labelled `hardware` (its resource `hw:<label>`). A
+        score-only job runs where its checkpoint stayed (job.ran_on), or carries it from here."""
         label = hardware or (self.confirm_on if job.run > 0 else self.screen_on)
         spec = job.spec
         if self._kernels is None and spec.kernels is not None and spec.kernels.is_dir():  # kept before a resume
@@ -327,20 +376,52 @@ class RayExecutor:
         task = NodeTask(job.n, job.run, spec.train_py, spec.budget, spec.timeout, spec.seed, spec.startup_allowance,
                         tuple(spec.splits), self.fetch_checkpoints,
                         keep_kernels=spec.keep_kernels and spec.kernels is not None and self._kernels is None)
-        options = {"resources": {HARDWARE_PREFIX + label: LABEL_SHARE}} if label else {}
+        options: dict[str, Any] = {"resources": {HARDWARE_PREFIX + label: LABEL_SHARE}} if label else {}
+        if job.score_only:
+            task, options = self._scoring(job, task)
         generator = self._task.options(**options).remote(task, self._pinned, self._stop_flag, self._kernels)
         with self._lock:
             self._flights[generator] = _Flight(job, label)
         self._view = (0.0, *self._view[1:])  # the next free_slots reads the cluster afresh
+
+    def _scoring(self, job: Job, task: NodeTask) -> tuple[NodeTask, dict[str, Any]]:
+        """A score-only task: pinned to the node that holds the checkpoint, or carrying it."""
+        node, where = job.ran_on.get("node_id", ""), job.ran_on.get("checkpoint", "")
+        if node and where:
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            # Not soft: on another node the path means nothing. A node gone fails the task, which
+            # reaches the controller as the score's crash (a holdout never decides anything).
+            task = replace(task, checkpoint=where.split(":", 1)[1])
+            return task, {"scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=False)}
+        ckpt = job.spec.exp_dir / "ckpt"
+        return replace(task, checkpoint_tar=pack(ckpt, "ckpt") if ckpt.is_dir() else b""), {}
+
+    def discard_checkpoints(self, ran_on: list[dict[str, Any]]) -> None:
+        """Delete, on their nodes, the checkpoints these runs left there (a node gone took its own)."""
+        by_node: dict[str, list[str]] = {}
+        for hardware in ran_on:
+            if (node := hardware.get("node_id")) and ":" in (where := hardware.get("checkpoint") or ""):
+                by_node.setdefault(node, []).append(where.split(":", 1)[1])
+        if not by_node:
+            return
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        for node, paths in by_node.items():
+            strategy = NodeAffinitySchedulingStrategy(node, soft=False)
+            with self._lock:
+                self._drops.append(self._drop.options(scheduling_strategy=strategy).remote(paths))
 
     def shutdown(self) -> None:
         """Stop watching; runs still in flight are killed (the controller cancels them first to stop now)."""
         self._closing.set()
         self._watcher.join(timeout=30)
         with self._lock:
-            left = list(self._flights)
+            left, drops = list(self._flights), list(self._drops)
         for generator in left:
             self._kill(generator)
+        if drops:  # deletions still on their way: a task whose owner is gone never runs
+            self.ray.wait(drops, num_returns=len(drops), timeout=DROP_WAIT_S)
         if self._owns_connection and self.ray.is_initialized():
             self.ray.shutdown()
 
@@ -354,6 +435,7 @@ class RayExecutor:
         while not self._closing.is_set():
             if self.cancel.is_set():
                 self._stop_now()
+            self._collect_drops()
             with self._lock:
                 generators = list(self._flights)
             if not generators:
@@ -367,6 +449,21 @@ class RayExecutor:
                 continue
             for generator in ready:
                 self._advance(generator)
+
+    def _collect_drops(self) -> None:
+        """Deletions that ended are let go of; one that failed (its node gone) had nothing left to do."""
+        with self._lock:
+            drops = list(self._drops)
+        if not drops:
+            return
+        done, _ = self.ray.wait(drops, num_returns=len(drops), timeout=0)
+        for ref in done:
+            try:
+                self.ray.get(ref)
+            except Exception:
+                pass
+        with self._lock:
+            self._drops = [ref for ref in self._drops if ref not in done]
 
     def _advance(self, generator: Any) -> None:
         with self._lock:
@@ -405,7 +502,8 @@ class RayExecutor:
             flight.hardware = {"gpu": where["gpu_model"] or label, "label": label, "host": flight.host,
                                "node_id": flight.node_id, "gpu_ids": where["gpu_ids"]}
         device = ",".join(where["gpu_ids"]) or None
-        self.events.put(Started(flight.job, flight.slot, device, flight.host))
+        if not flight.job.score_only:  # scoring a checkpoint is no run of the experiment
+            self.events.put(Started(flight.job, flight.slot, device, flight.host))
 
     def _finished(self, generator: Any, flight: _Flight, result: NodeResult) -> None:
         outcome = result.outcome

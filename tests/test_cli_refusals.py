@@ -65,5 +65,8 @@ def test_bad_flags(tmp_path: Path) -> None:
     refusal(run_cli(repo, "start", "--tag", "x", "--agent", "nope", env=env), 2, "unknown agent")
     refusal(run_cli(repo, "stop", env=env), 5, "no autoresearch daemon is running")
     refusal(run_cli(repo, "resume", "--tag", "never", env=env), 3, "no run tagged never")
+    for ray_only in (("--screen-on", "A10"), ("--confirm-on", "H100"), ("--fetch-checkpoints",)):
+        refusal(run_cli(repo, "start", "--tag", "x", *ray_only, env=env), 2, f"{ray_only[0]} only apply to runs on a Ray")
+    assert not [b for b in git(repo, "branch", "--list").split() if "autoresearch" in b]  # refused before anything
     bad = subprocess.run([sys.executable, "-m", "loop.cli", "start"], cwd=repo, env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and "--tag" in bad.stderr

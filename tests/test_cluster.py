@@ -178,6 +178,54 @@ def test_hardware_labels_route_and_report(cluster, harness) -> None:
     assert (screen.spec.exp_dir / "ckpt" / "model.pt").is_file() and "checkpoint" not in by_run[0].hardware
 
 
+def wait_until_gone(path: Path) -> bool:
+    deadline = time.monotonic() + WAIT_S
+    while path.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return not path.exists()
+
+
+def test_a_checkpoint_left_on_its_node_is_scored_there_then_deleted(cluster, tmp_path: Path) -> None:
+    """A kept commit's holdout is scored where its checkpoint stayed (the node that trained it, not
+    any node); a checkpoint the controller no longer wants is deleted on its node."""
+    c, nodes, _ = cluster
+    repo, _ = make_repo(tmp_path, holdout=True)
+    pinned = {name: (repo / name).read_bytes() for name in ("prepare.py", "val.txt", "holdout.txt")}
+    events: queue.Queue = queue.Queue()
+    executor = RayExecutor(c.address, pinned, events, Cancel())
+    try:
+        trained = [make_job(repo, n) for n in range(4)]  # on both nodes
+        for job in trained:
+            executor.submit(job)
+        runs = {e.job.n: e.outcome for e in finished(drain_until(events, lambda s: len(finished(s)) == 4))}
+        assert all(not o.reason for o in runs.values()), [o.reason for o in runs.values()]
+        assert {o.hardware["node_id"] for o in runs.values()} == {node.node_id for node in nodes.values()}
+        for n, job in enumerate(trained):
+            score = replace(job, spec=replace(job.spec, splits=("holdout",)), score_only=True, ran_on=runs[n].hardware)
+            executor.submit(score)
+        seen = drain_until(events, lambda s: len(finished(s)) == 4)
+        assert not [e for e in seen if isinstance(e, (Started, TrainingEnded))]  # scoring is no run
+        scored = finished(seen)
+        for event in scored:
+            ran_on = runs[event.job.n].hardware
+            assert not event.outcome.reason, event.outcome.reason
+            assert event.outcome.scores.get("holdout", 0) > 0 and "val" not in event.outcome.scores
+            assert event.outcome.hardware["node_id"] == ran_on["node_id"]  # scored where it lay
+            assert "holdout_bpb:" in (event.job.spec.exp_dir / "eval-holdout.log").read_text()
+        where = {n: Path(o.hardware["checkpoint"].split(":", 1)[1]) for n, o in runs.items()}
+        assert all(path.is_dir() for path in where.values())  # scoring left them in place
+        executor.discard_checkpoints([runs[0].hardware, runs[1].hardware])
+        assert wait_until_gone(where[0].parent) and wait_until_gone(where[1].parent)
+        assert where[2].is_dir() and where[3].is_dir()
+        gone = replace(trained[0], spec=replace(trained[0].spec, splits=("holdout",)), score_only=True,
+                       ran_on=runs[0].hardware)
+        executor.submit(gone)
+        missing = finished(drain_until(events, lambda s: len(finished(s)) == 1))[0]
+        assert "no longer" in missing.outcome.reason and not missing.outcome.scores
+    finally:
+        executor.shutdown()
+
+
 def test_cancel_interrupts_runs_in_flight(cluster, harness) -> None:
     c, _, _ = cluster
     repo, pinned = harness
@@ -270,7 +318,7 @@ def test_daemon_on_the_cluster_then_killed_and_resumed(cluster, tmp_path: Path) 
     c, _, _ = cluster
     if ray.is_initialized():
         ray.shutdown()  # the controller process connects on its own
-    repo, env = make_repo(tmp_path, sleep=1.0)
+    repo, env = make_repo(tmp_path, sleep=1.0, holdout=True)
     args = ("--ray", c.address, "--budget", "5", "--timeout", "60")
     daemon = start_background(repo, "start", "--tag", "rc", "--max-experiments", "8", *args, env=env)
     deadline = time.monotonic() + 180
@@ -287,5 +335,17 @@ def test_daemon_on_the_cluster_then_killed_and_resumed(cluster, tmp_path: Path) 
         assert f"resuming experiment {n} from its commit" in done.stdout
     assert len(read_results(repo)) == 9
     assert_invariants(repo, "rc")
-    runs = [e for e in journal_events(repo, "rc") if e["event"] == "evaluated"]
+    events = journal_events(repo, "rc")
+    runs = [e for e in events if e["event"] == "evaluated"]
     assert all((e.get("hardware") or {}).get("label") in LABELS for e in runs)  # each run names its node's hardware
+    # Every kept commit's holdout was scored where its checkpoint lay; a discarded experiment's
+    # checkpoint was deleted on its node (--keep-checkpoints kept), a kept one's stays there.
+    status = {e["n"]: e["status"] for e in events if e["event"] == "decided"}
+    kept = {n for n, s in status.items() if s == "keep"}
+    holdouts = {e["n"]: e for e in events if e["event"] == "holdout"}
+    assert kept and set(holdouts) >= kept - in_flight, (kept, sorted(holdouts))
+    assert all(holdouts[n]["scores"]["holdout"] > 0 for n in kept & set(holdouts)), holdouts
+    for run in runs:
+        if where := (run.get("hardware") or {}).get("checkpoint"):
+            folder = Path(where.split(":", 1)[1]).parent
+            assert folder.exists() == (status.get(run["n"]) == "keep"), (run["n"], status.get(run["n"]), folder)

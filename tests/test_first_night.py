@@ -185,3 +185,26 @@ def test_status_shows_a_holdout_being_scored(tmp_path: Path) -> None:
     assert "experiment 0: scoring the holdout for" in text, text
     assert daemon.wait(timeout=120) == 0
     assert [e for e in journal_events(repo, "ho") if e["event"] == "holdout" and e["n"] == 0]
+
+
+def test_a_holdout_cut_short_by_a_kill_is_scored_on_resume(tmp_path: Path) -> None:
+    """Every kept commit gets its holdout score: one the daemon was killed while scoring is scored
+    when the run resumes, and one already scored is not scored again."""
+    repo, env = make_repo(tmp_path, eval_sleep=4.0, holdout=True)
+    daemon = start_background(repo, "start", "--tag", "hk", "--budget", "2", "--baseline-runs", "1",
+                              "--max-experiments", "1", env=env)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and daemon.poll() is None:
+        if any(e["event"] == "decided" and e["n"] == 0 for e in journal_events(repo, "hk")):
+            break
+        time.sleep(0.05)
+    daemon.kill()
+    daemon.wait(timeout=30)
+    assert not [e for e in journal_events(repo, "hk") if e["event"] == "holdout"]  # killed while scoring it
+    done = run_cli(repo, "resume", "--tag", "hk", env=env)
+    assert done.returncode == 0, done.stderr + done.stdout
+    events = journal_events(repo, "hk")
+    kept = {e["n"] for e in events if e["event"] == "decided" and e["status"] == "keep"}
+    holdouts = [e["n"] for e in events if e["event"] == "holdout"]
+    assert 0 in kept and sorted(holdouts) == sorted(kept), (kept, holdouts)
+    assert all(e["scores"]["holdout"] is not None for e in events if e["event"] == "holdout")
