@@ -576,8 +576,8 @@ class Channel:
         head = self.read_exact(16, start + limit, f"an answer (limit {limit:.0f}s)")
         shape = tuple(int(v) for v in np.frombuffer(head, dtype="<u4"))
         if shape[0] != 3 or shape[1:] != (B, T, VOCAB_SIZE):
-            got = shape[1:] if shape[0] == 3 else "not a tensor"
-            raise HarnessError(f"eval: model output has shape {got}, expected {(B, T, VOCAB_SIZE)}")
+            # The shape sent is not repeated: its numbers could spell text the model was sent.
+            raise HarnessError(f"eval: model output has the wrong shape: expected {(B, T, VOCAB_SIZE)} logits")
         data = self.read_exact(B * T * VOCAB_SIZE * 4, start + limit, f"an answer (limit {limit:.0f}s)")
         self.answer_seconds.append(time.monotonic() - start)
         logits = np.frombuffer(data, dtype="<f4").reshape(B, T, VOCAB_SIZE)

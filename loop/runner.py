@@ -21,6 +21,7 @@ with its run, so no experiment can leave kernels for another.
 """
 from __future__ import annotations
 
+import builtins
 import functools
 import math
 import os
@@ -44,6 +45,11 @@ from loop.summary import parse_summary
 STARTUP_ALLOWANCE_S = 120.0  # default wall-clock beyond the budget for imports, compilation and saving
 EVAL_TIMEOUT_S = 600.0
 ROLES = ("main", "reference")  # the model processes of one evaluation, as prepare.py names them
+# The scorer's words for a model process that failed before it was sent any text to score.
+BEFORE_ANY_TEXT = ("start-up", "failed to start")
+# Errors a model process that has seen text may be said to have raised: names, not its own words.
+ERROR_NAMES = frozenset(name for name, value in vars(builtins).items()
+                        if isinstance(value, type) and issubclass(value, BaseException)) | {"OutOfMemoryError"}
 SPLIT_FILES = {"val": "val.txt", "holdout": "holdout.txt"}
 SIMPLE_CRASH = re.compile(r"^(SyntaxError|IndentationError|TabError|ImportError|ModuleNotFoundError|NameError|"
                           r"AttributeError|TypeError|RuntimeError: .*(size|shape|dimension|mat1 and mat2))", re.M)
@@ -251,7 +257,7 @@ class Runner:
             if control_w >= 0:
                 os.close(control_w)
             results += [m.kill() for m in models.values()]
-        return self._read_score(split, ev, results)
+        return self._read_score(spec, split, ev, results)
 
     def _start_model(self, spec: RunSpec, role: str, dirs: dict[str, Path], stdin_fd: int, stdout_fd: int,
                      gate_fd: int = -1) -> Contained:
@@ -276,7 +282,7 @@ class Runner:
                          preexec=sandbox.limits_preexec(box), stdin_data=self.pinned[SPLIT_FILES[split]],
                          pass_fds=(*fds, control_fd))
 
-    def _read_score(self, split: str, ev: ProcResult, models: list[ProcResult]) -> tuple[float, str]:
+    def _read_score(self, spec: RunSpec, split: str, ev: ProcResult, models: list[ProcResult]) -> tuple[float, str]:
         lines = tail(ev.log_path, 2000).strip().splitlines()
         if ev.cancelled:
             return 0.0, "interrupted"
@@ -286,9 +292,8 @@ class Runner:
             return 0.0, f"eval: left {ev.leftovers_killed} process(es) running after it exited"
         if ev.returncode != 0 or not lines:
             reason = "eval: " + (lines[-1].removeprefix("eval: ") if lines else f"exit {ev.returncode}")[:200]
-            if "model process" in reason:  # say why, from the model's own log
-                why = next((_last_error(tail(m.log_path)) for m in models if tail(m.log_path).strip()), "")
-                reason = why if why.startswith("eval: ") else f"{reason}: {why}" if why else reason
+            if "model process" in reason:
+                reason = _model_failure(reason, models, spec.train_py)
             return 0.0, reason[:300]
         # The scorer prints its two trusted lines last. A line that looks right but is not a
         # possible score is the experiment's crash, never the daemon's.
@@ -426,6 +431,28 @@ def _lines(fd: int, deadline: float, cancel: Cancel) -> Iterator[str]:
 def _devices(device: str | None) -> tuple[int, ...] | None:
     """The one GPU node a slot's run may see (None: every node, when no slot chose one)."""
     return (int(device),) if device is not None and device.isdigit() else None
+
+
+def _model_failure(reason: str, models: list[ProcResult], train_py: bytes) -> str:
+    """The scorer's reason for a failed model process, with the process's own account of why. Until
+    it is sent text to score, what it printed is its own; after, anything in its log may be that text
+    (a window raised as an error message), and a reason reaches the agent and results.tsv. Then only
+    the kind of error and where in train.py it was raised are told, as a known name and a line
+    number that train.py has: nothing the process could spell the text with."""
+    role = next((r for r in ROLES if f"the {r} model process" in reason), None)
+    log = next((tail(m.log_path) for m in models if m.log_path.name == f"eval-{role}.log"), "")
+    if not log.strip():
+        return reason
+    if any(words in reason for words in BEFORE_ANY_TEXT):
+        why = _last_error(log)
+        return why if why.startswith("eval: ") else f"{reason}: {why}"
+    kind = next((m.group(1) for line in reversed(log.splitlines())
+                 if (m := re.match(r"(?:[A-Za-z_][\w.]*\.)?(\w+)(?::|$)", line.strip())) and m.group(1) in ERROR_NAMES),
+                "an error")
+    lines = train_py.count(b"\n") + 1
+    where = [int(n) for n in re.findall(r'File "[^"\n]*/train\.py", line (\d{1,7})\b', log) if 1 <= int(n) <= lines]
+    at = f" at train.py line {where[-1]}" if where else ""
+    return f"{reason}: {kind}{at} (its message is not shown: it had been sent text to score; eval-{role}.log has it)"
 
 
 def _last_error(log_tail: str) -> str:

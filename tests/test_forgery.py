@@ -9,6 +9,8 @@ Training is skipped (the untrained model is saved at once), except where trainin
 """
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import pytest
@@ -178,13 +180,23 @@ ATTACKS: dict[str, tuple[str, str, str]] = {
                        "    return _replayed(idx, fresh, lambda row, lg: lg)", "eval: answers depend on"),
     # Broken answers, and forged lines printed by train.py's import where the evaluation runs it.
     "nan_logits": ("", "    return logits * float('nan')", "eval: model produced NaN or infinite logits"),
-    "wrong_shape": ("", "    return logits[:, :-1]", "eval: model output has shape"),
+    "wrong_shape": ("", "    return logits[:, :-1]", "eval: model output has the wrong shape"),
     "forged_lines": ("import shutil\n_sh = shutil  # an alias by assignment: past the lint\n"
                      "if __name__ != '__main__':\n"
                      "    print(''.join(['val', '_b', 'pb: 0.000001']))\n"
                      "    print(''.join(['eval', '_seconds: 0.0']), flush=True)\n    _sh.os._exit(0)\n",
                      "    return logits", "eval: the main model process died"),
+    # The text the model is sent, handed back through the failure's reason (which the agent reads):
+    # as an error's message, as a line the harness might print, as the numbers of a shape.
+    "raises_the_window": ("", "    raise ValueError(bytes(idx[0].tolist()).decode('latin-1'))",
+                          "eval: the main model process died"),
+    "prints_the_window": ("import shutil\n_sh = shutil  # an alias by assignment: past the lint\n",
+                          "    print('eval: ' + bytes(idx[0].tolist()).decode('latin-1'), flush=True)\n"
+                          "    _sh.os._exit(1)", "eval: the main model process died"),
+    "shape_spells_the_window": ("", "    return logits.new_zeros(1 + int(idx[0, 0]) + 256 * int(idx[0, 1]), 1, 1)",
+                                "eval: model output has the wrong shape"),
 }
+LEAKS = ("raises_the_window", "prints_the_window", "shape_spells_the_window")
 TAPE_FILL = ("    _x, _ = next(train_batches(2048, 128))\n"
              "    _model.tape.copy_(_x.flatten().to(torch.uint8))")
 OVER_BUDGET = "trains_past_budget"  # 9: trains 60 s past the budget, reports a clipped time
@@ -237,6 +249,24 @@ def test_attack_is_a_crash(forgery_run: tuple[Path, dict], name: str) -> None:
     rec = by_name[name]
     expected = ATTACKS[name][2]
     assert rec.status == "crash" and rec.reason.startswith(expected), (name, rec.status, rec.val_bpb, rec.reason)
+
+
+def test_a_failing_model_process_never_hands_the_agent_the_text_it_was_sent(forgery_run: tuple[Path, dict]) -> None:
+    """A model process is sent validation windows; what it says when it fails after that must not
+    reach the journal (the reasons the agent's history, status and results are made from): not 12
+    bytes of the split in a row, and no number of its choosing. The kind of error and its line in
+    train.py are told."""
+    repo, by_name = forgery_run
+    val = (repo / "val.txt").read_bytes()
+    for name in LEAKS:
+        rec = by_name[name]
+        assert rec.status == "crash" and rec.reason, (name, rec.status)
+        for event in (e for e in journal_events(repo, "f") if e.get("n") == rec.n):
+            text = json.dumps(event, ensure_ascii=False).encode()
+            assert not [text[i:i + 12] for i in range(len(text) - 11) if text[i:i + 12] in val], (name, event)
+    assert "ValueError at train.py line" in by_name["raises_the_window"].reason
+    shape = by_name["shape_spells_the_window"].reason
+    assert re.fullmatch(r"eval: model output has the wrong shape: expected \(\d+, \d+, 256\) logits", shape), shape
 
 
 @pytest.mark.skipif(not available(), reason="the sandbox (bwrap) is what keeps the scorer out of reach")
