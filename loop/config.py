@@ -6,6 +6,7 @@ daemon writes a default of its own.
 """
 from __future__ import annotations
 
+import re
 import secrets
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -70,6 +71,8 @@ class Config:
             raise UsageError(f"--keep-checkpoints {self.keep_checkpoints}: choose one of {', '.join(KEEP_CHECKPOINTS)}")
         if self.confirm not in CONFIRM_MODES:
             raise UsageError(f"--confirm {self.confirm}: choose one of {', '.join(CONFIRM_MODES)}")
+        if self.gpus != "all" and not re.fullmatch(r"\d+(,\d+)*", self.gpus.replace(" ", "")):
+            raise UsageError(f"--gpus {self.gpus}: give all, a count N, or GPU indices such as 0,2,5")
         if self.ray is None:
             ray_only = {"screen-on": self.screen_on, "confirm-on": self.confirm_on,
                         "fetch-checkpoints": self.fetch_checkpoints}

@@ -538,14 +538,15 @@ class Daemon:
                 return
             scores = [o.val_bpb for _, o in sorted(att.outcomes.items())
                       if o.val_bpb is not None and _hardware_key(o.hardware) == hardware]
-            verdict = self.policy.decide(scores, best_scores, self.noise(), may_confirm=not self.deciding_at_stop())
-            if verdict == "confirm":
+            judged = self.policy.judge(scores, best_scores, self.noise(), may_confirm=not self.deciding_at_stop())
+            reason = judged.why(self.target.view.text)  # what `show` says about a keep or a discard
+            if judged.verdict == "confirm":
                 run = max(att.outcomes) + 1
-                self.journal.append("confirming", n=att.n, run=run, scores=scores)
+                self.journal.append("confirming", n=att.n, run=run, scores=scores, reason=reason)
                 att.runs_wanted += 1
                 att.queued_runs.append(run)
                 return
-            status, reason = verdict, ""
+            status = judged.verdict
         mean = fmean(scores) if scores and status != "crash" else None
         if status == "keep":
             self.git.set_branch(self.branch, att.commit or "", self.editable(att.commit or ""))
@@ -896,7 +897,8 @@ class Daemon:
         return Context(
             repo=self.repo, program=_read(self.repo / self.target.program), train_py=train_py, editable=editable,
             metric=("-" if self.target.higher_is_better else "") + self.target.metric,
-            history=tuple(self.history()), best_val_bpb=self.best_mean(), notes_path=self.dir / "notes.md",
+            history=tuple(self.history()), best_val_bpb=self.best_mean(), best_commit=best[:7],
+            notes_path=self.dir / "notes.md",
             run_dir=self.exp_dir(n), last_failure=last_failure, fix_of=crashed if last_failure else "",
             budget_seconds=self.config.budget, in_flight=in_flight, conflict=conflict,
             remaining_cost_usd=None if self.config.max_cost is None else self.config.max_cost - self.run_usage.cost_usd)
@@ -906,7 +908,7 @@ class Daemon:
         recent = {e.n for e in decided[-DIFFS_IN_HISTORY:]}
         return [HistoryItem(number=e.n, commit=(e.commit or "")[:7], status=e.status or "", val_bpb=e.val_bpb,
                             best_before=e.best_before, memory_gb=e.memory_gb, description=e.description,
-                            hypothesis=e.hypothesis, reason=e.reason,
+                            hypothesis=e.hypothesis, reason=e.reason, parent=(e.parent or "")[:7],
                             diff=_read(self.exp_dir(e.n) / "diff.patch") if e.n in recent else "")
                 for e in decided]
 

@@ -48,7 +48,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from statistics import NormalDist, fmean
-from typing import Iterable, Literal
+from typing import Callable, Iterable, Literal
 
 Verdict = Literal["keep", "discard", "confirm"]
 MAX_CONFIRMATIONS = 1  # extra runs a candidate may get before the decision
@@ -82,6 +82,24 @@ class Noise:
 
 
 @dataclass(frozen=True)
+class Judgement:
+    """A verdict and why, in words a person reads (`show`, the journal's reason for a decision)."""
+
+    verdict: Verdict
+    template: str  # {runs} and {gain} are filled in by `why`
+    mean: float | None = None
+    best_mean: float | None = None
+    best_runs: int = 0
+
+    def why(self, shown: Callable[[float], str] = lambda x: f"{x:.6f}") -> str:
+        """The reason, with scores as `shown` writes them (a higher-is-better metric is negated in here)."""
+        runs = f" {shown(self.best_mean)} ({self.best_runs} run{'s' if self.best_runs != 1 else ''})" \
+            if self.best_mean is not None else ""
+        gain = f"{abs(self.best_mean - self.mean):.6f}" if self.best_mean is not None and self.mean is not None else ""
+        return self.template.replace("{runs}", runs).replace("{gain}", gain)
+
+
+@dataclass(frozen=True)
 class Policy:
     min_delta: float = 0.0
     keep_z: float = 2.0
@@ -92,27 +110,38 @@ class Policy:
         over decided experiments (the candidate, not decided yet, is pooled in here). Without
         `may_confirm` (the run is stopping) the candidate is decided on the runs it has: one run
         is kept only beyond CLEAR_Z, as ever, and a grey one is discarded."""
+        return self.judge(candidate, best, noise, may_confirm).verdict
+
+    def judge(self, candidate: list[float], best: list[float], noise: Noise, may_confirm: bool = True) -> Judgement:
+        """The verdict of `decide`, with the figures it rests on."""
         if not best:
-            return "keep"  # the first result of a run is the best by definition
-        gain = fmean(best) - fmean(candidate) - self.min_delta
+            return Judgement("keep", "the first result of a run is the best")
+        mean, best_mean = fmean(candidate), fmean(best)
+        gain = best_mean - mean - self.min_delta
         if gain <= 0:
-            return "discard"
+            beyond = f" by more than --min-delta {self.min_delta:g}" if self.min_delta else ""
+            return Judgement("discard", "no better than the best's mean{runs}" + beyond, mean, best_mean, len(best))
         if self.confirm == "never":
-            return "keep"
+            return Judgement("keep", "better than the best's mean{runs} (--confirm never keeps any gain)", mean,
+                             best_mean, len(best))
         first_look = len(candidate) <= MAX_CONFIRMATIONS
         may_confirm = may_confirm and first_look
         if self.confirm == "always" and may_confirm:
-            return "confirm"
+            return Judgement("confirm", "better: confirmed before it is kept (--confirm always)")
         noise = noise.plus(candidate)
         if noise.sigma is None:  # nothing has been run twice: a repeat gives the first estimate
-            return "confirm" if may_confirm else "discard"
+            return Judgement("confirm" if may_confirm else "discard", "better, but no noise is measured yet")
         error = noise.sigma * math.sqrt(1 / len(candidate) + 1 / len(best))
         if error == 0:
-            return "keep"  # a deterministic harness (every repeat identical): any gain is real
+            return Judgement("keep", "better, on a harness whose repeats are identical", mean, best_mean, len(best))
         z = max(CLEAR_Z, self.keep_z) if first_look else self.keep_z  # see "Why two bars" above
-        if gain > self.bar(noise.degrees, z) * error:
-            return "keep"
-        return "confirm" if may_confirm else "discard"
+        needed = self.bar(noise.degrees, z) * error
+        within = (f", {'beyond' if gain > needed else 'inside'} the noise: a gain must pass {needed:.6f} "
+                  f"({z:g} standard errors; noise {noise.sigma:.6f} over {noise.degrees} degrees of freedom)")
+        if gain > needed:
+            return Judgement("keep", "better than the best's mean{runs} by {gain}" + within, mean, best_mean, len(best))
+        return Judgement("confirm" if may_confirm else "discard", "better than the best's mean{runs} by {gain}" + within,
+                         mean, best_mean, len(best))
 
     def best_runs_wanted(self, minimum: int, compared: int) -> int:
         """Runs the best should have once `compared` results were judged against it (`minimum` is

@@ -68,5 +68,21 @@ def test_bad_flags(tmp_path: Path) -> None:
     for ray_only in (("--screen-on", "A10"), ("--confirm-on", "H100"), ("--fetch-checkpoints",)):
         refusal(run_cli(repo, "start", "--tag", "x", *ray_only, env=env), 2, f"{ray_only[0]} only apply to runs on a Ray")
     assert not [b for b in git(repo, "branch", "--list").split() if "autoresearch" in b]  # refused before anything
+
+
+def test_slots_that_cannot_be_had_leave_nothing_behind(tmp_path: Path) -> None:
+    """GPUs that are not here, a malformed --gpus, a Ray head that does not answer: one line, and
+    no branch, no checkout, no run folder, no last tag (so the same start works once fixed)."""
+    repo, env = make_repo(tmp_path)
+    env["CUDA_VISIBLE_DEVICES"] = ""  # no GPU, whatever machine runs the tests
+    refusal(run_cli(repo, "start", "--tag", "g", "--gpus", "3", env=env), 2, "--gpus 3: no GPU is visible here")
+    refusal(run_cli(repo, "start", "--tag", "g", "--gpus", "abc", env=env), 2, "--gpus abc: give all, a count N")
+    refused = run_cli(repo, "start", "--tag", "g", "--ray", "127.0.0.1:9", env=env, timeout=120)
+    refusal(refused, 3, "--ray 127.0.0.1:9: nothing answers at 127.0.0.1:9")
+    assert git(repo, "branch", "--show-current") == "main"
+    assert not [b for b in git(repo, "branch", "--list").split() if "autoresearch" in b]
+    state = repo / ".autoresearch"
+    assert not (state / "runs" / "g").exists() and not (state / "last_tag").exists()
+    assert run_cli(repo, "start", "--tag", "g", "--budget", "1", "--max-experiments", "1", env=env).returncode == 0
     bad = subprocess.run([sys.executable, "-m", "loop.cli", "start"], cwd=repo, env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and "--tag" in bad.stderr

@@ -261,6 +261,22 @@ def test_seed_only_changes_are_not_kept(auto_run: tuple[Path, list[dict]]) -> No
     assert looked_better, [(e.scores(), e.best_before) for e in seed_only]
 
 
+def test_every_keep_and_discard_says_why_and_show_prints_it(auto_run: tuple[Path, list[dict]]) -> None:
+    """A discard of a lower score is no mystery: the decision names the best's mean it met, the gain,
+    and the bar the noise set (or that it was no better at all); a confirmation says the same."""
+    repo, events = auto_run
+    decided = {e["n"]: e for e in events if e["event"] == "decided" and e["n"] > 0}
+    assert all(e["reason"].startswith(("better than the best's mean", "no better than the best's mean"))
+               for e in decided.values() if e["status"] in ("keep", "discard")), decided
+    inside = [e for e in decided.values() if "inside the noise: a gain must pass" in e["reason"]]
+    assert inside and all(e["status"] == "discard" for e in inside), decided
+    assert "beyond the noise" in decided[WIN_N]["reason"]
+    assert "inside the noise" in events_of(events, "confirming", GREY_N)[0]["reason"]
+    n = inside[0]["n"]
+    shown = run_cli(repo, "show", str(n), "--tag", TAG, env=dict(os.environ))
+    assert f"reason: {inside[0]['reason']}" in shown.stdout, shown.stdout + shown.stderr
+
+
 def test_clear_win_is_kept_without_a_confirmation(auto_run: tuple[Path, list[dict]]) -> None:
     repo, events = auto_run
     win = next(e for e in fold(events).experiments if e.n == WIN_N)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+from dataclasses import replace
 from pathlib import Path
 
 from loop.agents.base import Context, HistoryItem
@@ -60,6 +61,20 @@ def test_a_change_tried_on_one_best_is_tried_again_on_another() -> None:
     new_best = "LR = 0.01\nDEPTH = 3\n"  # the learning rate moved: DEPTH 3 -> 4 is new again
     again = {fresh.propose(context(new_best, tried, best=0.8)).description for _ in range(40)}
     assert "DEPTH 3 -> 4" in again
+
+
+def test_a_resumed_run_does_not_repeat_what_was_tried_on_its_best() -> None:
+    """After a resume the agent is new: what was built on the same best commit counts as tried,
+    however the best's mean has moved since (it gets more runs as results meet it)."""
+    best = "LR = 0.02\nDEPTH = 3\n"
+    tried = tuple(HistoryItem(n, "x", "discard", 1.0, 0.95, 0.0, d, parent="b0b0b0b")
+                  for n, d in enumerate(("DEPTH 3 -> 2", "DEPTH 3 -> 4", "LR 0.02 -> 0.01", "LR 0.02 -> 0.028")))
+    on_other = HistoryItem(9, "x", "discard", 1.0, 0.95, 0.0, "LR 0.02 -> 0.014", parent="c1c1c1c")
+    agent = SearchAgent(seed=0)
+    resumed = replace(context(best, (*tried, on_other), best=0.9), best_commit="b0b0b0b")  # the mean moved on
+    made = {agent.propose(resumed).description for _ in range(30)}
+    assert not made & {h.description for h in tried}
+    assert "LR 0.02 -> 0.014" in {SearchAgent(seed=s).propose(resumed).description for s in range(60)}
 
 
 def test_prefers_constants_that_paid_off() -> None:

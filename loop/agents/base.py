@@ -61,6 +61,7 @@ class HistoryItem:
     hypothesis: str = ""
     reason: str = ""  # crash reason, e.g. "guard: prepare.py changed" or "over budget"
     diff: str = ""  # unified diff of train.py against its parent (may be empty for old items)
+    parent: str = ""  # 7-char hash of the commit it was built on
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,7 @@ class Context:
     conflict: str = ""  # set when the agent's last proposal no longer merges onto a new best
     editable: dict[str, str] = field(default_factory=dict)  # a declared target's files, path -> text; {}: train.py
     metric: str = "val_bpb"  # what the history's scores are; lower is better ("-accuracy" for a higher-is-better one)
+    best_commit: str = ""  # 7-char hash of the best kept commit, which train_py is
 
 
 @dataclass(frozen=True)

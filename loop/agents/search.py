@@ -18,7 +18,7 @@ import re
 import threading
 from dataclasses import dataclass
 
-from loop.agents.base import Context, Proposal
+from loop.agents.base import Context, HistoryItem, Proposal
 from loop.errors import ProposalFailed
 
 DESCRIPTION = re.compile(r"([A-Z][A-Z0-9_]*) (\S+) -> (\S+)")
@@ -115,9 +115,15 @@ class SearchAgent:
         if not constants:
             raise ProposalFailed("search: train.py has no uppercase numeric constants to mutate")
         # Tried: what this agent handed out (by configuration), and, of what it did not hand out
-        # (a resumed run's history), what was tried on this same best (the same best score).
+        # (a resumed run's history), what was built on this same best: one description on one
+        # parent is one configuration. (Without commits, the same best score stands for the best.)
+        def on_this_best(item: HistoryItem) -> bool:
+            if item.parent and context.best_commit:
+                return item.parent == context.best_commit
+            return item.best_before == context.best_val_bpb
+
         tried = {item.description for item in context.history
-                 if item.best_before == context.best_val_bpb and item.description not in self.described}
+                 if on_this_best(item) and item.description not in self.described}
         weights = self._weights(context, [c.name for c in constants])
         for attempt in range(MAX_TRIES):
             # Near the best first; once the neighbourhood is used up, step further and change more.

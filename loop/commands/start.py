@@ -7,6 +7,7 @@ nothing behind, and a baseline that cannot run never uses up the tag.
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -22,12 +23,14 @@ from loop.commands.common import LAST_TAG, last_tag, lock_path
 from loop.config import Config
 from loop.daemon import Daemon
 from loop.display import Display
-from loop.errors import AlreadyRunning, BaselineCrashed, SetupError, UsageError
+from loop.errors import AlreadyRunning, AutoresearchError, BaselineCrashed, SetupError, UsageError
+from loop.executor import plan_slots
 from loop.journal import JOURNAL_NAME, load_run, run_dir, state_dir
 from loop.lock import RepoLock, read_holder
 from loop.runner import hardware
 
 PREPARE_CHECK_TIMEOUT_S = 300
+RAY_CONNECT_TIMEOUT_S = 10.0
 
 
 def start(repo: Path, config: Config, detach: bool, argv: list[str]) -> int:
@@ -37,6 +40,7 @@ def start(repo: Path, config: Config, detach: bool, argv: list[str]) -> int:
         config = replace(config, target=targets.TARGET_FILE)
     preflight(git, config.tag, target)
     _refuse_ray(target, config)
+    check_slots(config)
     if target.timeout is not None and target.timeout < config.budget:
         raise UsageError(f"{target.source}: run.timeout {target.timeout:g} is shorter than --budget {config.budget:g}: "
                          "raise the timeout or lower the budget")
@@ -57,7 +61,12 @@ def start(repo: Path, config: Config, detach: bool, argv: list[str]) -> int:
             prepare_target(git.root, target)
             git.pin(f"refs/heads/{gitops.BRANCH_PREFIX}{config.tag}", git.head())
         try:
-            return _run_daemon(git.root, config, agent, begin=True)
+            daemon = _make_daemon(git.root, config, agent)
+        except AutoresearchError:  # its slots or cluster could not be had: as if never started
+            _undo_branch(git, config.tag, home)
+            raise
+        try:
+            return _run_daemon(daemon, config, agent, begin=True)
         except BaselineCrashed as e:
             raise _give_back_tag(git, config.tag, home, e) from None
     finally:
@@ -81,13 +90,14 @@ def resume(repo: Path, tag: str, overrides: dict) -> int:
         raise AlreadyRunning(f"a daemon runs target {target.name} here (pid {holder['pid']}, tag {holder['tag']}): "
                              f"`autoresearch stop --target {config.target}` it first")
     _refuse_ray(target, config)
+    check_slots(config)
     agent = checked_agent(git.root, config)
     lock = RepoLock(targets.lock_file(git.root, target))
     lock.acquire(tag)
     try:
         base = run.meta.get("base_commit")
         try:
-            return _run_daemon(git.root, config, agent, begin=False)
+            return _run_daemon(_make_daemon(git.root, config, agent), config, agent, begin=False)
         except BaselineCrashed as e:
             raise _give_back_tag(git, tag, base, e) from None
     finally:
@@ -142,6 +152,34 @@ def _refuse_ray(target: targets.Target, config: Config) -> None:
         raise UsageError(f"--ray runs the builtin experiment only; {target.source} runs on local slots: drop --ray")
 
 
+def check_slots(config: Config) -> None:
+    """The slots asked for exist: the GPUs named are visible here, or the Ray head answers. A
+    cluster that is not there is found in seconds, not after Ray's own minutes of retries."""
+    if config.ray is None:
+        plan_slots(config.gpus, config.slots)
+        return
+    from loop.ray_executor import import_ray
+
+    ray = import_ray()
+    address = config.ray.split("://", 1)[-1]
+    if config.ray == "auto":  # the latest cluster started on this machine, as Ray itself would find it
+        try:
+            address = ray._private.services.canonicalize_bootstrap_address_or_die("auto")
+        except ConnectionError:
+            raise SetupError("--ray auto: no Ray cluster runs on this machine: start one with `ray start --head`, "
+                             "or give the head's address") from None
+        except Exception:  # a Ray that finds it another way: it says so itself when the daemon joins
+            return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(f"--ray {config.ray}: give the head's address as HOST:PORT (e.g. 10.0.0.5:6379), or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=RAY_CONNECT_TIMEOUT_S).close()
+    except OSError as e:
+        raise SetupError(f"--ray {config.ray}: nothing answers at {host}:{port} ({e.strerror or e}): start the head "
+                         "with `ray start --head`, or check the address with `ray status` on it") from None
+
+
 def prepare_target(root: Path, target: targets.Target) -> None:
     """The target's prepare command, once, at start, in the repository as the person left it."""
     if target.prepare:
@@ -172,10 +210,14 @@ def checked_agent(root: Path, config: Config) -> Agent:
     return agent
 
 
-def _run_daemon(root: Path, config: Config, agent: Agent, begin: bool) -> int:
+def _make_daemon(root: Path, config: Config, agent: Agent) -> Daemon:
+    daemon = Daemon(root, config, agent, Display())
     (state_dir(root) / LAST_TAG).write_text(config.tag)
-    display = Display()
-    daemon = Daemon(root, config, agent, display)
+    return daemon
+
+
+def _run_daemon(daemon: Daemon, config: Config, agent: Agent, begin: bool) -> int:
+    display = daemon.display
     _banner(display, config, daemon.target.results)
     if hasattr(agent, "should_stop"):
         agent.should_stop = lambda: daemon.stop.requested or bool(daemon.stopping)  # type: ignore[attr-defined]
@@ -194,15 +236,23 @@ def _give_back_tag(git: gitops.Git, tag: str, home: str | None, error: BaselineC
     Its logs are kept beside the runs, under a name of their own."""
     runs = run_dir(git.root, tag)
     kept = runs.with_name(f"{tag}.failed-{time.strftime('%Y%m%d-%H%M%S')}")
+    _undo_branch(git, tag, home)
+    if runs.exists():
+        shutil.move(str(runs), kept)
+    return SetupError(f"the baseline crashed ({error}); nothing was kept and the tag is free again: "
+                      f"see {kept / '0000'}, fix the cause, then run the same `autoresearch start --tag {tag}`")
+
+
+def _undo_branch(git: gitops.Git, tag: str, home: str | None) -> None:
+    """The branch and refs a start made, gone; the checkout back where it was."""
     if home and home != "HEAD":
         git.checkout(home)
     git.delete_branch(gitops.BRANCH_PREFIX + tag)
     for ref in git.refs(f"{gitops.REF_PREFIX}{tag}/"):
         git.delete_ref(ref)
-    if runs.exists():
-        shutil.move(str(runs), kept)
-    return SetupError(f"the baseline crashed ({error}); nothing was kept and the tag is free again: "
-                      f"see {kept / '0000'}, fix the cause, then run the same `autoresearch start --tag {tag}`")
+    runs = run_dir(git.root, tag)
+    if runs.is_dir() and not (runs / JOURNAL_NAME).exists():  # made, but nothing was run in it
+        shutil.rmtree(runs, ignore_errors=True)
 
 
 def _banner(display: Display, config: Config, results: str = "results.tsv") -> None:
