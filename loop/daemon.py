@@ -60,7 +60,7 @@ from loop.journal import (
     run_dir,
     state_dir,
 )
-from loop.policy import Noise, Policy
+from loop.policy import MAX_CONFIRMATIONS, Noise, Policy, draws, measured_noise
 from loop.procs import Cancel
 from loop.proposer import AgentBroken, AgentWaiting, ProposalError, ProposalReady, Proposer, Request
 from loop.runner import Runner, RunOutcome, RunSpec, last_loss, startup_allowance_from
@@ -536,9 +536,11 @@ class Daemon:
             if self.settling():  # compared with the best's mean once it has its runs
                 self.held.setdefault(SETTLING, []).append(att.n)
                 return
-            scores = [o.val_bpb for _, o in sorted(att.outcomes.items())
-                      if o.val_bpb is not None and _hardware_key(o.hardware) == hardware]
-            judged = self.policy.judge(scores, best_scores, self.noise(), may_confirm=not self.deciding_at_stop())
+            runs = [o.val_bpb for _, o in sorted(att.outcomes.items())
+                    if o.val_bpb is not None and _hardware_key(o.hardware) == hardware]
+            scores = draws(runs, self.harness_varies())
+            may_confirm = not self.deciding_at_stop() and len(runs) <= MAX_CONFIRMATIONS
+            judged = self.policy.judge(scores, best_scores, self.noise(), may_confirm=may_confirm)
             reason = judged.why(self.target.view.text)  # what `show` says about a keep or a discard
             if judged.verdict == "confirm":
                 run = max(att.outcomes) + 1
@@ -925,7 +927,7 @@ class Daemon:
         scores = self.best.scores_by_run()
         if hardware:
             scores = {i: v for i, v in scores.items() if _hardware_key(self.best.runs[i].get("hardware")) in (hardware, "")}
-        return Policy.comparable(scores, self.best.decided_through, self.best.kind)
+        return draws(Policy.comparable(scores, self.best.decided_through, self.best.kind), self.harness_varies())
 
     def best_mean(self) -> float | None:
         """The best's score as measured so far: the mean of its runs that results are compared with,
@@ -942,7 +944,14 @@ class Daemon:
                    if e.status == "discard" and (e.decided_order or -1) > best.decided_order)
 
     def noise(self) -> Noise:
-        return Noise.pooled(e.scores() for e in self.run.experiments if e.status in ("keep", "discard"))
+        baseline = self.run.by_n.get(0)
+        return measured_noise((e.scores() for e in self.run.experiments if e.status in ("keep", "discard")),
+                              baseline.scores() if baseline else [])
+
+    def harness_varies(self) -> bool:
+        """Whether repeats of one commit differ here: the untouched baseline's runs did."""
+        baseline = self.run.by_n.get(0)
+        return baseline is not None and len(set(baseline.scores())) > 1
 
     def baseline_runs(self) -> int:
         if self.config.baseline_runs is not None:

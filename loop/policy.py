@@ -165,6 +165,22 @@ class Policy:
         return t_quantile(NormalDist().cdf(self.keep_z if z is None else z), degrees)
 
 
+def draws(runs: list[float], harness_varies: bool) -> list[float]:
+    """A commit's runs as independent draws of the noise. Runs given different seeds that all scored
+    the very same, on a harness whose repeats differ (the untouched baseline's did), are one draw:
+    train.py ignored the seed it was given, so a repeat measures nothing new, and counted as more it
+    would halve the noise a lucky seed is judged against and shrink the pooled noise towards zero."""
+    if harness_varies and len(runs) > 1 and len(set(runs)) == 1:
+        return runs[:1]
+    return runs
+
+
+def measured_noise(decided: Iterable[list[float]], baseline: list[float]) -> Noise:
+    """The run-to-run noise, pooled over the runs of decided commits, each commit's as draws."""
+    varies = len(set(baseline)) > 1
+    return Noise.pooled(draws(runs, varies) for runs in decided)
+
+
 def t_cdf(t: float, degrees: int) -> float:
     """Student's t distribution function for a whole number of degrees of freedom (exact series)."""
     if degrees >= LARGE_DEGREES:

@@ -23,7 +23,7 @@ from loop.config import BEST_CRASHES
 from loop.daemon import run_seed
 from loop.executor import HARDWARE_LABEL_ENV
 from loop.journal import fold
-from loop.policy import CLEAR_Z, MAX_BEST_RUNS, MAX_CONFIRMATIONS, Noise, Policy, t_quantile
+from loop.policy import CLEAR_Z, MAX_BEST_RUNS, MAX_CONFIRMATIONS, Noise, Policy, draws, measured_noise, t_quantile
 
 SIGMA = 0.01  # the harness's noise
 TAG = "noisy"
@@ -125,6 +125,17 @@ def test_noise_pools_repeats_and_ignores_single_runs() -> None:
     assert Noise.pooled([[1.0]]).sigma is None and Noise.pooled([]).degrees == 0
     more, at_once = noise.plus([5.0, 5.2]), Noise.pooled([[1.0, 1.2], [3.0, 3.1, 3.2], [5.0, 5.2]])
     assert more.degrees == at_once.degrees == 4 and more.sigma == pytest.approx(at_once.sigma)
+
+
+def test_identical_repeats_are_one_draw_where_the_harness_varies() -> None:
+    """Runs of one commit with different seeds and the very same score ignored their seeds: one
+    draw, adding nothing to the noise. On a harness whose every repeat is identical, they are runs."""
+    assert draws([1.0, 1.0], harness_varies=True) == [1.0]
+    assert draws([1.0, 1.0], harness_varies=False) == [1.0, 1.0]
+    assert draws([1.0, 1.01], harness_varies=True) == [1.0, 1.01]
+    noise = measured_noise([[1.0, 1.0, 1.0], [1.0, 1.02]], baseline=[1.0, 1.02])
+    assert noise.degrees == 1 and noise.sigma == pytest.approx(0.02 / 2 ** 0.5)
+    assert measured_noise([[1.0, 1.0]], baseline=[2.0, 2.0]) == Noise(0.0, 1)  # deterministic: zero noise
 
 
 def test_the_best_runs_more_as_results_pile_up_against_it() -> None:
@@ -530,3 +541,30 @@ def test_a_crashed_run_of_the_best_buys_it_no_fresh_draw(tmp_path: Path) -> None
     assert run.by_n[2].best_before == pytest.approx(first.scores_by_run()[2], abs=1e-12)
     shown = run_cli(repo, "status", "--tag", TAG, env=env).stdout
     assert "kept experiment #1 crashed on 1 of its 2 runs since it was kept (" in shown, shown
+
+
+def test_a_train_py_that_ignores_its_seed_is_one_draw(tmp_path: Path) -> None:
+    """A seed-only change that pins a lucky seed of its own (ignoring AUTORESEARCH_SEED) scores the
+    same on every run: its confirmation is no second draw, so the lucky score is judged as one run
+    (against the bar a single run must clear) and its repeats do not shrink the measured noise."""
+    import random
+
+    lucky = next(s for s in range(1_000_000) if random.Random(s).gauss(0.0, 1.0) < -4.0)
+    pinned = train_py_with(TRAIN_S, ORDER=1)
+    line = 'seed = int(os.environ.get("AUTORESEARCH_SEED", "0"))'
+    assert line in pinned
+    pinned = pinned.replace(line, f"seed = {lucky}  # the seed the harness gives is ignored")
+    repo, env = make_noisy_repo(tmp_path, noise=SIGMA, sleep=TRAIN_S)
+    queue = tmp_path / "queue"
+    queue.mkdir()
+    (queue / "01.py").write_text(pinned)
+    done = run_cli(repo, "start", "--tag", TAG, *PUBLIC_SEEDS, "--agent", "queue", "--queue", str(queue),
+                   "--budget", "4", "--max-experiments", "1", "--lookahead", "0",
+                   "--baseline-runs", str(BASELINE_RUNS), env=env, timeout=300)
+    assert done.returncode == 0, done.stderr + done.stdout
+    run = fold(journal_events(repo, TAG))
+    rec, baseline = run.by_n[1], run.by_n[0]
+    assert len(rec.scores()) == 2 and len(set(rec.scores())) == 1  # confirmed, and the same draw twice
+    assert sum(baseline.scores()) / len(baseline.scores()) - rec.scores()[0] > 3 * SIGMA  # it looked far better
+    assert rec.status == "discard", (rec.reason, rec.scores(), baseline.scores())
+    assert rec.decided_runs == 1

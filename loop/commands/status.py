@@ -16,7 +16,7 @@ from loop.config import BEST_CRASHES
 from loop.errors import SetupError
 from loop.journal import JOURNAL_NAME, STATUSES, load_run, run_dir, unreproduced_warnings
 from loop.lock import read_holder
-from loop.policy import Noise, Policy
+from loop.policy import Policy, measured_noise
 
 RATE_AFTER_S = 600.0  # experiments per hour is shown once the run has this much history ...
 RATE_AFTER_EXPERIMENTS = 5  # ... or this many decided experiments
@@ -60,7 +60,9 @@ def status(repo: Path, tag: str | None = None) -> int:
                   f"{metric.text(fmean(scores))}")
     for line in unreproduced_warnings(done, BEST_CRASHES):
         print(line)
-    noise = Noise.pooled(e.scores() for e in done if e.status in ("keep", "discard"))
+    baseline = run.by_n.get(0)
+    noise = measured_noise((e.scores() for e in done if e.status in ("keep", "discard")),
+                           baseline.scores() if baseline else [])
     if noise.sigma is not None:
         print(f"run-to-run noise: {noise.sigma:.6f} (standard deviation, {noise.degrees} degrees of freedom)")
     experiments = [e for e in done if e.n > 0]
