@@ -19,8 +19,18 @@ def _version() -> str:
         return "unknown"
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's default in its help, except where there is none to show or the text says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default is None or action.default is False or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
 def parser() -> argparse.ArgumentParser:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = _Help
     p = argparse.ArgumentParser(prog="autoresearch", formatter_class=fmt,
                                 description="Autonomous ML research: an agent edits train.py, fixed-budget runs "
                                             "score it on every GPU, what is really better is kept.")
@@ -35,7 +45,7 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--queue", type=Path, help="folder the queue agent takes proposals from")
         sp.add_argument("--model", help="model for the anthropic or claude-code agent")
         sp.add_argument("--budget", type=float, default=d("budget"), help="training seconds per run")
-        sp.add_argument("--timeout", type=float, default=d("timeout"), help="hard limit per training run, seconds")
+        sp.add_argument("--timeout", type=float, default=d("timeout"), help="hard limit per run's training, seconds")
         sp.add_argument("--min-delta", type=float, default=d("min_delta"), help="keep only gains larger than this")
         sp.add_argument("--max-experiments", type=int, help="stop after this many experiments (baseline not counted)")
         sp.add_argument("--max-hours", type=float, help="stop after this many hours")
@@ -70,14 +80,16 @@ def parser() -> argparse.ArgumentParser:
                         "root if there is one, else the builtin train.py experiment)")
 
     s = sub.add_parser("start", formatter_class=fmt, help="start a new run on branch autoresearch/TAG")
-    s.add_argument("--tag", required=True)
+    s.add_argument("--tag", required=True, help="the run's name: its branch is autoresearch/TAG")
     s.add_argument("--detach", action="store_true", help="run in the background, logging to .autoresearch/daemon.log")
     s.add_argument("--seed-key", metavar="KEY", help="secret the runs' seeds are derived from (default: a new random "
                    "one, kept in the journal, which no run can read); the same key and tag draw the same seeds; '' "
                    "derives them from the tag alone, which lets a run work out which run it is")
     settings(s, fresh=True)
-    r = sub.add_parser("resume", formatter_class=fmt, help="continue a stopped or killed run where it left off")
-    r.add_argument("--tag", required=True)
+    r = sub.add_parser("resume", formatter_class=fmt, help="continue a stopped or killed run where it left off",
+                       description="Continue a stopped or killed run where it left off. It keeps the settings it "
+                       "was started with; an option given here replaces that one setting.")
+    r.add_argument("--tag", required=True, help="the run to continue")
     settings(r, fresh=False)
     st = sub.add_parser("stop", formatter_class=fmt, help="finish the experiments in flight, then exit")
     st.add_argument("--now", action="store_true", help="kill the runs in flight (journaled as interrupted)")
@@ -93,12 +105,12 @@ def parser() -> argparse.ArgumentParser:
     show.add_argument("--tag", help="default: the latest run")
     rep = sub.add_parser("report", formatter_class=fmt, help="the morning report: summary, progress.png, report.md")
     rep.add_argument("--tag", help="default: the latest run")
-    rep.add_argument("--out", type=Path, help="folder for the report (default report/TAG)")
+    rep.add_argument("--out", type=Path, help="folder for the report (default: .autoresearch/runs/TAG/report)")
     rep.add_argument("--compare", nargs="+", default=[], metavar="TAG", help="other runs to set beside it")
     rep.add_argument("--x", choices=("experiment", "hours"), default="experiment",
                      help="the progress plot's axis: experiment number, or wall-clock hours (stops show as gaps)")
     chk = sub.add_parser("check", formatter_class=fmt, help="run the guard on a commit")
-    chk.add_argument("rev", nargs="?", default="HEAD")
+    chk.add_argument("rev", nargs="?", default="HEAD", help="the commit to check, against its parent")
     return p
 
 

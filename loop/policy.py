@@ -69,6 +69,9 @@ class Noise:
     def pooled(cls, groups: Iterable[list[float]]) -> Noise:
         return cls(None, 0).plus(*groups)
 
+    def __str__(self) -> str:
+        return f"{self.sigma or 0.0:.6f} over {self.degrees} degree{'s' if self.degrees != 1 else ''} of freedom"
+
     def plus(self, *groups: list[float]) -> Noise:
         """This estimate with more groups of repeats pooled in (groups of one run add nothing)."""
         squares = (self.sigma or 0.0) ** 2 * self.degrees
@@ -137,7 +140,7 @@ class Policy:
         z = max(CLEAR_Z, self.keep_z) if first_look else self.keep_z  # see "Why two bars" above
         needed = self.bar(noise.degrees, z) * error
         within = (f", {'beyond' if gain > needed else 'inside'} the noise: a gain must pass {needed:.6f} "
-                  f"({z:g} standard errors; noise {noise.sigma:.6f} over {noise.degrees} degrees of freedom)")
+                  f"({z:g} standard errors; noise {noise})")
         if gain > needed:
             return Judgement("keep", "better than the best's mean{runs} by {gain}" + within, mean, best_mean, len(best))
         return Judgement("confirm" if may_confirm else "discard", "better than the best's mean{runs} by {gain}" + within,

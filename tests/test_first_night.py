@@ -2,6 +2,7 @@
 to do, proposals that change nothing, a truthful status, help, journal damage, disk over a night."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -72,6 +73,11 @@ def test_crashed_baseline_exits_non_zero_and_frees_the_tag(tmp_path: Path) -> No
     assert done.returncode == 3, done.stderr
     assert "baseline crashed" in done.stderr and "broken on purpose" in done.stderr and "start --tag b" in done.stderr
     assert "autoresearch/b" not in _branches(repo) and git(repo, "rev-parse", "--abbrev-ref", "HEAD") == "main"
+    assert not (repo / "results.tsv").exists()  # its crashed row went with its logs
+    failed = next((repo / ".autoresearch" / "runs").glob("b.failed-*"))
+    assert (failed / "results.tsv").read_text().count("\tcrash\t") == 1 and (failed / "0000").is_dir()
+    told = run_cli(repo, "status", env=env)
+    assert told.returncode == 0 and "baseline crashed" in told.stdout and "start --tag b" in told.stdout, told
     git(repo, "revert", "--no-edit", "HEAD")
     done = run_cli(repo, "start", "--tag", "b", "--max-experiments", "1", *FAST, env=env)
     assert done.returncode == 0, done.stderr  # the same tag works once the cause is fixed
@@ -125,6 +131,10 @@ def test_help_shows_defaults_and_version(tmp_path: Path) -> None:
     repo, env = make_repo(tmp_path)
     help_text = run_cli(repo, "start", "--help", env=env).stdout
     assert "(default: 300.0)" in help_text and "--keep-checkpoints" in help_text and "--gpus" in help_text
+    options = re.split(r"\n  (?=-)", help_text)
+    assert "(default: None)" not in help_text and all(o.count("default") <= 1 for o in options), help_text
+    resume_help = " ".join(run_cli(repo, "resume", "--help", env=env).stdout.split())
+    assert "keeps the settings it was started with" in resume_help and "(default: None)" not in resume_help
     version = run_cli(repo, "--version", env=env)
     assert version.returncode == 0 and version.stdout.startswith("autoresearch ")
 

@@ -428,6 +428,10 @@ def test_status_shows_the_mean_results_meet(auto_run: tuple[Path, list[dict]]) -
     assert (line in done.stdout) == bool(compared), done.stdout
     if compared:
         assert f"{sum(compared) / len(compared):.6f}" in done.stdout
+    baseline = fold(events).by_n[0]
+    noise = measured_noise((e.scores() for e in fold(events).finished if e.status in ("keep", "discard")),
+                           baseline.scores())
+    assert f"run-to-run noise: {noise.sigma:.6f} over {noise.degrees} degrees of freedom" in done.stdout, done.stdout
 
 
 def test_seeds_are_keyed_by_the_nights_secret() -> None:

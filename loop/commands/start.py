@@ -68,7 +68,7 @@ def start(repo: Path, config: Config, detach: bool, argv: list[str]) -> int:
         try:
             return _run_daemon(daemon, config, agent, begin=True)
         except BaselineCrashed as e:
-            raise _give_back_tag(git, config.tag, home, e) from None
+            raise _give_back_tag(git, config.tag, home, e, target.results) from None
     finally:
         lock.release()
 
@@ -90,16 +90,16 @@ def resume(repo: Path, tag: str, overrides: dict) -> int:
         raise AlreadyRunning(f"a daemon runs target {target.name} here (pid {holder['pid']}, tag {holder['tag']}): "
                              f"`autoresearch stop --target {config.target}` it first")
     _refuse_ray(target, config)
-    check_slots(config)
-    agent = checked_agent(git.root, config)
     lock = RepoLock(targets.lock_file(git.root, target))
-    lock.acquire(tag)
+    lock.acquire(tag)  # from here `status` says the run is running, through the checks below
     try:
+        check_slots(config)
+        agent = checked_agent(git.root, config)
         base = run.meta.get("base_commit")
         try:
             return _run_daemon(_make_daemon(git.root, config, agent), config, agent, begin=False)
         except BaselineCrashed as e:
-            raise _give_back_tag(git, tag, base, e) from None
+            raise _give_back_tag(git, tag, base, e, target.results) from None
     finally:
         lock.release()
 
@@ -231,7 +231,7 @@ def _run_daemon(daemon: Daemon, config: Config, agent: Agent, begin: bool) -> in
     return 0
 
 
-def _give_back_tag(git: gitops.Git, tag: str, home: str | None, error: BaselineCrashed) -> SetupError:
+def _give_back_tag(git: gitops.Git, tag: str, home: str | None, error: BaselineCrashed, results: str) -> SetupError:
     """A baseline that crashed leaves no branch behind: the same `start` works once the cause is fixed.
     Its logs are kept beside the runs, under a name of their own."""
     runs = run_dir(git.root, tag)
@@ -239,6 +239,8 @@ def _give_back_tag(git: gitops.Git, tag: str, home: str | None, error: BaselineC
     _undo_branch(git, tag, home)
     if runs.exists():
         shutil.move(str(runs), kept)
+    if (rows := git.root / results).exists() and kept.exists():  # its one row goes with the failed run
+        shutil.move(str(rows), kept / rows.name)
     return SetupError(f"the baseline crashed ({error}); nothing was kept and the tag is free again: "
                       f"see {kept / '0000'}, fix the cause, then run the same `autoresearch start --tag {tag}`")
 

@@ -30,6 +30,10 @@ def status(repo: Path, tag: str | None = None) -> int:
         print("not running; no run yet: `autoresearch start --tag NAME`")
         return 0
     if not (run_dir(root, tag) / JOURNAL_NAME).exists() and not (holder and holder.get("tag") == tag):
+        if failed := sorted(run_dir(root, tag).parent.glob(f"{tag}.failed-*")):
+            print(f"not running: run {tag}'s baseline crashed, so the tag was given back; its logs are in "
+                  f"{failed[-1].relative_to(root) / '0000'}; `autoresearch start --tag {tag}` starts it again")
+            return 0
         raise SetupError(f"no run tagged {tag} here: `autoresearch runs` lists the runs")
     run = load_run(root, tag)
     live = state_path(root)
@@ -64,7 +68,7 @@ def status(repo: Path, tag: str | None = None) -> int:
     noise = measured_noise((e.scores() for e in done if e.status in ("keep", "discard")),
                            baseline.scores() if baseline else [])
     if noise.sigma is not None:
-        print(f"run-to-run noise: {noise.sigma:.6f} (standard deviation, {noise.degrees} degrees of freedom)")
+        print(f"run-to-run noise: {noise} (a standard deviation)")
     experiments = [e for e in done if e.n > 0]
     if run.started_at:
         elapsed = (time.time() if running else (run.stopped_at or time.time())) - run.started_at
