@@ -17,6 +17,8 @@ KEEP_CHECKPOINTS = ("all", "kept", "none")
 CONFIRM_MODES = ("auto", "never", "always")
 BEST_RUNS = 2  # runs a new best gets before results meet it (--best-runs; more follow: Policy.best_runs_wanted)
 BEST_CRASHES = 2  # the best's later runs that may crash before it is run no more (and flagged)
+RATE_AFTER_S = 600.0  # experiments per hour is shown (status, report) once the run has this much history ...
+RATE_AFTER_EXPERIMENTS = 5  # ... or this many decided experiments after the baseline
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from loop.config import BEST_CRASHES
+from loop.config import BEST_CRASHES, RATE_AFTER_EXPERIMENTS, RATE_AFTER_S
 from loop.errors import SetupError, UsageError
 from loop.journal import (
     JOURNAL_NAME,
@@ -147,7 +147,7 @@ class Summary:
     counts: dict[str, int]
     rates: dict[str, float]
     hours: float
-    per_hour: float
+    per_hour: float | None  # None: too early to say, by the rule `status` follows
     training_share: float
     baseline: float | None
     best: float | None
@@ -163,6 +163,7 @@ class Summary:
     crashes: dict[str, list[int]] = field(default_factory=dict)
     unreproduced: list[str] = field(default_factory=list)  # a warning per kept experiment that crashed when run again
     metric: MetricView = field(default_factory=MetricView)  # scores here are the controller's (lower is better)
+    tried: int = 0  # decided experiments after the baseline: what status's rate rule counts
 
 
 def summarize(run: RunRecord, now: float | None = None) -> Summary:
@@ -186,11 +187,14 @@ def summarize(run: RunRecord, now: float | None = None) -> Summary:
         if e.status == "crash":
             crashes[crash_kind(e.reason)].append(e.n)
     usage = run.total_usage
+    # status's rule: a rate from a few seconds (a target whose experiments take under one) is noise
+    tried = sum(e.n > 0 for e in done)
+    rate_known = hours * 3600 >= RATE_AFTER_S or tried >= RATE_AFTER_EXPERIMENTS
     improvement = baseline - best.val_bpb if baseline is not None and best and best.val_bpb is not None else None
     return Summary(
         tag=run.tag, experiments=len(done), counts=counts,
         rates={s: counts[s] / len(done) if done else 0.0 for s in STATUSES},
-        hours=hours, per_hour=len(done) / hours if hours else 0.0,
+        hours=hours, per_hour=(len(done) / hours if hours else 0.0) if rate_known else None,
         training_share=sum(e.train_seconds or 0.0 for e in done) / (hours * 3600) if hours else 0.0,
         baseline=baseline, best=best.val_bpb if best else None, best_commit=(best.commit or "")[:7] if best else "",
         improvement=improvement,
@@ -203,7 +207,7 @@ def summarize(run: RunRecord, now: float | None = None) -> Summary:
         failed_proposals=sum(e.failed_proposals for e in run.experiments),
         running=bool(running), kept=kept, crashes=dict(sorted(crashes.items(), key=lambda kv: -len(kv[1]))),
         unreproduced=unreproduced_warnings(done, BEST_CRASHES),
-        metric=metric_of(run.meta))
+        metric=metric_of(run.meta), tried=tried)
 
 
 def crash_kind(reason: str) -> str:
@@ -266,13 +270,14 @@ def holdout_gap(view: RunView) -> HoldoutGap | None:
 
 def format_summary(s: Summary) -> str:
     bpb = s.metric.text
+    rate = f"{s.per_hour:.1f}" if s.per_hour is not None else f"too early to say ({s.tried} in {s.hours * 3600:.0f}s)"
 
     lines = [
         f"run {s.tag}: {'running (or killed)' if s.running else 'stopped'}, {s.hours:.2f} h",
         f"experiments: {s.experiments} (keep {s.counts['keep']} {s.rates['keep']:.0%}, discard {s.counts['discard']} "
         f"{s.rates['discard']:.0%}, crash {s.counts['crash']} {s.rates['crash']:.0%}); interrupted {s.interrupted}; "
         f"failed proposals {s.failed_proposals}",
-        f"experiments per hour: {s.per_hour:.1f}; share of wall-clock spent training: {s.training_share:.0%}",
+        f"experiments per hour: {rate}; share of wall-clock spent training: {s.training_share:.0%}",
         f"baseline {s.metric.name}: {bpb(s.baseline)}; best: {bpb(s.best)} ({s.best_commit})"
         + (f"; improvement {s.improvement:.6f} ({s.improvement_pct:.2f}%)" if s.improvement is not None else ""),
         f"spend: ${s.cost_usd:.2f}; tokens: " + ", ".join(f"{k} {v:,}" for k, v in s.tokens.items()),
@@ -286,6 +291,8 @@ def tables_markdown(s: Summary) -> str:
     for n, commit, desc, bpb, delta in s.kept:
         change = "" if delta is None else s.metric.change(bpb, bpb - delta)
         out.append(f"| {n} | {commit} | {desc.replace('|', '/')} | {s.metric.text(bpb)} | {change} |")
+    if not s.crashes:  # a header with no rows under it reads as a table that failed to fill
+        return "\n".join([*out, "", "Crashes: none."])
     out += ["", "| crash kind | count | experiments |", "|---|---|---|"]
     for kind, ns in s.crashes.items():
         out.append(f"| {kind.replace('|', '/')} | {len(ns)} | {', '.join(map(str, ns))} |")
@@ -327,6 +334,7 @@ class PlotLayout:
     unlabelled: list[int] = field(default_factory=list)
     pauses: list[tuple[float, float]] = field(default_factory=list)  # in x units
     legend: list[str] = field(default_factory=list)
+    title: str = ""
 
 
 # Where a kept change's label may go, tried in order: below-left of its point first, since
@@ -382,7 +390,8 @@ def plot_progress(view: RunView, s: Summary, path: Path, x_axis: str = "experime
     if strip is not None:
         _draw_crash_strip(strip, crashes, x_of)
     (strip or ax).set_xlabel("experiment" if x_axis == "experiment" else "wall-clock hours since the run started")
-    ax.set_title(_title(s))
+    layout.title = _title(s)
+    ax.set_title(layout.title)
     ax.set_ylabel(f"{s.metric.plotted} (lower is better)")
     ax.grid(alpha=0.25)
     handles, layout.legend = ax.get_legend_handles_labels()
@@ -432,11 +441,15 @@ def _crash_heights(ax: Any, strip: Any, crashes: list[int]) -> list[tuple[int, f
 
 def _title(s: Summary) -> str:
     title = f"autoresearch run {s.tag}: {s.experiments} experiments, {s.counts['keep']} kept"
-    if s.baseline is not None and s.best is not None and s.improvement_pct is not None:
-        shown = s.metric.shown
-        title += (f"; {s.metric.name} {shown(s.baseline):.4f} → {shown(s.best):.4f} "
-                  f"({-s.improvement_pct if not s.metric.higher_is_better else s.improvement_pct:+.2f}%)")
-    return title
+    if s.baseline is None or s.best is None or s.improvement_pct is None:
+        return title
+    if not s.improvement:  # `a → a (-0.00%)` would read as a change
+        return title + f"; {s.metric.name} {s.metric.shown(s.baseline):.4f}, no improvement"
+    before, after = s.metric.shown(s.baseline), s.metric.shown(s.best)
+    digits = 4 if f"{before:.4f}" != f"{after:.4f}" else 6  # a gain under 0.0001 still shows as one
+    pct = s.improvement_pct if s.metric.higher_is_better else -s.improvement_pct
+    share = f"{pct:+.2f}%" if abs(pct) >= 0.005 else f"{pct:+.2g}%"
+    return title + f"; {s.metric.name} {before:.{digits}f} → {after:.{digits}f} ({share})"
 
 
 def _value_range(values: list[float], baseline: float | None, baseline_holdout: float | None,
@@ -571,14 +584,16 @@ def report_command(repo: Path, tag: str | None, out: Path | None, compare: list[
     if gap is not None:
         text += "\n" + gap.text()
     print(text)
-    print("\nkept improvements:\n" + "\n".join(f"  #{n} {c} {b:.6f} {'' if d is None else f'{d:+.6f}'}  {desc}"
-                                               for n, c, desc, b, d in s.kept))
+    # in the metric's own sign and direction, as the tables show them (an accuracy is negated inside)
+    print("\nkept improvements:\n" + "\n".join(
+        f"  #{n} {c} {s.metric.text(b)} {'' if d is None else s.metric.change(b, b - d)}  {desc}"
+        for n, c, desc, b, d in s.kept))
     crashes = [f"  {len(ns):3d}  {kind}  (#{', #'.join(map(str, ns))})" for kind, ns in s.crashes.items()]
     print("crashes by reason:\n" + ("\n".join(crashes) or "  (none)"))
     plot_progress(view, s, out / "progress.png", x)
     experiments_frame(view).to_csv(out / "experiments.csv", index=False)
     (out / "report.md").write_text(report_markdown(view, s, text), encoding="utf-8")
-    print(f"\nwrote {out / 'progress.png'}, {out / 'report.md'}, {out / 'experiments.csv'}")
+    print(f"\nreport written to {out}: progress.png, report.md, experiments.csv")
     return 0
 
 

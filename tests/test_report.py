@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from loop.config import RATE_AFTER_EXPERIMENTS
 from loop.errors import UsageError
 from loop.journal import JOURNAL_NAME, fold, read_events, read_events_checked, run_dir
 from loop.report import (
@@ -21,6 +22,7 @@ from loop.report import (
     plot_progress,
     read_run,
     report_command,
+    report_markdown,
     summarize,
 )
 
@@ -304,3 +306,49 @@ def test_unknown_events_fields_and_repeats(tmp_path: Path) -> None:
     assert frame.loc[5, "runs"] == 2 and frame.loc[5, "hosts"] == "node-3 node-3"
     done = cli(["report", "--tag", "future"], cwd=tmp_path)
     assert done.returncode == 0 and not done.stderr, done.stderr
+
+
+def test_a_run_without_crashes_or_gains(tmp_path: Path) -> None:
+    """No crash: no header-only crash table. No gain: the title says so rather than `a → a (-0.00%)`."""
+    write_journal(tmp_path, "flat", [("keep", 5.3301, "baseline", "", 0.0, 0, 300.0),
+                                     ("discard", 5.4, "wider MLP", "", 0.5, 1000, 300.0)])
+    done = cli(["report", "--tag", "flat"], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    md = (run_dir(tmp_path, "flat") / "report" / "report.md").read_text()
+    assert "| crash kind |" not in md and "Crashes: none." in md
+    assert render(tmp_path, "flat").title == "autoresearch run flat: 2 experiments, 1 kept; val_bpb 5.3301, no improvement"
+    write_journal(tmp_path, "tiny", [("keep", 5.3301, "baseline", "", 0.0, 0, 300.0),
+                                     ("keep", 5.33008, "a hair better", "", 0.0, 0, 300.0)])
+    assert render(tmp_path, "tiny").title.endswith("val_bpb 5.330100 → 5.330080 (-0.00038%)")  # a gain, however small
+    write_journal(tmp_path, "known", KNOWN)
+    assert render(tmp_path, "known").title.endswith("val_bpb 1.0000 → 0.9000 (-10.00%)")
+    assert "| torch.OutOfMemoryError | 2 | 3, 6 |" in report_markdown(read_run(tmp_path, "known"),
+                                                                      summarize(read_run(tmp_path, "known").run), "")
+
+
+def test_no_hourly_rate_from_a_few_seconds(tmp_path: Path) -> None:
+    """Experiments of half a second each: the rate waits for status's rule (enough time or experiments)."""
+    fast = [{**e, "ts": T0 + (e["ts"] - T0) / 1000} for e in journal_events("fast", KNOWN[:4])]
+    write_events(tmp_path, "fast", fast)
+    s = summarize(read_run(tmp_path, "fast").run)
+    assert s.per_hour is None
+    done = cli(["report", "--tag", "fast"], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "experiments per hour: too early to say (3 in 2s)" in done.stdout, done.stdout
+    # As many decided experiments as status waits for (baseline not counted): the rate is shown.
+    many = [{**e, "ts": T0 + (e["ts"] - T0) / 1000} for e in journal_events("many", KNOWN[:RATE_AFTER_EXPERIMENTS + 1])]
+    write_events(tmp_path, "many", many)
+    assert summarize(read_run(tmp_path, "many").run).per_hour == pytest.approx(6 / (6 * 0.6 / 3600))
+
+
+def test_report_says_where_it_wrote(tmp_path: Path) -> None:
+    write_journal(tmp_path, "known", KNOWN)
+    done = cli(["report"], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    folder = run_dir(tmp_path, "known") / "report"
+    assert done.stdout.rstrip().splitlines()[-1] == (f"report written to {folder}: progress.png, report.md, "
+                                                     "experiments.csv")
+    helped = cli(["report", "--help"], cwd=tmp_path).stdout
+    assert "(default: .autoresearch/runs/TAG/report)" in " ".join(helped.split())  # where it writes
+    elsewhere = cli(["report", "--out", str(tmp_path / "mine")], cwd=tmp_path)
+    assert elsewhere.stdout.rstrip().splitlines()[-1].startswith(f"report written to {tmp_path / 'mine'}: ")

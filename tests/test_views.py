@@ -1,18 +1,20 @@
 """`runs` lists a repository's runs; `show` opens one experiment: on hand-made journals and folders."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from daemon_kit import run_cli
 from test_report import CHECKOUT, KNOWN, T0, journal_events, write_events, write_journal
 
 from loop.commands.runs import runs_command
 from loop.commands.show import LOG_TAIL_LINES, show_command
 from loop.errors import SetupError, UsageError
-from loop.journal import experiment_dir, state_dir
+from loop.journal import experiment_dir, run_dir, state_dir
 
 
 def started(ts: float) -> str:
@@ -93,7 +95,7 @@ def test_show_one_experiment(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert decided["status"] == "keep"
     assert "+OPT = 'muon'" in out
     assert f"step {49}" in out and f"step {50 - LOG_TAIL_LINES}\n" in out and f"step {49 - LOG_TAIL_LINES}\n" not in out
-    assert "--- eval.log: none" in out
+    assert "--- eval-val.log: none" in out  # the builtin scorer's log, which it does not have
     experiment_dir(tmp_path, "older", 0).mkdir(parents=True)
     (experiment_dir(tmp_path, "older", 0) / "diff.patch").write_text("")  # the baseline changes nothing
     assert show_command(tmp_path, 0, "older") == 0
@@ -128,3 +130,51 @@ def test_show_repeats_and_skipped_lines(tmp_path: Path, capsys: pytest.CaptureFi
     assert "run 1: val 0.950000, holdout 0.970000; seed 1 device cuda:0 host node-1" in out
     assert "run 2: val 0.970000, holdout 0.990000; seed 2 device cuda:1 host node-1" in out
     assert "journal.jsonl line 4: garbled, skipped" in err
+
+
+def test_show_tails_the_logs_an_experiment_has(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The builtin target's folder: train.log, the scorer's eval-val.log (tailed), and the model processes'
+    and the holdout's logs, which are named but not printed (the model's have seen the validation text)."""
+    write_journal(tmp_path, "night", KNOWN)
+    folder = experiment_dir(tmp_path, "night", 2)
+    folder.mkdir(parents=True)
+    (folder / "train.log").write_text("step 1\nstep 2\n")
+    (folder / "eval-val.log").write_text("".join(f"scored window {i}\n" for i in range(30)) + "val_bpb: 0.95\n")
+    for name in ("eval-main.log", "eval-reference.log", "eval-holdout.log"):
+        (folder / name).write_text(f"SECRET-ish output of {name}\n")
+    assert show_command(tmp_path, 2, "night") == 0
+    out = capsys.readouterr().out
+    assert "step 2" in out and "val_bpb: 0.95" in out and "scored window 29" in out
+    assert f"{folder / 'eval-val.log'} (last {LOG_TAIL_LINES} of 31 lines)" in out
+    assert "eval.log: none" not in out and "SECRET-ish" not in out
+    assert "other logs in" in out and "eval-holdout.log, eval-main.log, eval-reference.log" in out
+    # A folder without an evaluator's log says so once, under the scorer's name.
+    (folder / "eval-val.log").unlink()
+    show_command(tmp_path, 2, "night")
+    assert "--- eval-val.log: none" in capsys.readouterr().out
+
+
+def test_show_a_custom_targets_diff_comes_from_git(tmp_path: Path) -> None:
+    """A declared target's commit changes its own files, not train.py: show gives that diff even when
+    diff.patch holds nothing; its evaluator's eval.log is tailed. The report of a run of a few seconds
+    does not claim an hourly rate, and says where it was written."""
+    from test_target import SHORT, TWO_TARGETS, new_repo, queue_diff
+
+    repo, env = new_repo(tmp_path, TWO_TARGETS)
+    queue_diff(tmp_path / "qb", "1", repo, "beta/params.sh", "Y=2", "Y=5", "y to 5")
+    done = run_cli(repo, "start", "--tag", "b1", "--target", "beta.toml", "--queue", str(tmp_path / "qb"), *SHORT,
+                   env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    shown = run_cli(repo, "show", "1", "--tag", "b1", env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert "-Y=2" in shown.stdout and "+Y=5" in shown.stdout, shown.stdout
+    assert "diff.patch: empty" not in shown.stdout and "accuracy: 96" in shown.stdout
+    assert "+Y=5" in (experiment_dir(repo, "b1", 1) / "diff.patch").read_text()  # what the agent's history shows
+    assert f"{experiment_dir(repo, 'b1', 1) / 'eval.log'}" in shown.stdout
+    baseline = run_cli(repo, "show", "0", "--tag", "b1", env=env)
+    assert baseline.returncode == 0 and "the baseline changes nothing" in baseline.stdout, baseline.stdout
+    report = run_cli(repo, "report", "--tag", "b1", env=env)
+    assert report.returncode == 0, report.stdout + report.stderr
+    assert "experiments per hour: too early to say (1 in " in report.stdout, report.stdout
+    assert re.search(r"#1 \w{7} 96\.000000 \+21\.000000  y to 5", report.stdout), report.stdout  # as measured
+    assert report.stdout.rstrip().splitlines()[-1].startswith(f"report written to {run_dir(repo, 'b1') / 'report'}")

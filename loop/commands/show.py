@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import git
+
+from loop import gitops
 from loop.errors import SetupError, UsageError
 from loop.journal import ExperimentRecord, experiment_dir, run_dir, state_dir
 from loop.report import RunView, latest_tag, read_run, warn
@@ -16,7 +19,13 @@ from loop.target import metric_of
 LAST_TAG = "last_tag"  # written by `start`: the tag of the run started last
 LOG_TAIL_LINES = 20
 DIFF_LINES = 200  # a longer diff is cut; its file holds it all
-LOGS = ("train.log", "eval.log")
+# Logs whose tails are shown, where the experiment has them: a declared target's build, the training
+# run, and the evaluator: eval.log for a declared target, eval-val.log for the builtin one (its
+# trusted scorer, which is what decided the score).
+TAILED = ("build.log", "train.log", "eval.log", "eval-val.log")
+EVALUATOR_LOGS = ("eval-val.log", "eval.log")
+# Any other log (eval-main.log and eval-reference.log: the model processes', written by the edited
+# code after it had seen validation text; eval-holdout.log) is only named, not printed.
 
 
 def default_tag(repo: Path) -> str | None:
@@ -41,10 +50,51 @@ def show_command(repo: Path, number: int, tag: str | None) -> int:
         raise UsageError(f"run {tag} has no experiment {number} ({known}): give one of those, or --tag another run")
     print("\n".join(describe(view, rec)))
     folder = experiment_dir(repo, tag, number)
-    print("\n".join(file_section(folder / "diff.patch", DIFF_LINES, head=True)))
-    for log in LOGS:
-        print("\n".join(file_section(folder / log, LOG_TAIL_LINES, head=False)))
+    print("\n".join(diff_section(repo, folder / "diff.patch", rec)))
+    print("\n".join(log_sections(folder)))
     return 0
+
+
+def diff_section(repo: Path, patch: Path, rec: ExperimentRecord) -> list[str]:
+    """diff.patch, or, when it holds nothing, the commit against its parent from git: the daemon writes
+    only train.py's diff there, which is empty for a declared target's commit to its own files."""
+    section = file_section(patch, DIFF_LINES, head=True)
+    if patch.exists() and patch.stat().st_size and patch.read_text(encoding="utf-8", errors="replace").strip():
+        return section
+    if rec.commit and rec.commit == rec.parent:  # the baseline: the tree as it was
+        return [f"--- {patch.name}: none (the baseline changes nothing)"]
+    if not rec.commit or not rec.parent:  # never committed: nothing to diff
+        return section
+    try:
+        repository = gitops.Git(repo)
+        commit, parent = repository.resolve(rec.commit), repository.resolve(rec.parent)
+        if commit is None or parent is None:
+            return [*section, f"(git here has no commit {rec.commit[:12]} or {rec.parent[:12]} to diff)"]
+        text = repository.diff(parent, commit, relpath=":/")  # ":/": the whole tree, wherever git runs
+    except (SetupError, git.GitCommandError) as e:  # not a git checkout, or git failed: say so, show the rest
+        return [*section, f"(no diff from git either: {' '.join(str(e).split())[:200]})"]
+    lines = text.splitlines()
+    if not lines:
+        return section
+    head = f"--- git diff {parent[:12]} {commit[:12]} (diff.patch {'is empty' if patch.exists() else 'is missing'})"
+    if len(lines) > DIFF_LINES:
+        return [f"{head} (first {DIFF_LINES} of {len(lines)} lines)", *lines[:DIFF_LINES]]
+    return [head, *lines]
+
+
+def log_sections(folder: Path) -> list[str]:
+    """The tails of the logs in TAILED that the folder has (train.log and the evaluator's said to be
+    missing when they are), then the names of the others."""
+    lines: list[str] = []
+    for name in TAILED:
+        if (folder / name).exists() or name == "train.log":
+            lines += file_section(folder / name, LOG_TAIL_LINES, head=False)
+    if not any((folder / name).exists() for name in EVALUATOR_LOGS):
+        lines += file_section(folder / EVALUATOR_LOGS[0], LOG_TAIL_LINES, head=False)
+    others = sorted(p.name for p in folder.glob("*.log") if p.name not in TAILED) if folder.is_dir() else []
+    if others:
+        lines.append(f"--- other logs in {folder}: {', '.join(others)}")
+    return lines
 
 
 def describe(view: RunView, rec: ExperimentRecord) -> list[str]:

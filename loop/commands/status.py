@@ -12,14 +12,11 @@ from statistics import fmean
 from loop import gitops
 from loop import target as targets
 from loop.commands.common import last_tag, lock_path, read_json, state_path
-from loop.config import BEST_CRASHES
+from loop.config import BEST_CRASHES, RATE_AFTER_EXPERIMENTS, RATE_AFTER_S
 from loop.errors import SetupError
 from loop.journal import JOURNAL_NAME, STATUSES, load_run, run_dir, unreproduced_warnings
 from loop.lock import read_holder
 from loop.policy import Policy, measured_noise
-
-RATE_AFTER_S = 600.0  # experiments per hour is shown once the run has this much history ...
-RATE_AFTER_EXPERIMENTS = 5  # ... or this many decided experiments
 
 
 def status(repo: Path, tag: str | None = None) -> int:
