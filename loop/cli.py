@@ -106,7 +106,8 @@ def parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", formatter_class=fmt, help="the morning report: summary, progress.png, report.md")
     rep.add_argument("--tag", help="default: the latest run")
     rep.add_argument("--out", type=Path, help="folder for the report (default: .autoresearch/runs/TAG/report)")
-    rep.add_argument("--compare", nargs="+", default=[], metavar="TAG", help="other runs to set beside it (the comparison goes to .autoresearch/compare unless --out)")
+    rep.add_argument("--compare", nargs="+", default=[], metavar="TAG",
+                     help="other runs to set beside it (the comparison goes to .autoresearch/compare unless --out)")
     rep.add_argument("--x", choices=("experiment", "hours"), default="experiment",
                      help="the progress plot's axis: experiment number, or wall-clock hours (stops show as gaps)")
     chk = sub.add_parser("check", formatter_class=fmt, help="run the guard on a commit")
