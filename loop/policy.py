@@ -141,10 +141,8 @@ class Policy:
         needed = self.bar(noise.degrees, z) * error
         within = (f", {'beyond' if gain > needed else 'inside'} the noise: a gain must pass {needed:.6f} "
                   f"({z:g} standard errors; noise {noise})")
-        if gain > needed:
-            return Judgement("keep", "better than the best's mean{runs} by {gain}" + within, mean, best_mean, len(best))
-        return Judgement("confirm" if may_confirm else "discard", "better than the best's mean{runs} by {gain}" + within,
-                         mean, best_mean, len(best))
+        verdict: Verdict = "keep" if gain > needed else "confirm" if may_confirm else "discard"
+        return Judgement(verdict, "better than the best's mean{runs} by {gain}" + within, mean, best_mean, len(best))
 
     def best_runs_wanted(self, minimum: int, compared: int) -> int:
         """Runs the best should have once `compared` results were judged against it (`minimum` is
