@@ -99,6 +99,8 @@ def parser() -> argparse.ArgumentParser:
     one = sub.add_parser("run", formatter_class=fmt, help="one experiment of the working tree as it is, git untouched")
     one.add_argument("--budget", type=float, default=default("budget"), help="training seconds")
     one.add_argument("--timeout", type=float, default=default("timeout"), help="hard limit on training, seconds")
+    one.add_argument("--target", metavar="FILE", help="the target's TOML file (default: autoresearch.toml at the "
+                     "root if there is one, else the builtin train.py experiment)")
     sub.add_parser("runs", formatter_class=fmt, help="list the runs of this repository")
     show = sub.add_parser("show", formatter_class=fmt, help="one experiment: what, why, outcome, diff, log tail")
     show.add_argument("number", type=int)
@@ -112,6 +114,8 @@ def parser() -> argparse.ArgumentParser:
                      help="the progress plot's axis: experiment number, or wall-clock hours (stops show as gaps)")
     chk = sub.add_parser("check", formatter_class=fmt, help="run the guard on a commit")
     chk.add_argument("rev", nargs="?", default="HEAD", help="the commit to check, against its parent")
+    chk.add_argument("--target", metavar="FILE", help="the target's TOML file (default: the run's own for "
+                     "autoresearch/TAG, else autoresearch.toml at the root, else the builtin)")
     return p
 
 
@@ -144,7 +148,7 @@ def dispatch(args: argparse.Namespace, argv: list[str]) -> int:
 
         if not args.budget > 0 or not args.timeout > 0:
             raise UsageError("--budget and --timeout must be positive numbers of seconds")
-        return run_once(repo, args.budget, args.timeout)
+        return run_once(repo, args.budget, args.timeout, args.target)
     if args.command == "runs":
         from loop.commands.runs import runs_command
 
@@ -159,7 +163,7 @@ def dispatch(args: argparse.Namespace, argv: list[str]) -> int:
         return report_command(repo, args.tag, args.out, args.compare, args.x)
     from loop.guard import check_command
 
-    return check_command(repo, args.rev)
+    return check_command(repo, args.rev, args.target)
 
 
 def _settings(args: argparse.Namespace) -> dict:

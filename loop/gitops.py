@@ -14,6 +14,7 @@ object, so a read running in another thread at the same moment would pick up a p
 """
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -117,6 +118,25 @@ class Git:
 
     def ls_files(self) -> list[str]:
         return self.cmd.ls_files().splitlines()
+
+    def working_tree(self) -> str:
+        """A tree object of the working tree's files as `git add -A` sees them (tracked, and untracked
+        ones not ignored, edits included), made through a private copy of the index: the person's
+        index, refs and files stay as they are (the only trace is loose objects git gc collects)."""
+        index = Path(self.cmd.rev_parse("--git-path", "index"))
+        index = index if index.is_absolute() else self.root / index
+        with tempfile.TemporaryDirectory(prefix="autoresearch-index-") as tmp:
+            private = Path(tmp) / "index"
+            if index.is_file():
+                # a copy with its mtime kept: git re-hashes a file as new as its index ("racily
+                # clean"); a fresh mtime on the copy would let an edit made in that second go unseen
+                shutil.copy2(index, private)
+            env = {"GIT_INDEX_FILE": str(private)}
+            try:
+                self.cmd.add("-A", env=env)
+                return self.cmd.write_tree(env=env)
+            except git.GitCommandError as e:
+                raise SetupError(f"cannot snapshot the working tree: {' '.join(str(e.stderr).split())[:200]}") from None
 
     # -- making experiments without the working tree ------------------------------------------
 

@@ -509,27 +509,91 @@ def _flatten(targets: list[ast.expr]) -> list[ast.expr]:
     return out
 
 
-def check_command(repo: Path, rev: str | None) -> int:
-    """`autoresearch check [REV]`: the commit guard of REV against its parent, as a command."""
+def check_command(repo: Path, rev: str | None, target_file: str | None = None) -> int:
+    """`autoresearch check [REV]`: the commit guard of REV against its parent, as a command, for the
+    target the daemon would guard REV with (see `_target_of`)."""
+    from loop.errors import UsageError
+
     rev = rev or "HEAD"
+    top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=repo, capture_output=True, text=True)
+    root = Path(top.stdout.strip()) if top.returncode == 0 else repo  # the declaration lives at the root
     commit = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"],
-                            cwd=repo, capture_output=True, text=True)
+                            cwd=root, capture_output=True, text=True)
     if commit.returncode != 0:
         print(f"check: {rev} is not a commit of this repository: name one that exists (see `git log`)", file=sys.stderr)
         return 2
     commit_id = commit.stdout.strip()
-    secrets = secret_index(repo)
+    try:
+        target = _target_of(root, rev, target_file)
+    except UsageError as e:
+        print(f"check: {e}", file=sys.stderr)
+        return 2
     parent = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{commit_id}^"],
-                            cwd=repo, capture_output=True, text=True)
-    if parent.returncode != 0:  # a root commit: nothing to compare with, the lint and the secrets still apply
-        text = subprocess.run(["git", "show", f"{commit_id}:{EDITABLE}"], cwd=repo, capture_output=True).stdout
-        source = text.decode("utf-8", errors="replace")
-        carried = secrets.found_in(source)
-        found = lint_train_py(source) + ([f"{EDITABLE} {carried}"] if carried else [])
-    else:
-        found = check_commit(repo, commit_id, parent.stdout.strip(), protected={}, secrets=secrets)
+                            cwd=root, capture_output=True, text=True)
+    parent_id = parent.stdout.strip() if parent.returncode == 0 else None
+    # What was compared, said on the verdict line: a bare "X changed" on a project's own commit reads as a bug.
+    compared = f"{rev} ({commit_id[:7]})" + (f" against its parent ({parent_id[:7]})" if parent_id else
+                                             ", a root commit with no parent to compare it with")
+    guarded = ("the builtin target" if target.builtin else
+               f"target {target.name} ({_shown_path(target.source, root)})")
+    if target.builtin:
+        found = _check_builtin(root, commit_id, parent_id)
+        passed = "passes the lint and carries no validation text"
+        clean = f"changes only {EDITABLE}, {passed}" if parent_id else passed
+    else:  # as the daemon guards a custom target: its editable globs, frozen regions and protected files
+        found = check_target_commit(root, commit_id, parent_id, {}, target) if parent_id else []
+        allowed = ", ".join(target.editable)
+        clean = (f"changes only {allowed}" + (", and keeps its frozen regions" if target.frozen else "")
+                 if parent_id else "nothing to check: the guard compares a commit with its parent")
+    if not found:
+        print(f"clean: {compared}, by the guard of {guarded}: {clean}")
+        return 0
+    problems = f"{len(found)} problem" + ("s" if len(found) > 1 else "")
+    print(f"refused: {compared}, by the guard of {guarded}: {problems}:")
     for line in found:
         print(line)
-    if not found:
-        print(f"clean: {rev} changes only train.py, passes the lint and carries no validation text")
-    return 1 if found else 0
+    if target.builtin and rev == "HEAD" and not _on_run_branch(root):  # likely a project's own commit
+        print("(the guard judges an experiment's commit: `autoresearch check autoresearch/TAG` checks a run's best)")
+    return 1
+
+
+def _check_builtin(root: Path, commit: str, parent: str | None) -> list[str]:
+    if subprocess.run(["git", "cat-file", "-e", f"{commit}:{EDITABLE}"], cwd=root, capture_output=True).returncode:
+        return [f"{commit[:7]} has no {EDITABLE}: the builtin target edits {EDITABLE}; declare this repository's "
+                "own target in autoresearch.toml (see examples/README.md), or check with --target FILE"]
+    secrets = secret_index(root)
+    if parent is not None:
+        return check_commit(root, commit, parent, protected={}, secrets=secrets)
+    # a root commit: nothing to compare with, the lint and the secrets still apply
+    source = _text_at(root, commit, EDITABLE)
+    carried = secrets.found_in(source)
+    return lint_train_py(source) + ([f"{EDITABLE} {carried}"] if carried else [])
+
+
+def _on_run_branch(root: Path) -> bool:
+    branch = subprocess.run(["git", "symbolic-ref", "--short", "-q", "HEAD"], cwd=root, capture_output=True, text=True)
+    return branch.stdout.strip().startswith("autoresearch/")
+
+
+def _target_of(root: Path, rev: str, given: str | None) -> Target:
+    """--target FILE; else the target of the run whose branch REV names (its journal records the
+    file it was started with, e.g. alpha.toml); else autoresearch.toml at the root; else the builtin."""
+    from loop import target as targets  # here, not at the top: the daemon's import of the guard needs neither
+    from loop.journal import JOURNAL_NAME, read_events, run_dir
+
+    if given is None:
+        branch = rev.removeprefix("refs/heads/")
+        tag = branch.removeprefix("autoresearch/") if branch.startswith("autoresearch/") else None
+        if tag and "/" not in tag and not tag.startswith("."):
+            started = [e for e in read_events(run_dir(root, tag) / JOURNAL_NAME) if e.get("event") == "run_started"]
+            if started:  # `start` records a declared target's file, autoresearch.toml too; none: the builtin
+                given = (started[0].get("config") or {}).get("target")
+                return targets.of_config(root, given) if given else targets.BUILTIN
+    return targets.of_config(root, given)
+
+
+def _shown_path(path: Path | None, root: Path) -> str:
+    if path is None:
+        return ""
+    resolved = path.resolve()
+    return str(resolved.relative_to(root.resolve())) if resolved.is_relative_to(root.resolve()) else str(path)

@@ -223,3 +223,34 @@ def test_check_of_a_revision_that_does_not_exist(tmp_path: Path) -> None:
         assert "clean" not in done.stdout
     root = run_cli(repo, "check", "HEAD", env=env)  # a root commit: no parent, still checked
     assert root.returncode == 0 and root.stdout.startswith("clean"), root.stdout + root.stderr
+
+
+def test_check_says_what_it_compared(tmp_path: Path) -> None:
+    """A project's own commit (a test changed) is refused, and the verdict names the commit, its parent
+    and the target, so the refusal is not mistaken for a broken repository."""
+    repo, env = make_repo(tmp_path)
+    base = git(repo, "rev-parse", "HEAD")
+    (repo / "tests").mkdir()
+    (repo / "tests" / "test_daemon_e2e.py").write_text("def test_nothing() -> None:\n    pass\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "a test")
+    head = git(repo, "rev-parse", "HEAD")
+    done = run_cli(repo, "check", env=env)
+    lines = done.stdout.splitlines()
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert lines[0] == (f"refused: HEAD ({head[:7]}) against its parent ({base[:7]}), by the guard of the builtin "
+                        "target: 1 problem:")
+    assert lines[1] == "tests/test_daemon_e2e.py changed: only train.py may change"
+    assert "autoresearch check autoresearch/TAG" in lines[2]
+    root = run_cli(repo, "check", "HEAD~1", env=env)
+    assert root.returncode == 0 and root.stdout == (f"clean: HEAD~1 ({base[:7]}), a root commit with no parent to "
+                                                    "compare it with, by the guard of the builtin target: passes the "
+                                                    "lint and carries no validation text\n"), root.stdout
+
+
+def test_check_without_train_py_or_a_declaration_says_so(tmp_path: Path) -> None:
+    repo, env = make_repo(tmp_path)
+    git(repo, "rm", "-q", "train.py")
+    git(repo, "commit", "-qm", "no train.py")
+    done = run_cli(repo, "check", env=env)
+    assert done.returncode == 1 and "has no train.py" in done.stdout and "autoresearch.toml" in done.stdout, done.stdout

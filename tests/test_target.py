@@ -24,10 +24,10 @@ EXAMPLE = MAIN / "examples" / "linreg-rust"
 IGNORED = "/.autoresearch/\n/target/\n/results*.tsv\n"
 
 
-def new_repo(tmp_path: Path, files: dict[str, str]) -> tuple[Path, dict[str, str]]:
+def new_repo(tmp_path: Path, files: dict[str, str], ignored: str = IGNORED) -> tuple[Path, dict[str, str]]:
     """A real git repository holding files, committed on main; and the CLI's environment."""
     repo = tmp_path / "repo"
-    for path, text in {**files, ".gitignore": IGNORED}.items():
+    for path, text in {**files, ".gitignore": ignored}.items():
         (repo / path).parent.mkdir(parents=True, exist_ok=True)
         (repo / path).write_text(text)
     git(repo, "init", "-q", "-b", "main")
@@ -142,6 +142,12 @@ def test_two_runs_at_once_never_share_a_build_cache(tmp_path: Path) -> None:
         assert none.path is None
 
 
+def example_files() -> dict[str, str]:
+    """The Rust example's files, as a person copies them into a repository of their own."""
+    return {str(p.relative_to(EXAMPLE)): p.read_text() for p in EXAMPLE.rglob("*")
+            if p.is_file() and "target" not in p.relative_to(EXAMPLE).parts and p.name != ".gitignore"}
+
+
 def commit_change(repo: Path, path: str, text: str) -> str:
     (repo / path).write_text(text)
     git(repo, "commit", "-q", "-am", f"change {path}")
@@ -151,9 +157,7 @@ def commit_change(repo: Path, path: str, text: str) -> str:
 # --- a Rust crate through the daemon -------------------------------------------------------------------
 @pytest.mark.skipif(shutil.which("cargo") is None, reason="needs cargo (the Rust toolchain)")
 def test_a_rust_target_runs_five_experiments_through_the_daemon(tmp_path: Path) -> None:
-    files = {str(p.relative_to(EXAMPLE)): p.read_text() for p in EXAMPLE.rglob("*")
-             if p.is_file() and "target" not in p.relative_to(EXAMPLE).parts and p.name != ".gitignore"}
-    repo, env = new_repo(tmp_path, files)
+    repo, env = new_repo(tmp_path, example_files())
     queue = tmp_path / "queue"
     main, data = "src/main.rs", "src/data.rs"
     queue_diff(queue, "1", repo, main, "LEARNING_RATE: f64 = 0.001", "LEARNING_RATE: f64 = 0.01", "faster")
@@ -257,6 +261,22 @@ def test_two_targets_one_after_the_other_then_side_by_side(tmp_path: Path) -> No
     assert report.returncode == 0, report.stdout + report.stderr
 
 
+def test_a_plain_stop_stops_the_daemon_of_the_root_declaration(tmp_path: Path) -> None:
+    """With autoresearch.toml at the root, `autoresearch stop` (no --target) finds its daemon."""
+    files = {k: v for k, v in TWO_TARGETS.items() if k.startswith("alpha")}
+    files["autoresearch.toml"] = files.pop("alpha.toml")
+    repo, env = new_repo(tmp_path, files)
+    daemon = start_background(repo, "start", "--tag", "s1", "--queue", str(tmp_path / "empty"), *SHORT, env=env)
+    try:
+        wait_for(lambda: decided(repo, "s1") == 1)  # the baseline; then it waits on its empty queue
+        stopped = run_cli(repo, "stop", env=env)
+        assert stopped.returncode == 0 and "stop requested" in stopped.stdout, stopped.stdout + stopped.stderr
+        assert daemon.wait(timeout=120) == 0
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+
+
 def decided(repo: Path, tag: str) -> int:
     try:
         return len(fold(journal_events(repo, tag)).decided)
@@ -318,3 +338,77 @@ def test_a_higher_is_better_metric_reads_as_itself_in_every_view(tmp_path: Path)
     assert report.returncode == 0, report.stdout + report.stderr
     assert "baseline accuracy: 75.000000; best: 96.000000" in report.stdout, report.stdout
     assert "val_bpb" not in status + shown + report.stdout
+
+
+# --- check and run on a declared target ----------------------------------------------------------------
+def test_check_judges_a_commit_by_the_declared_target(tmp_path: Path) -> None:
+    """`check` guards a commit as the daemon does for the target at the root: its editable files, not train.py."""
+    repo, env = new_repo(tmp_path, example_files())
+    root = run_cli(repo, "check", env=env)
+    assert root.returncode == 0 and root.stdout.startswith("clean: HEAD ("), root.stdout + root.stderr
+    assert "root commit" in root.stdout and "target linreg (autoresearch.toml)" in root.stdout
+    assert "train.py" not in root.stdout
+    base = git(repo, "rev-parse", "HEAD")
+    main_rs, data_rs = (repo / "src/main.rs").read_text(), (repo / "src/data.rs").read_text()
+    faster = commit_change(repo, "src/main.rs", main_rs.replace("f64 = 0.001", "f64 = 0.01"))
+    clean = run_cli(repo, "check", env=env)
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert clean.stdout == (f"clean: HEAD ({faster[:7]}) against its parent ({base[:7]}), by the guard of target "
+                            "linreg (autoresearch.toml): changes only src/main.rs\n")
+    cheat = commit_change(repo, "src/data.rs", data_rs.replace("const NOISE: f64 = 0.1;", "const NOISE: f64 = 0.0;"))
+    refused = run_cli(repo, "check", env=env)
+    lines = refused.stdout.splitlines()
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert lines[0].startswith(f"refused: HEAD ({cheat[:7]}) against its parent ({faster[:7]}), by the guard of "
+                               "target linreg"), lines
+    assert "src/data.rs changed: only src/main.rs may change" in lines
+    assert run_cli(repo, "check", faster[:10], env=env).returncode == 0
+
+
+def test_check_of_a_runs_branch_guards_it_as_its_daemon_did(tmp_path: Path) -> None:
+    """The commit a daemon kept for `--target alpha.toml` is clean to `check autoresearch/TAG`, with no
+    autoresearch.toml at the root: the run's journal names the target it was started with."""
+    repo, env = new_repo(tmp_path, TWO_TARGETS)
+    queue_diff(tmp_path / "qa", "1", repo, "alpha/params.sh", "X=6", "X=4", "x to 4")
+    done = run_cli(repo, "start", "--tag", "a1", "--target", "alpha.toml", "--queue", str(tmp_path / "qa"), *SHORT,
+                   env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert [r[3] for r in rows(repo, "results-alpha.tsv", "loss")] == ["keep", "keep"]
+    kept = run_cli(repo, "check", "autoresearch/a1", env=env)
+    assert kept.returncode == 0, kept.stdout + kept.stderr
+    assert kept.stdout.startswith("clean: autoresearch/a1 (") and "target alpha (alpha.toml)" in kept.stdout
+    assert "changes only alpha/params.sh" in kept.stdout
+
+
+ALPHA_AT_ROOT = {"autoresearch.toml": ALPHA, **{k: v for k, v in TWO_TARGETS.items() if k.startswith("alpha/")}}
+
+
+def test_run_runs_the_declared_target_once_from_the_working_tree(tmp_path: Path) -> None:
+    repo, env = new_repo(tmp_path, ALPHA_AT_ROOT)
+    head = git(repo, "rev-parse", "HEAD")
+    done = run_cli(repo, "run", "--budget", "1", env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.splitlines()[-1].startswith("loss: 9.000000 (logs in "), done.stdout
+    (repo / "alpha/params.sh").write_text("X=4\n")  # not committed: the run takes the working tree as it is
+    edited = run_cli(repo, "run", "--budget", "1", env=env)
+    assert edited.returncode == 0 and "loss: 1.000000 (logs in " in edited.stdout, edited.stdout + edited.stderr
+    (repo / "alpha/params.sh").write_text("exit 3\n")  # the run fails: said in one line, exit 1
+    broken = run_cli(repo, "run", "--budget", "1", env=env)
+    assert broken.returncode == 1 and "crash: run: exit 3" in broken.stdout, broken.stdout + broken.stderr
+    # no branch, commit, index entry or results row; only the edit, which is the person's
+    assert git(repo, "rev-parse", "HEAD") == head and git(repo, "branch", "--list") == "* main"
+    assert git(repo, "status", "--porcelain") == "M alpha/params.sh" and git(repo, "diff", "--cached") == ""
+    assert not (repo / "results-alpha.tsv").exists()
+
+
+@pytest.mark.skipif(shutil.which("cargo") is None, reason="needs cargo (the Rust toolchain)")
+def test_the_rust_example_runs_once_and_ignores_what_autoresearch_writes(tmp_path: Path) -> None:
+    """examples/linreg-rust copied as it is, its .gitignore included: `run` works, and what runs leave behind
+    (the state folder, the results file) never shows as a change to commit."""
+    repo, env = new_repo(tmp_path, example_files(), ignored=(EXAMPLE / ".gitignore").read_text())
+    done = run_cli(repo, "run", "--budget", "1", env=env, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert re.search(r"^val_mse: \d+\.\d{6} \(logs in ", done.stdout, re.M), done.stdout
+    results = targets.find(repo, None).results
+    (repo / results).write_text("commit\tval_mse\tmemory_gb\tstatus\tdescription\n")  # as the daemon writes it
+    assert (repo / ".autoresearch").is_dir() and git(repo, "status", "--porcelain", "--untracked-files=all") == ""

@@ -16,7 +16,12 @@ STOP_NOW_WAIT_S = 60.0
 
 def stop(repo: Path, now: bool, target_file: str | None = None) -> int:
     root = gitops.Git(repo).root
-    lock = target.lock_file(root, target.of_config(root, target_file)) if target_file else lock_path(root)
+    # The target named, else the one declared at the root (a plain `stop` in a project with an
+    # autoresearch.toml), else the builtin experiment's daemon.
+    locks = [target.lock_file(root, target.of_config(root, target_file))]
+    if not target_file:
+        locks.append(lock_path(root))
+    lock = next((path for path in locks if read_holder(path)), locks[0])
     holder = read_holder(lock)
     if not holder:
         raise NotRunning("no autoresearch daemon is running in this repository")
