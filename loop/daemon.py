@@ -427,7 +427,7 @@ class Daemon:
             self.slot_view[event.slot] = {"n": event.job.n, "run": event.job.run, "phase": "training",
                                           "since": time.time(), "device": event.device, "loss": None}
         elif isinstance(event, TrainingEnded):
-            out = event.outcome
+            out = self.screened(event.outcome)
             self.busy_seconds[event.slot] = self.busy_seconds.get(event.slot, 0.0) + out.train_seconds
             self.slot_view[event.slot] = {}
             if not out.reason:
@@ -446,7 +446,23 @@ class Daemon:
             att.running.pop(event.job.run, None)
             att.queued_runs.insert(0, event.job.run)
 
+    def screened(self, outcome: RunOutcome) -> RunOutcome:
+        """What a run printed reaches the journal and the agent only without validation text in it. A
+        run never reads the split, but it can learn some from an earlier run's model process through
+        what the kernel caches (README, Containment), and print it into its reason, log or summary."""
+        if self.secrets is None:
+            return outcome
+        if outcome.reason and (why := self.secrets.found_in(outcome.reason)):
+            outcome.reason = f"{outcome.reason.split(': ', 1)[0]}: (what the run said is withheld: it {why})"
+        if outcome.log_tail and (why := self.secrets.found_in(outcome.log_tail)):
+            outcome.log_tail = f"(the log's tail is withheld: it {why})"
+        for key, value in list(outcome.summary.items()):
+            if isinstance(value, str) and self.secrets.found_in(value):
+                outcome.summary[key] = "(withheld)"
+        return outcome
+
     def on_finished(self, job: Job, slot: str, outcome: RunOutcome) -> None:
+        outcome = self.screened(outcome)
         if job.score_only:
             self.on_holdout(job, outcome)
             return

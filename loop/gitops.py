@@ -119,10 +119,11 @@ class Git:
     def ls_files(self) -> list[str]:
         return self.cmd.ls_files().splitlines()
 
-    def working_tree(self) -> str:
+    def working_tree(self, leave_out: str) -> str:
         """A tree object of the working tree's files as `git add -A` sees them (tracked, and untracked
-        ones not ignored, edits included), made through a private copy of the index: the person's
-        index, refs and files stay as they are (the only trace is loose objects git gc collects)."""
+        ones not ignored, edits included), less the folder `leave_out` (the daemon's state, ignored or
+        not), made through a private copy of the index: the person's index, refs and files stay as
+        they are (the only trace is loose objects git gc collects)."""
         index = Path(self.cmd.rev_parse("--git-path", "index"))
         index = index if index.is_absolute() else self.root / index
         with tempfile.TemporaryDirectory(prefix="autoresearch-index-") as tmp:
@@ -133,7 +134,8 @@ class Git:
                 shutil.copy2(index, private)
             env = {"GIT_INDEX_FILE": str(private)}
             try:
-                self.cmd.add("-A", env=env)
+                self.cmd.add("-A", "--", ".", f":(exclude){leave_out}", env=env)
+                self.cmd.rm("-r", "--cached", "-q", "--ignore-unmatch", "--", leave_out, env=env)
                 return self.cmd.write_tree(env=env)
             except git.GitCommandError as e:
                 raise SetupError(f"cannot snapshot the working tree: {' '.join(str(e.stderr).split())[:200]}") from None

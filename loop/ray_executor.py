@@ -387,12 +387,12 @@ class RayExecutor:
     def _scoring(self, job: Job, task: NodeTask) -> tuple[NodeTask, dict[str, Any]]:
         """A score-only task: pinned to the node that holds the checkpoint, or carrying it."""
         node, where = job.ran_on.get("node_id", ""), job.ran_on.get("checkpoint", "")
-        if node and where:
+        if node and ":/" in where:
             from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
             # Not soft: on another node the path means nothing. A node gone fails the task, which
             # reaches the controller as the score's crash (a holdout never decides anything).
-            task = replace(task, checkpoint=where.split(":", 1)[1])
+            task = replace(task, checkpoint=_path_of(where))
             return task, {"scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=False)}
         ckpt = job.spec.exp_dir / "ckpt"
         return replace(task, checkpoint_tar=pack(ckpt, "ckpt") if ckpt.is_dir() else b""), {}
@@ -401,8 +401,8 @@ class RayExecutor:
         """Delete, on their nodes, the checkpoints these runs left there (a node gone took its own)."""
         by_node: dict[str, list[str]] = {}
         for hardware in ran_on:
-            if (node := hardware.get("node_id")) and ":" in (where := hardware.get("checkpoint") or ""):
-                by_node.setdefault(node, []).append(where.split(":", 1)[1])
+            if (node := hardware.get("node_id")) and ":/" in (where := hardware.get("checkpoint") or ""):
+                by_node.setdefault(node, []).append(_path_of(where))
         if not by_node:
             return
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -594,6 +594,11 @@ class RayExecutor:
         shared = sum(1 for n in nodes if n.get("NodeManagerAddress") == ip) > 1
         where = f"{ip}#{node_id[:6]}" if shared else ip
         return f"{where}:{self.resource.lower()}{index}"
+
+
+def _path_of(location: str) -> str:
+    """The path of a "<node-ip>:<path>" location; the ip may be IPv6 (colons), the path is absolute."""
+    return location[location.index(":/") + 1:]
 
 
 def _label_of(node: dict) -> str:

@@ -45,8 +45,13 @@ from loop.summary import parse_summary
 STARTUP_ALLOWANCE_S = 120.0  # default wall-clock beyond the budget for imports, compilation and saving
 EVAL_TIMEOUT_S = 600.0
 ROLES = ("main", "reference")  # the model processes of one evaluation, as prepare.py names them
-# The scorer's words for a model process that failed before it was sent any text to score.
+# The scorer's words for a model process that failed before it was sent any text to score; said of
+# main only: the reference starts after main had text, and main can signal to it through what the
+# kernel caches (README, Containment), so the reference's own words are never told.
 BEFORE_ANY_TEXT = ("start-up", "failed to start")
+# What training may read of the prepared data: the training split and its manifest. The rest of the
+# cache (downloaded shards, whose tail became val.txt) is never shown to a run.
+TRAINING_DATA = ("train.bin", "manifest.json")
 # Errors a model process that has seen text may be said to have raised: names, not its own words.
 ERROR_NAMES = frozenset(name for name, value in vars(builtins).items()
                         if isinstance(value, type) and issubclass(value, BaseException)) | {"OutOfMemoryError"}
@@ -142,8 +147,9 @@ class Runner:
         env.update(AUTORESEARCH_OUT=str(dirs["ckpt"]), AUTORESEARCH_TIME_BUDGET=f"{spec.budget:g}",
                    AUTORESEARCH_CACHE=str(self.data), AUTORESEARCH_SEED=str(spec.seed))
         env.update(_kernel_caches(spec.kernels, dirs["tmp"] / "kernels"))
+        data = tuple(self.data / name for name in TRAINING_DATA if (self.data / name).exists())
         box = sandbox.SandboxSpec(workdir=dirs["train"], writable=(dirs["ckpt"], dirs["home"], dirs["tmp"]),
-                                  readonly=(self.data,), hide=(self.repo,), gpu=self.gpu,
+                                  readonly=data, hide=(self.repo,), gpu=self.gpu,
                                   gpu_devices=_devices(spec.device))
         # The daemon's own clock bounds all of training, start-up included.
         limit = min(spec.timeout, spec.budget + spec.startup_allowance)
@@ -443,9 +449,12 @@ def _model_failure(reason: str, models: list[ProcResult], train_py: bytes) -> st
     log = next((tail(m.log_path) for m in models if m.log_path.name == f"eval-{role}.log"), "")
     if not log.strip():
         return reason
-    if any(words in reason for words in BEFORE_ANY_TEXT):
+    if role == ROLES[0] and any(words in reason for words in BEFORE_ANY_TEXT):
         why = _last_error(log)
         return why if why.startswith("eval: ") else f"{reason}: {why}"
+    # The scorer's own words stay, less the answer limit: it follows the model's answer times, which
+    # the model chooses (and could choose from the text it was sent).
+    reason = re.sub(r" \(limit \d+s\)", "", reason)
     kind = next((m.group(1) for line in reversed(log.splitlines())
                  if (m := re.match(r"(?:[A-Za-z_][\w.]*\.)?(\w+)(?::|$)", line.strip())) and m.group(1) in ERROR_NAMES),
                 "an error")

@@ -308,3 +308,26 @@ def test_malformed_metric_lines_are_crashes_not_the_daemons(tmp_path: Path) -> N
     again = run_cli(repo, "resume", "--tag", "m", env=env)
     assert "Traceback" not in again.stderr + again.stdout, again.stderr
     assert len(read_results(repo)) == len(forged) + 2
+
+
+def test_what_a_failed_model_process_said_is_told_only_of_mains_start_up(tmp_path: Path) -> None:
+    """main's start-up comes before any text to score, so its words are told; the reference starts
+    after main had text, and main can signal to it through the page cache, so its words never are;
+    nor the answer limit, which follows answer times the model chose."""
+    from loop.procs import ProcResult
+    from loop.runner import _model_failure
+
+    def failed(role: str, said: str) -> ProcResult:
+        (tmp_path / f"eval-{role}.log").write_text(said + "\n")
+        return ProcResult(1, False, False, 1.0, tmp_path / f"eval-{role}.log", 0, 0)
+
+    text = "eval: checkpoint does not load: some words the process chose"
+    main_start = _model_failure("eval: the main model process died (during start-up (limit 120s))",
+                                [failed("main", text)], b"x = 1\n")
+    assert main_start == text
+    for reason in ("eval: the reference model process died (during start-up (limit 120s))",
+                   "eval: the reference model process failed to start",
+                   "eval: the main model process died (during an answer (limit 731s))"):
+        role = "reference" if "reference" in reason else "main"
+        told = _model_failure(reason, [failed(role, "ValueError: some words the process chose")], b"x = 1\n")
+        assert "words the process chose" not in told and "limit" not in told and "ValueError" in told, told

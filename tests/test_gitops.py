@@ -209,3 +209,19 @@ def test_many_commits_leave_no_process_behind(tmp_path: Path) -> None:
         g.merge_file(b"a\n", b"b\n", b"c\n")
     assert len(me.children(recursive=True)) == before
     assert len(git(repo, "rev-list", parent).splitlines()) == 21
+
+
+def test_a_snapshot_of_the_working_tree_leaves_the_state_folder_out_and_touches_nothing(tmp_path: Path) -> None:
+    """`run` on a declared target runs the tree as `git add -A` sees it: edits and new files in, the
+    daemon's state folder out (journals hold the night's seed key), ignored or not."""
+    repo = make_repo(tmp_path)
+    (repo / "notes.md").write_text("edited\n")
+    (repo / "new.txt").write_text("new\n")
+    (repo / ".autoresearch" / "runs" / "n1").mkdir(parents=True)
+    (repo / ".autoresearch" / "runs" / "n1" / "journal.jsonl").write_text('{"seed_key": "secret"}\n')
+    before = snapshot(repo)
+    tree = gitops.Git(repo).working_tree(".autoresearch")
+    assert snapshot(repo) == before
+    names = git(repo, "ls-tree", "-r", "--name-only", tree).splitlines()
+    assert "new.txt" in names and not [n for n in names if n.startswith(".autoresearch")]
+    assert git(repo, "show", f"{tree}:notes.md") == "edited"

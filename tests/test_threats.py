@@ -7,7 +7,16 @@ import hashlib
 from pathlib import Path
 
 import psutil
-from daemon_kit import assert_invariants, git, journal_events, make_repo, queue_proposal, read_results, run_cli
+from daemon_kit import (
+    VAL_TEXT,
+    assert_invariants,
+    git,
+    journal_events,
+    make_repo,
+    queue_proposal,
+    read_results,
+    run_cli,
+)
 
 from loop.journal import fold
 from loop.procs import TOKEN_ENV
@@ -59,8 +68,21 @@ ATTACKS = {
 }
 
 
+# Validation text a run never read (it learnt it through a side channel, say: README, Containment),
+# printed into its crash reason and log; here carried XOR-ed, which no guard view undoes.
+VAL_XORED = bytes(b ^ 0x55 for b in VAL_TEXT.encode()[:90]).hex()
+ATTACKS["says_val_text"] = (f"_said = bytes(b ^ 0x55 for b in bytes.fromhex('{VAL_XORED}')).decode()\n"
+                            "if __name__ == '__main__':\n    print(_said, flush=True)\n    raise NameError(_said)",
+                            "exit 1: (what the run said is withheld: it carries validation text")
+
+# The prepared data's folder holds more than the training split (downloaded shards, whose tail
+# became val.txt with --force-val): a run is shown the training split alone.
+ATTACKS["reads_raw_shards"] = ("import os as _os\nif __name__ == '__main__':\n"
+                               "    open(_os.path.join(_os.environ['AUTORESEARCH_CACHE'], 'raw', 'shard.txt')).read()",
+                               "exit 1: FileNotFoundError")
+
 # Attacks only the sandbox stops (without it the file system is the daemon's own).
-SANDBOX_ONLY = {"writes_harness", "moves_git", "reads_hidden_val", "warm_start"}
+SANDBOX_ONLY = {"writes_harness", "moves_git", "reads_hidden_val", "warm_start", "reads_raw_shards"}
 
 
 def hashes(repo: Path) -> dict[str, str]:
@@ -77,6 +99,9 @@ def test_attacks_through_the_daemon(tmp_path: Path) -> None:
         text = base.replace("\nif __name__", "\n" + code.replace("{repo}", str(repo)) + "\n\nif __name__", 1)
         queue_proposal(queue, f"{i:02d}", text, name)
     queue_proposal(queue, "99", base.replace("LR = 0.02", "LR = 0.01"), "honest change")
+    raw = Path(env["AUTORESEARCH_CACHE"]) / "raw"
+    raw.mkdir(exist_ok=True)
+    (raw / "shard.txt").write_text(VAL_TEXT)  # as a download's shard holds the text val.txt came from
     env[MEMORY_ENV] = "2048"  # the memory hog asks for 4 GiB; the host must not notice
     env[FILE_ENV] = "64"  # the disk filler writes 300 MiB into one file
     done = run_cli(repo, "start", "--tag", "t", "--agent", "queue", "--queue", str(queue), "--budget", "2",
@@ -100,6 +125,8 @@ def test_attacks_through_the_daemon(tmp_path: Path) -> None:
     assert log is not None
     assert max(p.stat().st_size for p in repo.glob(".autoresearch/runs/t/*/train.log")) <= 9 * 1024 * 1024
     assert by_name["flood"].status != "crash"  # the summary after the flood survived the cap
+    said = [e for e in journal_events(repo, "t") if e.get("n") == by_name["says_val_text"].n]
+    assert said and not [e for e in said if VAL_TEXT[:40] in str(e)]  # no event carries the text it printed
 
 
 def test_fix_attempt_then_success(tmp_path: Path) -> None:

@@ -69,7 +69,7 @@ def _run_target(root: Path, target: targets.Target, given: str | None, budget: f
         display.say(warning)
     started = time.monotonic()
     # the daemon's cache pool: a warm build, and its flock keeps a manual run out of a slot in use
-    runner = TargetRunner(root, target, gitops.Git(root).working_tree(), state_dir(root) / "cache" / target.name,
+    runner = TargetRunner(root, target, gitops.Git(root).working_tree(state_dir(root).name), state_dir(root) / "cache" / target.name,
                           on_line=lambda line: display.live(0, "running", time.monotonic() - started, budget, None))
     outcome = runner.run(RunSpec(train_py=b"", exp_dir=exp_dir, budget=budget, timeout=timeout))
     for key, value in outcome.summary.items():

@@ -171,6 +171,7 @@ def check_slots(config: Config) -> None:
         except Exception:  # a Ray that finds it another way: it says so itself when the daemon joins
             return
     host, _, port = address.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")  # [::1]:6379
     if not host or not port.isdigit():
         raise UsageError(f"--ray {config.ray}: give the head's address as HOST:PORT (e.g. 10.0.0.5:6379), or auto")
     try:
