@@ -134,7 +134,7 @@ class Git:
                 shutil.copy2(index, private)
             env = {"GIT_INDEX_FILE": str(private)}
             try:
-                self.cmd.add("-A", "--", ".", f":(exclude){leave_out}", env=env)
+                self.cmd.add("-A", env=env)
                 self.cmd.rm("-r", "--cached", "-q", "--ignore-unmatch", "--", leave_out, env=env)
                 return self.cmd.write_tree(env=env)
             except git.GitCommandError as e:
