@@ -37,7 +37,9 @@ import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
+
+import numpy as np
 
 if TYPE_CHECKING:
     from loop.target import Target
@@ -184,56 +186,98 @@ def _normalised(data: bytes) -> bytes:
     return _SPACES.sub(b" ", data.lower())
 
 
-@dataclass(frozen=True)
-class SecretIndex:
-    """Hashed windows of the texts no editable file may carry (val.txt, holdout.txt).
+def _steps(data: bytes) -> bytes:
+    """Each byte's difference from the one before, mod 256: the same for the text with every byte
+    shifted by one constant."""
+    array = np.frombuffer(data, dtype=np.uint8)
+    return np.diff(array).astype(np.uint8).tobytes()
 
-    Built once per run (about 60 ms for the builtin 256 KB val.txt); `found_in` hashes every
-    window of a few views of train.py, so its cost grows with train.py, not with the secrets.
+
+def _flips(data: bytes) -> bytes:
+    """Each byte XOR the one before: the same for the text with every byte XOR-ed with one constant."""
+    array = np.frombuffer(data, dtype=np.uint8)
+    return (array[1:] ^ array[:-1]).tobytes()
+
+
+# The forms text is looked for in: as written (case and spacing aside), and two that undo a whole
+# text shifted or XOR-ed by one constant byte (a one-line cipher a model can write and undo).
+FORMS: dict[str, Callable[[bytes], bytes]] = {"": _normalised, ", shifted by a constant": _steps,
+                                              ", XOR-ed with a constant": _flips}
+MIN_DISTINCT = 8  # distinct bytes a window of a shifted or XOR-ed form needs to be indexed (text has more)
+PLAIN_ONLY = ("the file", "its string literals reversed")  # their text is in the literals' views already
+
+
+@dataclass(frozen=True)
+class _Windows:
+    """Hashed windows of the secret texts in one form.
+
     CRC-32 is the window hash: fast, the same in every process (the index may be pickled), and
     each hit is confirmed against the text itself, so its collisions cost time, never a verdict.
     """
 
     hashes: frozenset[int]
-    texts: tuple[bytes, ...]  # normalised, to confirm a hash hit is the real text
+    texts: tuple[bytes, ...]  # in this form, to confirm a hash hit is the real text
     step: int
 
     @classmethod
-    def build(cls, texts: Iterable[bytes]) -> SecretIndex:
-        normal = tuple(t for t in (_normalised(raw) for raw in texts) if len(t) >= WINDOW)
-        total = sum(len(t) - WINDOW + 1 for t in normal)
+    def build(cls, texts: Iterable[bytes], min_distinct: int = 0) -> _Windows:
+        """`min_distinct`: windows with fewer distinct bytes are not indexed (in a shifted or XOR-ed
+        form a banner of one repeated character is a run of zeros, which text may hold too)."""
+        kept = tuple(t for t in texts if len(t) >= WINDOW)
+        total = sum(len(t) - WINDOW + 1 for t in kept)
         step = max(1, -(-total // MAX_WINDOWS))
         crc = zlib.crc32
-        hashes = frozenset(crc(t[i:i + WINDOW]) for t in normal for i in range(0, len(t) - WINDOW + 1, step))
-        return cls(hashes, normal, step)
+        hashes = frozenset(crc(w) for t in kept for i in range(0, len(t) - WINDOW + 1, step)
+                           if len(set(w := t[i:i + WINDOW])) >= min_distinct)
+        return cls(hashes, kept, step)
 
-    def found_in(self, text: str) -> str | None:
-        """Why `text` carries secret text (never quoting it), or None."""
-        if not self.hashes:
-            return None
-        best: tuple[int, str] = (0, "")
-        for where, view in _views(text):
-            run = self._longest_run(_normalised(view))
-            if run > best[0]:
-                best = (run, where)
-        if not best[0]:
-            return None
-        return f"carries validation text: a run of {best[0]} bytes of it in {best[1]}"
-
-    def _longest_run(self, view: bytes) -> int:
+    def longest_run(self, view: bytes) -> int:
         """Length in bytes of the longest stretch of consecutive windows that are secret text."""
         longest, start, last = 0, 0, -len(view)
         crc, hashes = zlib.crc32, self.hashes
         for i in range(len(view) - WINDOW + 1):
             window = view[i:i + WINDOW]
-            if crc(window) in hashes and self._confirmed(window):
+            if crc(window) in hashes and any(window in t for t in self.texts):
                 start = i if i - last > self.step else start  # a sampled index hits every step bytes
                 last = i
                 longest = max(longest, i - start + WINDOW)
         return longest
 
-    def _confirmed(self, window: bytes) -> bool:
-        return any(window in t for t in self.texts)
+
+@dataclass(frozen=True)
+class SecretIndex:
+    """The texts no editable file or run's words may carry (val.txt, holdout.txt), indexed in each
+    of FORMS. Built once per run (about 0.2 s for the builtin 256 KB val.txt); `found_in` hashes
+    every window of a few views of a text, so its cost grows with the text, not the secrets."""
+
+    forms: tuple[tuple[str, _Windows], ...]
+
+    @classmethod
+    def build(cls, texts: Iterable[bytes]) -> SecretIndex:
+        raw = list(texts)
+        return cls(tuple((name, _Windows.build((form(t) for t in raw), MIN_DISTINCT if name else 0))
+                         for name, form in FORMS.items()))
+
+    @property
+    def size(self) -> int:
+        return sum(len(windows.hashes) for _, windows in self.forms)
+
+    def found_in(self, text: str) -> str | None:
+        """Why `text` carries secret text (never quoting it), or None."""
+        if not self.size:
+            return None
+        views = _views(text)
+        best: tuple[int, str] = (0, "")
+        for where, view in views:
+            for name, windows in self.forms:
+                if name and where in PLAIN_ONLY and len(views) > 1:
+                    continue
+                run = windows.longest_run(FORMS[name](view))
+                if run > best[0]:
+                    best = (run, where + name)
+        if not best[0]:
+            return None
+        return f"carries validation text: a run of {best[0]} bytes of it in {best[1]}"
 
 
 def secret_index(repo: Path, names: Iterable[str] = SECRET_FILES) -> SecretIndex:

@@ -123,6 +123,9 @@ def carried(piece: bytes) -> dict[str, str]:
         "reversed": f"DATA = {text[::-1]!r}\n",
         "comment": "# " + text.replace("\n", " ") + "\n",
         "decimal text": "DATA = '" + ",".join(str(b) for b in piece) + "'\n",
+        "shifted by one": f"DATA = {bytes((b + 1) & 255 for b in piece)!r}\n",
+        "XOR-ed, in hex": f"DATA = bytes.fromhex({bytes(b ^ 0x55 for b in piece).hex()!r})\n",
+        "XOR-ed, as ints": f"DATA = {list(bytes(b ^ 0x3C for b in piece))}\n",
     }
 
 
@@ -148,6 +151,16 @@ def test_secret_index_passes_todays_train_py_and_search_proposals() -> None:
         proposal = agent.propose(context)
         assert index.found_in(proposal.train_py) is None, proposal.description
         history.append(HistoryItem(n, "abc1234", "discard", 1.0, 1.0, 0.0, proposal.description))
+
+
+def test_banners_and_runs_of_one_character_are_no_shifted_text() -> None:
+    """A shifted or XOR-ed form turns any run of one repeated byte into zeros: a banner comment is
+    never taken for shifted validation text, and a log's text shifted by a constant is found."""
+    index = SecretIndex.build([VAL])
+    banners = "\n# " + "=" * 100 + "\nX = '" + "-" * 80 + "'\n" + "Y = " + str([7] * 64) + "\n"
+    assert index.found_in(TRAIN + banners) is None
+    log = "step 10 | loss 2.1\nValueError: " + bytes((b + 3) & 255 for b in PIECE).decode("latin-1")
+    assert "shifted by a constant" in (index.found_in(log) or "")
 
 
 def test_secret_index_is_fast() -> None:

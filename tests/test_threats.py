@@ -69,9 +69,11 @@ ATTACKS = {
 
 
 # Validation text a run never read (it learnt it through a side channel, say: README, Containment),
-# printed into its crash reason and log; here carried XOR-ed, which no guard view undoes.
-VAL_XORED = bytes(b ^ 0x55 for b in VAL_TEXT.encode()[:90]).hex()
-ATTACKS["says_val_text"] = (f"_said = bytes(b ^ 0x55 for b in bytes.fromhex('{VAL_XORED}')).decode()\n"
+# printed into its crash reason and log; here carried XOR-ed with a key that changes with the
+# position, which no guard view undoes.
+VAL_XORED = bytes(b ^ ((i * 37 + 11) & 255) for i, b in enumerate(VAL_TEXT.encode()[:90])).hex()
+ATTACKS["says_val_text"] = (f"_said = bytes(b ^ ((i * 37 + 11) & 255) for i, b in enumerate(bytes.fromhex('{VAL_XORED}')))"
+                            ".decode()\n"
                             "if __name__ == '__main__':\n    print(_said, flush=True)\n    raise NameError(_said)",
                             "exit 1: (what the run said is withheld: it carries validation text")
 
