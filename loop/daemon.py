@@ -797,6 +797,8 @@ class Daemon:
         if baseline is not None and baseline.status == "keep":
             self.measure_allowance()
         for rec in self.run.experiments:
+            if rec.status in STATUSES:  # a deletion cut short by a kill (on a cluster node: lost with it)
+                self.tidy_checkpoints(rec.n, rec.status)
             if rec.status is None:
                 self.resume_experiment(rec)
             elif rec.status == "keep" and not rec.holdout_scored and rec.commit:  # stopped while it was scored
