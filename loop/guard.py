@@ -247,7 +247,7 @@ class _Windows:
 @dataclass(frozen=True)
 class SecretIndex:
     """The texts no editable file or run's words may carry (val.txt, holdout.txt), indexed in each
-    of FORMS. Built once per run (about 0.2 s for the builtin 256 KB val.txt); `found_in` hashes
+    of FORMS. Built once per run (0.43 s measured for the builtin 256 KB val.txt, quiet); `found_in` hashes
     every window of a few views of a text, so its cost grows with the text, not the secrets."""
 
     forms: tuple[tuple[str, _Windows], ...]
