@@ -212,13 +212,15 @@ class _Tree:
     def reap(self) -> None:
         """Collect the exit status of orphans that were reparented to us (no zombies left).
 
-        Besides the processes seen during the run, any zombie child of ours counts: a sandbox's
-        helper process can be reparented to us and die between two snapshots.
+        Besides the processes seen during the run, any zombie child of ours in another session
+        counts: a sandbox's helper process can be reparented to us and die between two snapshots.
         """
         zombies = {c.pid for c in psutil.Process().children() if _is_zombie(c)}
         # Never another Contained's own process: its exit status is its owner's to collect (a
         # scorer that ended while its model processes were killed would read as exit 0).
         for pid in (set(self.seen) | zombies) - (_STARTED - {self.root}):
+            if not _outside_our_session(pid):
+                continue
             try:
                 os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:
@@ -300,6 +302,17 @@ class _LogPump(threading.Thread):
             if self.dropped:
                 log.write(f"\n[autoresearch: {self.dropped} bytes of output dropped here]\n".encode())
             log.writelines(tail)
+
+
+def _outside_our_session(pid: int) -> bool:
+    """A run's processes, orphans or not, live in sessions of their own (a run starts one, and no
+    process can join the daemon's). Everything else the daemon started, git above all, shares its
+    session: collecting one of those would steal its exit status from the thread waiting on it,
+    whose wait then reads 0 (a conflicted merge would read as clean)."""
+    try:
+        return os.getsid(pid) != os.getsid(0)
+    except OSError:
+        return False
 
 
 def _is_zombie(proc: psutil.Process) -> bool:

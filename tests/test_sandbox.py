@@ -5,8 +5,10 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import psutil
@@ -182,3 +184,15 @@ def test_leftover_processes_finds_by_token(tmp_path: Path) -> None:
 def test_warning_line() -> None:
     assert (sandbox.warning() is None) == sandbox.available()
     assert sandbox.NO_SANDBOX_WARNING.count("\n") == 0
+
+
+def test_a_run_leaves_the_exit_status_of_the_daemons_other_children_alone(tmp_path: Path) -> None:
+    """A run's clean-up collects the zombies of orphans reparented to the daemon, never those of
+    the daemon's own commands (git), whose threads read their exit status: a stolen status reads
+    as 0, which once let a conflicted merge be committed as clean."""
+    ours = subprocess.Popen(["sh", "-c", "exit 3"])
+    while psutil.Process(ours.pid).status() != psutil.STATUS_ZOMBIE:
+        time.sleep(0.01)
+    res, _ = run(tmp_path, "print('done')", boxed=False)
+    assert res.returncode == 0
+    assert ours.wait(timeout=10) == 3
