@@ -60,7 +60,7 @@ from loop.journal import (
     run_dir,
     state_dir,
 )
-from loop.policy import MAX_CONFIRMATIONS, Noise, Policy, draws, measured_noise
+from loop.policy import MAX_CONFIRMATIONS, Noise, Policy, draws, measured_noise, repeats_differ
 from loop.procs import Cancel
 from loop.proposer import AgentBroken, AgentWaiting, ProposalError, ProposalReady, Proposer, Request
 from loop.runner import Runner, RunOutcome, RunSpec, last_loss, startup_allowance_from
@@ -427,10 +427,11 @@ class Daemon:
             self.slot_view[event.slot] = {"n": event.job.n, "run": event.job.run, "phase": "training",
                                           "since": time.time(), "device": event.device, "loss": None}
         elif isinstance(event, TrainingEnded):
-            out = self.screened(event.outcome)
+            out = event.outcome
             self.busy_seconds[event.slot] = self.busy_seconds.get(event.slot, 0.0) + out.train_seconds
             self.slot_view[event.slot] = {}
-            if not out.reason:
+            if not out.reason:  # (a failed one is journaled, screened, when it is Finished)
+                out = self.screened(out)
                 self.journal.append("evaluating", n=event.job.n, run=event.job.run,
                                     train_seconds=round(out.train_seconds, 3), summary=out.summary)
                 self.attempts[event.job.n].running[event.job.run] = "evaluating"
@@ -967,9 +968,8 @@ class Daemon:
                               baseline.scores() if baseline else [])
 
     def harness_varies(self) -> bool:
-        """Whether repeats of one commit differ here: the untouched baseline's runs did."""
         baseline = self.run.by_n.get(0)
-        return baseline is not None and len(set(baseline.scores())) > 1
+        return repeats_differ(baseline.scores() if baseline else [])
 
     def baseline_runs(self) -> int:
         if self.config.baseline_runs is not None:

@@ -176,9 +176,14 @@ def draws(runs: list[float], harness_varies: bool) -> list[float]:
     return runs
 
 
+def repeats_differ(baseline: list[float]) -> bool:
+    """Whether repeats of one commit differ on this harness: the untouched baseline's runs did."""
+    return len(set(baseline)) > 1
+
+
 def measured_noise(decided: Iterable[list[float]], baseline: list[float]) -> Noise:
     """The run-to-run noise, pooled over the runs of decided commits, each commit's as draws."""
-    varies = len(set(baseline)) > 1
+    varies = repeats_differ(baseline)
     return Noise.pooled(draws(runs, varies) for runs in decided)
 
 
