@@ -318,7 +318,7 @@ class Daemon:
     def editable(self, commit: str) -> list[str]:
         if self.target.builtin:
             return [EDITABLE]
-        return self.target.editable_files(self.git.cmd.ls_tree("-r", "--name-only", commit).splitlines())
+        return self.target.editable_files(self.git.files_at(commit))
 
     def rebase(self, old_parent: str, new_parent: str,
                files: dict[str, bytes]) -> tuple[dict[str, bytes], bytes | None]:

@@ -15,6 +15,7 @@ object, so a read running in another thread at the same moment would pick up a p
 from __future__ import annotations
 
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -105,8 +106,14 @@ class Git:
         return [line[3:] for line in out.splitlines() if line.strip()]
 
     def changed_paths(self, parent: str, commit: str) -> list[str]:
-        out = self.cmd.diff("--name-only", "--no-renames", parent, commit)
-        return [p for p in out.splitlines() if p]
+        """Paths that differ between two revisions (a rename is a deletion and an addition)."""
+        return _paths(self.cmd.diff("--name-only", "--no-renames", "-z", parent, commit))
+
+    def status_entries(self) -> list[tuple[str, str]]:
+        """(XY, path) of each tracked file with changes and each untracked file ("??") in the working
+        tree, every file of an untracked folder named; ignored files aside."""
+        out = self.cmd.status("--porcelain", "-z", "--untracked-files=all", "--no-renames")
+        return [(entry[:2], entry[3:]) for entry in _paths(out)]
 
     def diff(self, parent: str, commit: str, relpath: str = "train.py") -> str:
         return self.cmd.diff(parent, commit, "--", relpath)
@@ -116,8 +123,27 @@ class Git:
         out = self.cmd.for_each_ref("--format=%(refname) %(objectname)", prefix)
         return dict(line.split(" ", 1) for line in out.splitlines() if line)  # type: ignore[misc]
 
+    def files_at(self, rev: str) -> list[str]:
+        """Every file path in a revision's tree."""
+        return _paths(self.cmd.ls_tree("-r", "-z", "--name-only", rev))
+
     def ls_files(self) -> list[str]:
-        return self.cmd.ls_files().splitlines()
+        """Tracked paths, spelled as they are (no quoting of unusual names)."""
+        return _paths(self.cmd.ls_files("-z"))
+
+    def export(self, commit: str, dest: Path) -> None:
+        """The commit's tracked files, written under `dest` with fresh mtimes (tar -m), so no build
+        cache trusts old ones. Raises RuntimeError with git's or tar's reason when it cannot."""
+        archive = self.cmd.archive("--format=tar", commit, as_process=True)
+        extract = subprocess.run(["tar", "-x", "-m", "-f", "-", "-C", str(dest)], stdin=archive.proc.stdout,
+                                 capture_output=True)
+        archive.proc.stdout.close()
+        try:
+            archive.wait()
+        except git.GitCommandError as e:
+            raise RuntimeError(f"cannot export commit {commit[:7]}: {str(e.stderr).strip()}") from None
+        if extract.returncode != 0:
+            raise RuntimeError(f"cannot export commit {commit[:7]}: {extract.stderr.decode(errors='replace')}")
 
     def working_tree(self, leave_out: str) -> str:
         """A tree object of the working tree's files as `git add -A` sees them (tracked, and untracked
@@ -295,3 +321,14 @@ class Git:
 
     def reset_hard(self, sha: str) -> None:
         self.cmd.reset("-q", "--hard", sha)
+
+
+def _paths(nul_separated: str) -> list[str]:
+    return [p for p in nul_separated.split("\0") if p]
+
+
+def apply_patch(folder: Path, patch: Path, *options: str) -> str:
+    """Apply a patch file to the files in `folder` (which need not be a repository) with `git apply`:
+    "" when it applied, else git's first line saying why not."""
+    status, _, err = git.Git(str(folder)).apply(*options, str(patch), with_extended_output=True, with_exceptions=False)
+    return "" if status == 0 else (err.strip().splitlines() or ["does not apply"])[0]

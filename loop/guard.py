@@ -31,7 +31,6 @@ import bz2
 import hashlib
 import lzma
 import re
-import subprocess
 import sys
 import warnings
 import zlib
@@ -40,6 +39,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable
 
 import numpy as np
+from git import GitCommandError
+
+from loop import gitops
+from loop.errors import SetupError, UsageError
 
 if TYPE_CHECKING:
     from loop.target import Target
@@ -89,8 +92,7 @@ def sha256_file(path: Path) -> str:
 
 
 def _tracked(repo: Path) -> list[str]:
-    out = subprocess.run(["git", "ls-files", "-z"], cwd=repo, capture_output=True, check=True).stdout
-    return [p for p in out.decode().split("\0") if p]
+    return gitops.Git(repo).ls_files()
 
 
 def is_protected(path: str) -> bool:
@@ -105,11 +107,9 @@ def protected_hashes(repo: Path) -> dict[str, str]:
 def check_commit(repo: Path, commit: str, parent: str, protected: dict[str, str],
                  secrets: SecretIndex | None = None) -> list[str]:
     """The commit changes train.py only; train.py passes the lint and carries no secret text."""
-    names = subprocess.run(["git", "diff", "--name-only", "--no-renames", "-z", parent, commit],
-                           cwd=repo, capture_output=True, text=True, check=True).stdout.split("\0")
-    found = [f"{p} changed: only train.py may change" for p in names if p and p != EDITABLE]
-    text = subprocess.run(["git", "show", f"{commit}:{EDITABLE}"], cwd=repo, capture_output=True).stdout
-    source = text.decode("utf-8", errors="replace")
+    found = [f"{p} changed: only train.py may change" for p in gitops.Git(repo).changed_paths(parent, commit)
+             if p != EDITABLE]
+    source = _text_at(repo, commit, EDITABLE)
     found += lint_train_py(source)
     carried = secrets.found_in(source) if secrets is not None else None
     if carried:
@@ -119,14 +119,11 @@ def check_commit(repo: Path, commit: str, parent: str, protected: dict[str, str]
 
 def check_tree(repo: Path, protected: dict[str, str]) -> list[str]:
     """After a run: protected files intact and no new module that could shadow an import."""
-    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"],
-                            cwd=repo, capture_output=True, text=True, check=True).stdout
     found = []
-    for line in status.splitlines():
-        path = line[3:]
-        if line.startswith("??") and (path.endswith(".py") or path.endswith(".pth")):
+    for status, path in gitops.Git(repo).status_entries():
+        if status == "??" and (path.endswith(".py") or path.endswith(".pth")):
             found.append(f"new file {path} could shadow a module")
-        elif not line.startswith("??") and path != EDITABLE:
+        elif status != "??" and path != EDITABLE:
             found.append(f"{path} was modified during the run")
     return found + _hash_changes(repo, protected)
 
@@ -139,10 +136,9 @@ def target_protected_hashes(repo: Path, target: Target) -> dict[str, str]:
 def check_target_commit(repo: Path, commit: str, parent: str, protected: dict[str, str], target: Target) -> list[str]:
     """The commit changes the target's editable files only, keeps its frozen regions, and the
     protected files hash as at the start."""
-    names = subprocess.run(["git", "diff", "--name-only", "--no-renames", "-z", parent, commit],
-                           cwd=repo, capture_output=True, text=True, check=True).stdout.split("\0")
     allowed = ", ".join(target.editable)
-    found = [f"{p} changed: only {allowed} may change" for p in names if p and not target.is_editable(p)]
+    found = [f"{p} changed: only {allowed} may change" for p in gitops.Git(repo).changed_paths(parent, commit)
+             if not target.is_editable(p)]
     for region in target.frozen:
         before, after = (_text_at(repo, rev, region.path) for rev in (parent, commit))
         if region.text(before) is not None and region.text(before) != region.text(after):
@@ -157,8 +153,8 @@ def check_protected(repo: Path, protected: dict[str, str]) -> list[str]:
 
 
 def _text_at(repo: Path, rev: str, path: str) -> str:
-    shown = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=repo, capture_output=True)
-    return shown.stdout.decode("utf-8", errors="replace") if shown.returncode == 0 else ""
+    """A file's text at a revision; "" when the revision has no such file."""
+    return (gitops.Git(repo).file_at(rev, path) or b"").decode("utf-8", errors="replace")
 
 
 def _hash_changes(repo: Path, protected: dict[str, str]) -> list[str]:
@@ -556,25 +552,23 @@ def _flatten(targets: list[ast.expr]) -> list[ast.expr]:
 def check_command(repo: Path, rev: str | None, target_file: str | None = None) -> int:
     """`autoresearch check [REV]`: the commit guard of REV against its parent, as a command, for the
     target the daemon would guard REV with (see `_target_of`)."""
-    from loop.errors import UsageError
-
     rev = rev or "HEAD"
-    top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=repo, capture_output=True, text=True)
-    root = Path(top.stdout.strip()) if top.returncode == 0 else repo  # the declaration lives at the root
-    commit = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"],
-                            cwd=root, capture_output=True, text=True)
-    if commit.returncode != 0:
+    try:
+        git = gitops.Git(repo)
+    except SetupError as e:
+        print(f"check: {e}", file=sys.stderr)
+        return 2
+    root = git.root  # the declaration lives at the root
+    commit_id = git.resolve(rev)
+    if commit_id is None:
         print(f"check: {rev} is not a commit of this repository: name one that exists (see `git log`)", file=sys.stderr)
         return 2
-    commit_id = commit.stdout.strip()
     try:
         target = _target_of(root, rev, target_file)
     except UsageError as e:
         print(f"check: {e}", file=sys.stderr)
         return 2
-    parent = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{commit_id}^"],
-                            cwd=root, capture_output=True, text=True)
-    parent_id = parent.stdout.strip() if parent.returncode == 0 else None
+    parent_id = git.resolve(f"{commit_id}^")
     # What was compared, said on the verdict line: a bare "X changed" on a project's own commit reads as a bug.
     compared = f"{rev} ({commit_id[:7]})" + (f" against its parent ({parent_id[:7]})" if parent_id else
                                              ", a root commit with no parent to compare it with")
@@ -602,7 +596,7 @@ def check_command(repo: Path, rev: str | None, target_file: str | None = None) -
 
 
 def _check_builtin(root: Path, commit: str, parent: str | None) -> list[str]:
-    if subprocess.run(["git", "cat-file", "-e", f"{commit}:{EDITABLE}"], cwd=root, capture_output=True).returncode:
+    if gitops.Git(root).file_at(commit, EDITABLE) is None:
         return [f"{commit[:7]} has no {EDITABLE}: the builtin target edits {EDITABLE}; declare this repository's "
                 "own target in autoresearch.toml (see examples/README.md), or check with --target FILE"]
     secrets = secret_index(root)
@@ -615,8 +609,10 @@ def _check_builtin(root: Path, commit: str, parent: str | None) -> list[str]:
 
 
 def _on_run_branch(root: Path) -> bool:
-    branch = subprocess.run(["git", "symbolic-ref", "--short", "-q", "HEAD"], cwd=root, capture_output=True, text=True)
-    return branch.stdout.strip().startswith("autoresearch/")
+    try:
+        return gitops.Git(root).current_branch().startswith(gitops.BRANCH_PREFIX)
+    except GitCommandError:  # no commit yet
+        return False
 
 
 def _target_of(root: Path, rev: str, given: str | None) -> Target:

@@ -16,12 +16,11 @@ import fcntl
 import os
 import re
 import shutil
-import subprocess
 import time
 from pathlib import Path
 from typing import Callable
 
-from loop import sandbox
+from loop import gitops, sandbox
 from loop.procs import Cancel, ProcResult, run_contained, tail
 from loop.runner import PASSED_ENV, RunOutcome, RunSpec
 from loop.target import Target
@@ -132,17 +131,9 @@ class TargetRunner:
         return ""
 
     def _export(self, dest: Path) -> None:
-        """The commit's tracked files, extracted with fresh mtimes (tar -m) so no build cache trusts old ones."""
         shutil.rmtree(dest, ignore_errors=True)
         dest.mkdir(parents=True)
-        archive = subprocess.Popen(["git", "archive", "--format=tar", self.commit], cwd=self.repo,
-                                   stdout=subprocess.PIPE)
-        extract = subprocess.run(["tar", "-x", "-m", "-f", "-", "-C", str(dest)], stdin=archive.stdout,
-                                 capture_output=True)
-        if archive.stdout is not None:
-            archive.stdout.close()
-        if archive.wait() != 0 or extract.returncode != 0:
-            raise RuntimeError(f"cannot export commit {self.commit[:7]}: {extract.stderr.decode(errors='replace')}")
+        gitops.Git(self.repo).export(self.commit, dest)
 
     def _fresh(self, exp_dir: Path, names: tuple[str, ...]) -> dict[str, Path]:
         dirs = {name: exp_dir / name for name in names}

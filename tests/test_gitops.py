@@ -1,8 +1,10 @@
 """Git without the working tree, on real repositories: commits from plumbing, merges, the branch tip."""
 from __future__ import annotations
 
+import os
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import psutil
@@ -225,3 +227,28 @@ def test_a_snapshot_of_the_working_tree_leaves_the_state_folder_out_and_touches_
     names = git(repo, "ls-tree", "-r", "--name-only", tree).splitlines()
     assert "new.txt" in names and not [n for n in names if n.startswith(".autoresearch")]
     assert git(repo, "show", f"{tree}:notes.md") == "edited"
+
+
+def test_paths_come_back_as_spelled_and_a_commit_exports_with_fresh_mtimes(tmp_path: Path) -> None:
+    """Names git would quote (non-ASCII, spaces) come back as they are: a target's editable glob or
+    the guard compares them with the names on disk."""
+    repo = make_repo(tmp_path)
+    g = gitops.Git(repo)
+    parent = g.head()
+    odd = "sub/café model.py"
+    commit = g.commit_files(parent, {odd: b"x = 1\n"}, "an oddly named file")
+    assert odd in g.files_at(commit) and odd not in g.files_at(parent)
+    assert g.changed_paths(parent, commit) == [odd]
+    (repo / "new ü.py").write_text("y = 2\n")
+    (repo / "notes.md").write_text("edited\n")
+    assert sorted(g.status_entries()) == [(" M", "notes.md"), ("??", "new ü.py")]
+    assert "new ü.py" not in g.ls_files() and "notes.md" in g.ls_files()
+    old = subprocess.run(["git", "commit-tree", f"{commit}^{{tree}}", "-m", "dated 2001"], cwd=repo, check=True,
+                         capture_output=True, text=True, env={**os.environ, "GIT_COMMITTER_DATE": "2001-01-01T00:00:00"})
+    dest = tmp_path / "export"
+    dest.mkdir()
+    g.export(old.stdout.strip(), dest)  # git archive dates every file at the commit's time; tar -m does not keep it
+    assert (dest / odd).read_bytes() == b"x = 1\n" and (dest / "run.sh").stat().st_mode & 0o111
+    assert (dest / "train.py").stat().st_mtime > time.time() - 3600
+    with pytest.raises(RuntimeError, match="cannot export commit"):
+        g.export("0" * 40, dest)

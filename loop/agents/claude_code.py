@@ -25,7 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from loop import sandbox
+from loop import gitops, sandbox
 from loop.agents import default_secret_paths
 from loop.agents.base import Context, Proposal, Usage
 from loop.agents.prompt import first_message
@@ -139,9 +139,8 @@ def _under(path: Path, roots: tuple[Path, ...]) -> bool:
 
 def copy_scratch(repo: Path, scratch: Path, secrets: tuple[Path, ...]) -> None:
     """The repository's tracked files, minus secrets and anything that leads outside it."""
-    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=repo, capture_output=True, check=True).stdout
     real_repo = repo.resolve()
-    for rel in filter(None, tracked.decode().split("\0")):
+    for rel in gitops.Git(repo).ls_files():
         source = repo / rel
         target = source.resolve()
         if _under(source, secrets) or _under(target, secrets) or not target.is_relative_to(real_repo):

@@ -10,12 +10,12 @@ repository, so that the guard, not the queue, refuses such a change.
 from __future__ import annotations
 
 import shutil
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 from typing import Callable
 
+from loop import gitops
 from loop.agents.base import Context, Proposal
 from loop.errors import AgentFatal, ProposalFailed
 
@@ -81,7 +81,8 @@ def apply_target_diff(context: Context, entry: Path) -> dict[str, str]:
     diff = entry.read_text(encoding="utf-8", errors="replace")
     named = {line[6:].strip() for line in diff.splitlines() if line.startswith("+++ b/")}
     with tempfile.TemporaryDirectory() as tmp:
-        scratch = Path(tmp)
+        scratch = Path(tmp) / "files"
+        scratch.mkdir()
         before = dict(context.editable)
         for path in named - set(before):
             source = context.repo / path
@@ -89,10 +90,10 @@ def apply_target_diff(context: Context, entry: Path) -> dict[str, str]:
         for path, text in before.items():
             (scratch / path).parent.mkdir(parents=True, exist_ok=True)
             (scratch / path).write_text(text, encoding="utf-8")
-        result = subprocess.run(["git", "apply", "--unidiff-zero", "--recount", "-p1", "-"], input=diff, cwd=tmp,
-                                capture_output=True, text=True)
-        if result.returncode != 0:
-            reason = (result.stderr.strip().splitlines() or ["does not apply"])[0]
+        patch = Path(tmp) / "change.diff"
+        patch.write_text(diff, encoding="utf-8")
+        reason = gitops.apply_patch(scratch, patch, "--unidiff-zero", "--recount", "-p1")
+        if reason:
             raise ProposalFailed(f"queue: {entry.name} does not apply to the target's files: {reason}")
         after = {p: (scratch / p).read_text(encoding="utf-8") for p in before if (scratch / p).is_file()}
     return {p: text for p, text in after.items() if text != before[p]}
@@ -105,11 +106,9 @@ def apply_diff(train_py: str, diff: str) -> str:
         target.write_text(train_py, encoding="utf-8")
         patch = Path(tmp) / "change.diff"
         patch.write_text(diff, encoding="utf-8")
-        result = subprocess.run(["git", "apply", "--unidiff-zero", "--recount", "-p1", str(patch)],
-                                cwd=tmp, capture_output=True, text=True)
-        if result.returncode != 0:
-            result = subprocess.run(["git", "apply", "--recount", "-p0", str(patch)], cwd=tmp, capture_output=True, text=True)
-        if result.returncode != 0:
-            reason = (result.stderr.strip().splitlines() or ["does not apply"])[0]
+        reason = gitops.apply_patch(Path(tmp), patch, "--unidiff-zero", "--recount", "-p1")
+        if reason:
+            reason = gitops.apply_patch(Path(tmp), patch, "--recount", "-p0")
+        if reason:
             raise ProposalFailed(f"queue: diff does not apply to train.py: {reason}")
         return target.read_text(encoding="utf-8")

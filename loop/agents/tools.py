@@ -11,10 +11,11 @@ is replaced atomically, under a lock.
 from __future__ import annotations
 
 import os
-import subprocess
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from loop import gitops
 
 EDITABLE = "train.py"
 SECRET_REFUSAL = ("{path} is held-out validation data or prepared data: not readable by agents "
@@ -59,8 +60,7 @@ class Workspace:
             self.train_py = text
 
     def tracked(self) -> set[str]:
-        out = subprocess.run(["git", "ls-files", "-z"], cwd=self.repo, capture_output=True).stdout
-        return set(filter(None, out.decode("utf-8", errors="replace").split("\0")))
+        return set(gitops.Git(self.repo).ls_files())
 
     def resolve(self, path: str) -> str:
         p = path.strip()
