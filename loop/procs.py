@@ -33,6 +33,9 @@ EXIT_POLL_SECONDS = 0.05
 TOKEN_ENV = "AUTORESEARCH_RUN_TOKEN"
 PR_SET_CHILD_SUBREAPER = 36
 _STARTED: set[int] = set()  # pids of Contained processes whose exit status their owner has yet to read
+# Held while a Contained starts (until its pid is in _STARTED) and while orphans are reaped: a
+# process that ended at once is never taken for an orphan by another run's clean-up.
+_STARTED_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -81,23 +84,24 @@ class Contained:
         self.start = time.monotonic()
         own_stdout = stdout_fd is None
         stdin = subprocess.PIPE if stdin_data is not None else subprocess.DEVNULL if stdin_fd is None else stdin_fd
-        self.proc = subprocess.Popen(
-            list(argv),
-            cwd=cwd,
-            env={**env, TOKEN_ENV: token},
-            stdin=stdin,
-            stdout=subprocess.PIPE if own_stdout else stdout_fd,
-            stderr=subprocess.STDOUT if own_stdout else subprocess.PIPE,
-            start_new_session=True,
-            preexec_fn=preexec,
-            pass_fds=tuple(pass_fds),
-        )
+        with _STARTED_LOCK:
+            self.proc = subprocess.Popen(
+                list(argv),
+                cwd=cwd,
+                env={**env, TOKEN_ENV: token},
+                stdin=stdin,
+                stdout=subprocess.PIPE if own_stdout else stdout_fd,
+                stderr=subprocess.STDOUT if own_stdout else subprocess.PIPE,
+                start_new_session=True,
+                preexec_fn=preexec,
+                pass_fds=tuple(pass_fds),
+            )
+            _STARTED.add(self.proc.pid)
         if stdin_data is not None:
             threading.Thread(target=_feed, args=(self.proc.stdin, stdin_data), daemon=True).start()
         # Remember the tree as it grows: a double-forked grandchild leaves the session's process
         # group only by calling setsid, and by then it is usually in our snapshot already.
         self.tree = _Tree(self.proc.pid, token)
-        _STARTED.add(self.proc.pid)
         stream = self.proc.stdout if own_stdout else self.proc.stderr
         assert stream is not None  # piped above
         self.pump = _LogPump(stream, log_path, log_cap, on_line)
@@ -218,13 +222,14 @@ class _Tree:
         zombies = {c.pid for c in psutil.Process().children() if _is_zombie(c)}
         # Never another Contained's own process: its exit status is its owner's to collect (a
         # scorer that ended while its model processes were killed would read as exit 0).
-        for pid in (set(self.seen) | zombies) - (_STARTED - {self.root}):
-            if not _outside_our_session(pid):
-                continue
-            try:
-                os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                pass
+        with _STARTED_LOCK:
+            for pid in (set(self.seen) | zombies) - (_STARTED - {self.root}):
+                if not _outside_our_session(pid):
+                    continue
+                try:
+                    os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    pass
 
     def alive(self) -> list[psutil.Process]:
         out = []
