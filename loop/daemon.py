@@ -831,7 +831,9 @@ class Daemon:
         att = Attempt(rec.n, kind, rec.parent or self.best_commit(), rec.description, rec.hypothesis,
                       fix_attempt=rec.fix_attempts)
         if rec.commit is not None:
-            att.commit = rec.commit
+            # Built on what its commit says, whatever the journal last named as its parent: a commit
+            # made on an older best is rebased before it runs, never run as if made on this one.
+            att.commit, att.parent = rec.commit, self.git.resolve(f"{rec.commit}^") or att.parent
             done = {r: _outcome_of(fields) for r, fields in rec.runs.items() if fields.get("phase") == "evaluated"}
             wanted = max([r + 1 for r in rec.runs] + [self.baseline_runs() if kind == "baseline" else 1])
             att.outcomes, att.runs_wanted = done, wanted

@@ -285,6 +285,8 @@ def _apply(rec: ExperimentRecord, name: str, ev: dict[str, Any]) -> None:
             return  # a decided experiment run again elsewhere (the best, remeasured): its decision stands
     if name == "proposal_failed":
         rec.failed_proposals += 1
+        if ev.get("conflict"):  # its commit no longer merges onto the best: the experiment starts over
+            rec.commit, rec.runs = None, {}
     elif name == "proposed":
         rec.description = ev.get("description", rec.description)
         rec.hypothesis = ev.get("hypothesis", rec.hypothesis)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from daemon_kit import (
     assert_invariants,
+    git,
     journal_events,
     make_repo,
     queue_proposal,
@@ -97,3 +98,32 @@ def first_run_after(repo: Path, tag: str, seen: int, timeout: float = 60) -> int
             return started[0]
         time.sleep(0.01)
     raise AssertionError(f"no run started within {timeout}s of the resume")
+
+
+def test_kill_after_a_conflict_resumes_on_the_new_best(tmp_path: Path) -> None:
+    """An experiment whose commit no longer merged onto a new best was handed back to the agent; a
+    kill then must not resume it from that stale commit (run as if built on the new best, a keep
+    would move the branch to a line without the best's change)."""
+    repo, env = make_repo(tmp_path, sleep=0.3)
+    queue = tmp_path / "queue"
+    src = (repo / "train.py").read_text()
+    queue_proposal(queue, "01", src.replace("DEPTH = 2", "DEPTH = 3"), "depth 3")
+    queue_proposal(queue, "02", src.replace("DEPTH = 2", "DEPTH = 4"), "depth 4")  # both change one line
+    daemon = start_background(repo, "start", "--tag", "c", "--agent", "queue", "--queue", str(queue), "--budget", "2",
+                              "--slots", "1", "--lookahead", "0", "--max-experiments", "2", env=env)
+    wait_for_event(repo, "c", "proposal_failed", n=2, timeout=120, where=lambda e: bool(e.get("conflict")))
+    first = wait_for_event(repo, "c", "decided", n=1)
+    assert first["status"] == "keep"
+    kept = next(e["commit"] for e in journal_events(repo, "c") if e["event"] == "committed" and e["n"] == 1)
+    wait_for_event(repo, "c", "proposing", n=2, where=lambda e: e["parent"] == kept)  # asked again, on the new best
+    os.kill(daemon.pid, signal.SIGKILL)
+    daemon.wait()
+    best = git(repo, "show", f"{kept}:train.py") + "\n"
+    queue_proposal(queue, "03", best.replace("WIDTH = 8", "WIDTH = 16"), "wider, on depth 3")
+    done = run_cli(repo, "resume", "--tag", "c", env=env)
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert "resuming experiment 2 from its commit" not in done.stdout
+    second = [e for e in journal_events(repo, "c") if e["event"] == "committed" and e["n"] == 2][-1]
+    assert git(repo, "rev-parse", f"{second['commit']}^") == kept
+    assert git(repo, "merge-base", "--is-ancestor", kept, "autoresearch/c") == ""  # the kept line is whole
+    assert_invariants(repo, "c")
