@@ -289,7 +289,7 @@ class Daemon:
         if rebased_from:
             self.display.say(f"#{att.n:04d} rebased onto the new best {best[:7]}")
         att.commit, att.parent, att.proposal = commit, best, None
-        (self.exp_dir(att.n) / "diff.patch").write_text(self.git.diff(best, commit, ":/"), encoding="utf-8")
+        (self.exp_dir(att.n) / "diff.patch").write_bytes(self.git.diff(best, commit, ":/"))
         violations = self.guard_commit(commit, best)
         if violations:
             self.finish(att, RunOutcome(reason=f"guard: {violations[0]}"))

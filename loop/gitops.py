@@ -115,8 +115,9 @@ class Git:
         out = self.cmd.status("--porcelain", "-z", "--untracked-files=all", "--no-renames")
         return [(entry[:2], entry[3:]) for entry in _paths(out)]
 
-    def diff(self, parent: str, commit: str, relpath: str = "train.py") -> str:
-        return self.cmd.diff(parent, commit, "--", relpath)
+    def diff(self, parent: str, commit: str, relpath: str = "train.py") -> bytes:
+        """The patch between two revisions, its bytes as git wrote them (files need not be UTF-8)."""
+        return self.cmd.diff(parent, commit, "--", relpath, stdout_as_string=False, strip_newline_in_stdout=False)
 
     def refs(self, prefix: str) -> dict[str, str]:
         """Every ref under `prefix` (e.g. the pins of one tag), as full ref name -> sha."""

@@ -95,3 +95,19 @@ def test_detach_runs_in_the_background(tmp_path: Path) -> None:
     assert len(read_results(repo)) == 3
     assert "reached --max-experiments 2" in (repo / ".autoresearch" / "daemon.log").read_text()
     assert_invariants(repo, "bg")
+
+
+def test_a_train_py_that_is_not_utf8_does_not_end_the_night(tmp_path: Path) -> None:
+    """A Latin-1 comment in train.py (declared, so Python runs it): the patches the daemon files
+    keep git's bytes, and the run goes on."""
+    repo, env = make_repo(tmp_path)
+    source = (repo / "train.py").read_bytes().replace(b"# model width", b"# model width (caf\xe9)")
+    (repo / "train.py").write_bytes(b"# -*- coding: latin-1 -*-\n" + source)
+    subprocess.run(["git", "commit", "-qam", "a Latin-1 comment"], cwd=repo, check=True)
+    done = run_cli(repo, "start", "--tag", "l1", "--agent", "search", "--budget", "2", "--max-experiments", "2",
+                   env=env)
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert len(read_results(repo)) == 3
+    assert_invariants(repo, "l1")
+    patches = [(repo / ".autoresearch/runs/l1" / f"{n:04d}" / "diff.patch").read_bytes() for n in (1, 2)]
+    assert all(p.startswith(b"diff --git") for p in patches)

@@ -70,10 +70,10 @@ def diff_section(repo: Path, patch: Path, rec: ExperimentRecord) -> list[str]:
         commit, parent = repository.resolve(rec.commit), repository.resolve(rec.parent)
         if commit is None or parent is None:
             return [*section, f"(git here has no commit {rec.commit[:12]} or {rec.parent[:12]} to diff)"]
-        text = repository.diff(parent, commit, relpath=":/")  # ":/": the whole tree, wherever git runs
+        patch_bytes = repository.diff(parent, commit, relpath=":/")  # ":/": the whole tree, wherever git runs
     except (SetupError, git.GitCommandError) as e:  # not a git checkout, or git failed: say so, show the rest
         return [*section, f"(no diff from git either: {' '.join(str(e).split())[:200]})"]
-    lines = text.splitlines()
+    lines = patch_bytes.decode("utf-8", errors="replace").splitlines()
     if not lines:
         return section
     head = f"--- git diff {parent[:12]} {commit[:12]} (diff.patch {'is empty' if patch.exists() else 'is missing'})"
