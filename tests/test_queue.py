@@ -1,5 +1,7 @@
-"""The queue agent on real files and a real `git apply`: whole files, diffs of train.py (with and
-without the a/ b/ prefixes), and a diff that does not apply, which fails that proposal alone."""
+"""The queue agent on real files and a real `git apply`: whole files and diffs (with and without the
+a/ b/ prefixes) taken byte for byte, and odd or hostile entries (a diff that does not apply, one
+that reaches past train.py or out of the repository, a folder for a note) failing that proposal
+alone."""
 from __future__ import annotations
 
 import difflib
@@ -44,3 +46,57 @@ def test_a_diff_that_does_not_apply_fails_that_proposal_only(tmp_path: Path) -> 
     with pytest.raises(ProposalFailed, match="diff does not apply to train.py"):
         agent.propose(context(tmp_path))
     assert agent.propose(context(tmp_path)).train_py == "LR = 0.03\n"
+
+
+def test_line_endings_and_bytes_are_kept(tmp_path: Path) -> None:
+    queue = tmp_path / "queue"
+    agent = QueueAgent(queue)
+    crlf = TRAIN.replace("\n", "\r\n")
+    (queue / "a.py").write_bytes(crlf.encode())
+    assert agent.propose(context(tmp_path)).train_py == crlf
+    (queue / "b.diff").write_text(diff(TRAIN.replace("DEPTH = 2", "DEPTH = 3")))
+    ctx = Context(**{**context(tmp_path).__dict__, "train_py": TRAIN + "\n\n\n\nX = 'a\rb'\n"})  # a lone CR
+    assert agent.propose(ctx).train_py == ctx.train_py.replace("DEPTH = 2", "DEPTH = 3")
+
+
+def test_odd_queue_entries_fail_one_proposal_not_the_run(tmp_path: Path) -> None:
+    queue = tmp_path / "queue"
+    agent = QueueAgent(queue)
+    (queue / "a.py").write_text("LR = 0.03\n")
+    (queue / "a.txt").mkdir()  # a folder where the description would be: the name stands in
+    assert agent.propose(context(tmp_path)).description == "a"
+    (queue / "done").rename(queue / "old-done")
+    (queue / "done").write_text("a file where the done folder goes\n")
+    (queue / "b.py").write_text("LR = 0.04\n")
+    with pytest.raises(ProposalFailed, match="cannot take b.py"):
+        agent.propose(context(tmp_path))
+
+
+def test_a_diff_must_stay_in_train_py(tmp_path: Path) -> None:
+    queue = tmp_path / "queue"
+    agent = QueueAgent(queue)
+    extra = "diff --git a/evil.py b/evil.py\nnew file mode 100644\n--- /dev/null\n+++ b/evil.py\n@@ -0,0 +1 @@\n+import os\n"
+    (queue / "a.diff").write_text(diff(TRAIN.replace("DEPTH = 2", "DEPTH = 3")) + extra)
+    with pytest.raises(ProposalFailed, match=r"changes more than train.py \(evil.py\)"):
+        agent.propose(context(tmp_path))
+    (queue / "b.diff").write_text(diff(TRAIN.replace("LR = 0.02", "LR = 0.01")).replace("LR = 0.02", "LR = 0.05"))
+    with pytest.raises(ProposalFailed, match="patch failed: train.py"):  # the -p1 reason, not -p0's
+        agent.propose(context(tmp_path))
+
+
+def test_a_target_diff_cannot_reach_outside_the_repository(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    (repo / "src" / "pkg").mkdir(parents=True)
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(b"binary\xff\xfe")
+    queue = tmp_path / "queue"
+    agent = QueueAgent(queue)
+    ctx = Context(**{**context(repo).__dict__, "editable": {"src/model.py": "X = 1\n"}})
+    for name, path in (("a", str(outside)), ("b", "../outside.bin"), ("c", "src/pkg")):
+        (queue / f"{name}.diff").write_text(f"--- a/{path}\n+++ b/{path}\n@@ -1 +1 @@\n-x\n+y\n")
+        with pytest.raises(ProposalFailed, match="outside the repository|not a file"):
+            agent.propose(ctx)
+    assert outside.read_bytes() == b"binary\xff\xfe"
+    (queue / "d.diff").write_text("--- a/src/model.py\r\n+++ b/src/model.py\r\n@@ -1 +1 @@\r\n-X = 1\r\n+X = 2\r\n")
+    crlf = Context(**{**ctx.__dict__, "editable": {"src/model.py": "X = 1\r\n"}})
+    assert agent.propose(crlf).files == {"src/model.py": "X = 2\r\n"}

@@ -44,71 +44,97 @@ class QueueAgent:
     def propose(self, context: Context) -> Proposal:
         while True:
             entries = sorted(p for p in self.dir.iterdir() if p.suffix in (".py", ".diff") and p.is_file())
-            if entries:
-                return self._take(entries[0], context)
+            for entry in entries:
+                try:
+                    return self._take(entry, context)
+                except FileNotFoundError:
+                    continue  # taken away between the listing and the reading: the next one
+                except OSError as e:
+                    raise ProposalFailed(f"queue: cannot take {entry.name}: {e.strerror or e}") from None
             if self.should_stop():
                 raise ProposalFailed("queue: stopped while waiting for a proposal")
             time.sleep(POLL_SECONDS)
 
     def _take(self, entry: Path, context: Context) -> Proposal:
+        text = _read(entry)  # first: an entry gone by now is simply not there
         note = entry.with_suffix(".txt")
         description = entry.stem
-        if note.exists():
-            lines = note.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+        if note.is_file():
+            lines = _read(note).strip().splitlines()
             description = lines[0] if lines else description
         done = self.dir / "done"
         done.mkdir(exist_ok=True)
         try:
             if context.editable:
-                files = apply_target_diff(context, entry)
+                files = apply_target_diff(context, entry.name, text)
                 return Proposal(train_py="", description=description, files=files)
-            if entry.suffix == ".py":
-                text = entry.read_text(encoding="utf-8", errors="replace")
-            else:
-                text = apply_diff(context.train_py, entry.read_text(encoding="utf-8", errors="replace"))
+            if entry.suffix == ".diff":
+                text = apply_diff(context.train_py, text)
         finally:
             for f in (entry, note):
-                if f.exists():
+                if f.is_file():
                     shutil.move(str(f), done / f.name)
         return Proposal(train_py=text, description=description)
 
 
-def apply_target_diff(context: Context, entry: Path) -> dict[str, str]:
-    """A unified diff of the target's files, applied with `git apply`; returns the files it changed."""
-    if entry.suffix != ".diff":
-        raise ProposalFailed(f"queue: {entry.name}: this target takes NAME.diff proposals (a unified diff of "
+def _read(path: Path) -> str:
+    """A file's text as it is: its line endings kept (CRLF stays CRLF), bytes that are not UTF-8 replaced."""
+    return path.read_bytes().decode("utf-8", errors="replace")
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(text.encode("utf-8"))
+
+
+def apply_target_diff(context: Context, name: str, diff: str) -> dict[str, str]:
+    """A unified diff of the target's files, applied with `git apply`; returns the files it changed.
+    Every path it names must lie inside the repository: the diff is applied to copies in a scratch
+    folder, and a path that leads out of it would be read or written there."""
+    if not name.endswith(".diff"):
+        raise ProposalFailed(f"queue: {name}: this target takes NAME.diff proposals (a unified diff of "
                              f"{', '.join(sorted(context.editable))})")
-    diff = entry.read_text(encoding="utf-8", errors="replace")
     named = {line[6:].strip() for line in diff.splitlines() if line.startswith("+++ b/")}
+    repo = context.repo.resolve()
+    for path in sorted(named - set(context.editable)):
+        source = (context.repo / path)
+        if Path(path).is_absolute() or ".." in Path(path).parts or not source.resolve().is_relative_to(repo):
+            raise ProposalFailed(f"queue: {name} names {path}, outside the repository")
+        if source.exists() and not source.is_file():
+            raise ProposalFailed(f"queue: {name} names {path}, which is not a file")
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp) / "files"
         scratch.mkdir()
         before = dict(context.editable)
         for path in named - set(before):
             source = context.repo / path
-            before[path] = source.read_text(encoding="utf-8", errors="replace") if source.is_file() else ""
+            before[path] = _read(source) if source.is_file() else ""
         for path, text in before.items():
-            (scratch / path).parent.mkdir(parents=True, exist_ok=True)
-            (scratch / path).write_text(text, encoding="utf-8")
+            _write(scratch / path, text)
         patch = Path(tmp) / "change.diff"
-        patch.write_text(diff, encoding="utf-8")
+        _write(patch, diff)
         reason = gitops.apply_patch(scratch, patch, "--unidiff-zero", "--recount", "-p1")
         if reason:
-            raise ProposalFailed(f"queue: {entry.name} does not apply to the target's files: {reason}")
-        after = {p: (scratch / p).read_text(encoding="utf-8") for p in before if (scratch / p).is_file()}
+            raise ProposalFailed(f"queue: {name} does not apply to the target's files: {reason}")
+        after = {p: _read(scratch / p) for p in before if (scratch / p).is_file()}
     return {p: text for p, text in after.items() if text != before[p]}
 
 
 def apply_diff(train_py: str, diff: str) -> str:
-    """Apply a unified diff of train.py with `git apply` in a scratch folder."""
+    """Apply a unified diff of train.py (with or without the a/ and b/ prefixes) with `git apply` in
+    a scratch folder; a diff that touches any other file is refused whole."""
     with tempfile.TemporaryDirectory() as tmp:
-        target = Path(tmp) / "train.py"
-        target.write_text(train_py, encoding="utf-8")
+        scratch = Path(tmp) / "files"
+        _write(scratch / "train.py", train_py)
         patch = Path(tmp) / "change.diff"
-        patch.write_text(diff, encoding="utf-8")
-        reason = gitops.apply_patch(Path(tmp), patch, "--unidiff-zero", "--recount", "-p1")
-        if reason:
-            reason = gitops.apply_patch(Path(tmp), patch, "--recount", "-p0")
+        _write(patch, diff)
+        reason = gitops.apply_patch(scratch, patch, "--unidiff-zero", "--recount", "-p1")
+        if reason and not gitops.apply_patch(scratch, patch, "--recount", "-p0"):
+            reason = ""
         if reason:
             raise ProposalFailed(f"queue: diff does not apply to train.py: {reason}")
-        return target.read_text(encoding="utf-8")
+        others = sorted(str(p.relative_to(scratch)) for p in scratch.rglob("*") if p.name != "train.py")
+        if others or not (scratch / "train.py").is_file():
+            touched = ", ".join(others) or "deletes train.py"
+            raise ProposalFailed(f"queue: the diff changes more than train.py ({touched}): a proposal edits train.py only")
+        return _read(scratch / "train.py")
