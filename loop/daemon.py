@@ -845,7 +845,7 @@ class Daemon:
             return
         saved = self.exp_dir(rec.n) / self.proposal_name(rec.fix_attempts)
         if rec.phase in ("proposed", "running") and saved.exists():
-            att.proposal = saved.read_text(encoding="utf-8")
+            att.proposal = saved.read_bytes().decode("utf-8")  # as written: CRLF stays CRLF
             self.attempts[rec.n] = att
         elif rec.n > 0:
             self.to_ask.append((rec.n, rec.fix_attempts, "", ""))
