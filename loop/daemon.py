@@ -237,6 +237,11 @@ class Daemon:
         self.journal.append("proposed", n=req.n, parent=req.parent, description=proposal.description,
                             hypothesis=proposal.hypothesis, usage=proposal.usage, agent_seconds=event.agent_seconds,
                             fix_attempt=req.attempt)
+        if proposal.receipt and hasattr(self.agent, "accepted"):
+            try:
+                self.agent.accepted(proposal.receipt)  # journaled: the agent may let go of it now
+            except OSError as e:
+                self.display.say(f"the agent could not file proposal {req.n} as used ({e}): it may come again")
         self.failed_in_row = 0
         self.waiting = ""
         att = self.attempts.setdefault(req.n, Attempt(req.n, "agent", req.parent))

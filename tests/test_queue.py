@@ -35,7 +35,22 @@ def test_a_diff_of_train_py_is_applied(tmp_path: Path, prefixes: tuple[str, str]
     (queue / "deeper.txt").write_text("four layers\nwhy: more capacity\n")
     proposal = agent.propose(context(tmp_path))
     assert proposal.train_py == new and proposal.description == "four layers"
+    agent.accepted(proposal.receipt)  # the daemon journaled it
     assert sorted(p.name for p in (queue / "done").iterdir()) == ["deeper.diff", "deeper.txt"]
+
+
+def test_a_proposal_taken_but_never_journaled_goes_back_in_the_queue(tmp_path: Path) -> None:
+    """A daemon killed between the agent taking a file and journaling it: the next start finds the
+    file in the queue again, not filed as done with no experiment to show for it."""
+    queue = tmp_path / "queue"
+    (queue / "a.py").parent.mkdir()
+    (queue / "a.py").write_text("LR = 0.03\n")
+    (queue / "a.txt").write_text("higher LR\n")
+    assert QueueAgent(queue).propose(context(tmp_path)).description == "higher LR"
+    assert not (queue / "a.py").exists()  # taken: no other proposal gets it
+    again = QueueAgent(queue)  # the daemon was killed; resume makes a new agent
+    proposal = again.propose(context(tmp_path))
+    assert (proposal.train_py, proposal.description) == ("LR = 0.03\n", "higher LR")
 
 
 def test_a_diff_that_does_not_apply_fails_that_proposal_only(tmp_path: Path) -> None:
@@ -65,11 +80,11 @@ def test_odd_queue_entries_fail_one_proposal_not_the_run(tmp_path: Path) -> None
     (queue / "a.py").write_text("LR = 0.03\n")
     (queue / "a.txt").mkdir()  # a folder where the description would be: the name stands in
     assert agent.propose(context(tmp_path)).description == "a"
-    (queue / "done").rename(queue / "old-done")
-    (queue / "done").write_text("a file where the done folder goes\n")
-    (queue / "b.py").write_text("LR = 0.04\n")
+    other = QueueAgent(tmp_path / "other")
+    (tmp_path / "other" / "taken").write_text("a file where the folder of taken proposals goes\n")
+    (tmp_path / "other" / "b.py").write_text("LR = 0.04\n")
     with pytest.raises(ProposalFailed, match="cannot take b.py"):
-        agent.propose(context(tmp_path))
+        other.propose(context(tmp_path))
 
 
 def test_a_diff_must_stay_in_train_py(tmp_path: Path) -> None:

@@ -105,6 +105,9 @@ class Proposal:
     hypothesis: str = ""
     usage: Usage = field(default_factory=Usage)
     files: dict[str, str] = field(default_factory=dict)  # a custom target's changed files: path -> whole new text
+    # Handed back to the agent's `accepted(receipt)` once the proposal is journaled (the queue: the
+    # file it came from, filed as done only then, so a kill in between loses nothing).
+    receipt: str = ""
 
 
 class Agent(Protocol):

@@ -2,7 +2,9 @@
 
 Taken in name order: `NAME.py` is a whole new train.py, `NAME.diff` a unified diff against the
 current train.py; the description is the first line of `NAME.txt` if present, else NAME. A used
-proposal (and its .txt) moves to `DIR/done/`. An empty queue waits for the next file.
+proposal (and its .txt) waits in `DIR/taken/` until the daemon has journaled it, then moves to
+`DIR/done/`; what a killed daemon took but never journaled goes back into the queue at the next
+start. An empty queue waits for the next file.
 For a target declared in autoresearch.toml (many editable files, any language) a proposal is a
 `NAME.diff` against its editable files; files it names that are not editable are read from the
 repository, so that the guard, not the queue, refuses such a change.
@@ -20,6 +22,7 @@ from loop.agents.base import Context, Proposal
 from loop.errors import AgentFatal, ProposalFailed
 
 POLL_SECONDS = 0.5
+TAKEN = "taken"  # proposals handed out, not yet journaled
 
 
 class QueueAgent:
@@ -32,6 +35,26 @@ class QueueAgent:
         self.dir = Path(queue_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.should_stop = should_stop or (lambda: False)
+        self._put_back_taken()
+
+    def _put_back_taken(self) -> None:
+        """Proposals taken by a daemon that was killed before it journaled them go back in the queue."""
+        taken = self.dir / TAKEN
+        for f in sorted(taken.iterdir()) if taken.is_dir() else []:
+            if f.is_file() and not (self.dir / f.name).exists():
+                try:
+                    f.rename(self.dir / f.name)
+                except OSError:
+                    pass  # left where it is: a person can move it back
+
+    def accepted(self, receipt: str) -> None:
+        """The daemon journaled the proposal taken from `receipt`: file it, and its note, as done."""
+        done = self.dir / "done"
+        for name in (receipt, str(Path(receipt).with_suffix(".txt"))):
+            f = self.dir / TAKEN / name
+            if f.is_file():
+                done.mkdir(exist_ok=True)
+                f.replace(done / name)
 
     def check(self) -> None:
         """The folder exists (made at construction) and can be read."""
@@ -62,19 +85,23 @@ class QueueAgent:
         if note.is_file():
             lines = _read(note).strip().splitlines()
             description = lines[0] if lines else description
-        done = self.dir / "done"
-        done.mkdir(exist_ok=True)
+        files: dict[str, str] = {}
         try:
             if context.editable:
-                files = apply_target_diff(context, entry.name, text)
-                return Proposal(train_py="", description=description, files=files)
-            if entry.suffix == ".diff":
+                files, text = apply_target_diff(context, entry.name, text), ""
+            elif entry.suffix == ".diff":
                 text = apply_diff(context.train_py, text)
-        finally:
-            for f in (entry, note):
-                if f.is_file():
-                    shutil.move(str(f), done / f.name)
-        return Proposal(train_py=text, description=description)
+        except ProposalFailed:
+            self._file(entry, note, "done")  # used up: its failure is journaled
+            raise
+        self._file(entry, note, TAKEN)
+        return Proposal(train_py=text, description=description, files=files, receipt=entry.name)
+
+    def _file(self, entry: Path, note: Path, folder: str) -> None:
+        (self.dir / folder).mkdir(exist_ok=True)
+        for f in (entry, note):
+            if f.is_file():
+                shutil.move(str(f), self.dir / folder / f.name)
 
 
 def _read(path: Path) -> str:
