@@ -196,3 +196,26 @@ def test_a_run_leaves_the_exit_status_of_the_daemons_other_children_alone(tmp_pa
     res, _ = run(tmp_path, "print('done')", boxed=False)
     assert res.returncode == 0
     assert ours.wait(timeout=10) == 3
+
+
+def test_orphans_of_a_run_that_die_after_it_leave_no_zombie(tmp_path: Path) -> None:
+    """The other side of the session rule: a run's orphans, in a session of their own (setsid) or
+    in the run's, reparent to the daemon and die; each is collected, so a night of runs that do
+    this cannot fill the process table with zombies."""
+    before = {c.pid for c in psutil.Process().children()}
+    res, log = run(tmp_path, """
+        import os, time
+        for new_session in (True, False):
+            if os.fork() == 0:
+                if new_session:
+                    os.setsid()
+                if os.fork() == 0:
+                    time.sleep(0.3)  # outlives its parent, then dies an orphan
+                    os._exit(0)
+                os._exit(0)
+        time.sleep(0.1)
+        print("forked", flush=True)
+    """, boxed=False)
+    assert "forked" in log and res.returncode == 0, log
+    zombies = [c for c in psutil.Process().children() if c.pid not in before and c.status() == psutil.STATUS_ZOMBIE]
+    assert zombies == []
