@@ -533,6 +533,8 @@ class Channel:
         except (OSError, AttributeError):
             pass
         self.answer_seconds: list[float] = []
+        self.load_seconds = 0.0  # from its gate opening to its hello: train.py's import, model and weights
+        self.first_answer_seconds = 0.0  # from its first request to that answer
 
     def read_exact(self, n: int, deadline: float, what: str) -> bytearray:
         import select
@@ -548,6 +550,11 @@ class Channel:
                 raise HarnessError(f"eval: the {self.name} model process died (during {what})")
             got += chunk
         return buf
+
+    def ready(self, deadline: float) -> None:
+        """The trusted start-up is done (imports, weights, device); train.py has not run yet."""
+        if self.read_exact(1, deadline, f"start-up (limit {LOAD_LIMIT_S:.0f}s)") != b"R":
+            raise HarnessError(f"eval: the {self.name} model process failed to start")
 
     def hello(self, deadline: float) -> int:
         data = self.read_exact(6, deadline, f"start-up (limit {LOAD_LIMIT_S:.0f}s)")
@@ -629,8 +636,19 @@ def score(data: bytes, channels: list[Channel], lifecycle: Lifecycle) -> tuple[f
     t0 = time.time()
     split = np.frombuffer(data, dtype=np.uint8)
     main, reference = channels
-    lifecycle.begin(main)
-    T = main.hello(time.monotonic() + LOAD_LIMIT_S)
+
+    def open_up(ch: Channel) -> int:
+        """Its trusted start-up, then its gate, then train.py's own loading, timed: what a model does
+        before it answers is bounded by the daemon against the untouched baseline's (eval_profile)."""
+        lifecycle.warm(ch.name)
+        ch.ready(time.monotonic() + LOAD_LIMIT_S)
+        lifecycle.begin(ch)
+        opened = time.monotonic()
+        seq_len = ch.hello(opened + LOAD_LIMIT_S)
+        ch.load_seconds = time.monotonic() - opened
+        return seq_len
+
+    T = open_up(main)
     loaded = time.time() - t0
     lifecycle.warm(reference.name)  # the reference's trusted start-up runs while main answers
     windows, skip_last = _windows(split, T)
@@ -666,10 +684,8 @@ def score(data: bytes, channels: list[Channel], lifecycle: Lifecycle) -> tuple[f
                 answers[ch.name][j] = logp[k].copy()
 
     for ch in (main, reference):
-        if ch is not main:
-            lifecycle.begin(ch)
-            if ch.hello(time.monotonic() + LOAD_LIMIT_S) != T:
-                raise HarnessError("eval: model processes disagree on their context length")
+        if ch is not main and open_up(ch) != T:
+            raise HarnessError("eval: model processes disagree on their context length")
         _drive([ch], streams, B, T, on_answer)
         lifecycle.end(ch)
     print(f"first model loaded in {loaded:.1f}s; {sum(len(ch.answer_seconds) for ch in channels)} requests of "
@@ -729,11 +745,13 @@ def _drive(channels: list[Channel], streams: dict, B: int, T: int, on_answer) ->
     pending = {ch.name: list(streams[ch.name]) for ch in channels}
     in_flight: dict[str, list[list[int]]] = {ch.name: [] for ch in channels}
     by_fd = {ch.rfd: ch for ch in channels}
+    first_sent: dict[str, float] = {}
 
     def top_up(ch: Channel) -> None:
         while pending[ch.name] and len(in_flight[ch.name]) < 2:
             ids, rows = pending[ch.name].pop(0)
             ch.send(rows)
+            first_sent.setdefault(ch.name, time.monotonic())
             in_flight[ch.name].append(ids)
 
     for ch in channels:
@@ -745,6 +763,8 @@ def _drive(channels: list[Channel], streams: dict, B: int, T: int, on_answer) ->
             ch = by_fd[fd]
             ids = in_flight[ch.name].pop(0)
             on_answer(ch, ids, ch.receive(B, T))
+            if not ch.first_answer_seconds:
+                ch.first_answer_seconds = time.monotonic() - first_sent[ch.name]
             top_up(ch)
 
 
@@ -770,6 +790,8 @@ def serve_model(checkpoint: Path, gate_fd: int | None = None) -> int:
         return 1
     if device == "cuda":
         torch.zeros(1, device=device)  # the device's context, before the gate
+    proto.write(b"R")  # the trusted start-up is done: the scorer times what train.py does from here
+    proto.flush()
     if gate_fd is not None and not os.read(gate_fd, 1):
         return 0  # closed without a go: this process is not needed
     sys.path.insert(0, str(HERE))
@@ -814,9 +836,12 @@ class Lifecycle:
 
     def __init__(self, control_fd: int | None = None) -> None:
         self.control_fd = control_fd
+        self.warmed: set[str] = set()
 
     def warm(self, role: str) -> None:
-        self._say(f"{role} warm")
+        if role not in self.warmed:
+            self.warmed.add(role)
+            self._say(f"{role} warm")
 
     def begin(self, ch: Channel) -> None:
         self._say(f"{ch.name} start")
@@ -843,13 +868,17 @@ def _refuse_below_floor(data: bytes, bpb: float) -> None:
                                "no model can do that; the model must know the text")
 
 
-def evaluate_over_fds(data: bytes, fds: list[tuple[int, int]], lifecycle: Lifecycle) -> tuple[float, float]:
+def evaluate_over_fds(data: bytes, fds: list[tuple[int, int]],
+                      lifecycle: Lifecycle) -> tuple[float, float, dict[str, float]]:
     """The sandboxed scorer: model processes reached through inherited pipes, started and ended by
-    whoever holds the other ends of them."""
+    whoever holds the other ends of them. Also its profile: the longest a model process took to load
+    (from its gate) and to give its first answer, the time a model could spend on more than scoring."""
     channels = [Channel(role, r, w) for role, (r, w) in zip(ROLES, fds)]
     bpb, seconds = score(data, channels, lifecycle)
     _refuse_below_floor(data, bpb)
-    return bpb, seconds
+    profile = {"load": max(ch.load_seconds for ch in channels),
+               "first_answer": max(ch.first_answer_seconds for ch in channels)}
+    return bpb, seconds, profile
 
 
 class _LocalModels(Lifecycle):
@@ -874,6 +903,8 @@ class _LocalModels(Lifecycle):
     def warm(self, role: str) -> None:
         import subprocess
 
+        if role in self.procs:
+            return
         stdin, stdout = self.child_ends[role]
         gate_r, self.gates[role] = os.pipe()
         self.procs[role] = subprocess.Popen(
@@ -913,7 +944,7 @@ class _LocalModels(Lifecycle):
         return None
 
 
-def evaluate(checkpoint: Path, split: str = "val") -> tuple[float, float]:
+def evaluate(checkpoint: Path, split: str = "val") -> tuple[float, float, dict[str, float]]:
     """Standalone, for people: score a checkpoint on a split with three unsandboxed model processes."""
     data = check_split(split)
     if not (checkpoint / "model.pt").exists():
@@ -944,7 +975,7 @@ def _model_fds(text: str) -> list[tuple[int, int]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", nargs="?", default="prepare",
                         choices=["prepare", "check", "eval", "model", "new-splits"])
     parser.add_argument("--source", default="builtin", help="builtin, a path, or one of: " + ", ".join(DOWNLOADS))
@@ -975,13 +1006,14 @@ def main(argv: list[str] | None = None) -> int:
 
                 _prctl_not_dumpable()
                 fds = _model_fds(args.model_fds)
-                bpb, seconds = evaluate_over_fds(sys.stdin.buffer.read(), fds, lifecycle)
+                bpb, seconds, profile = evaluate_over_fds(sys.stdin.buffer.read(), fds, lifecycle)
             elif args.checkpoint is not None:
-                bpb, seconds = evaluate(args.checkpoint, args.split)
+                bpb, seconds, profile = evaluate(args.checkpoint, args.split)
             else:
                 raise HarnessError("eval needs --checkpoint DIR (or --model-fds, as the daemon runs it)")
-            # The trusted lines come last: the daemon reads the last two lines.
-            print(f"{args.split}_bpb: {bpb:.6f}\neval_seconds: {seconds:.1f}", flush=True)
+            # The trusted lines come last: the daemon reads the last three lines.
+            print(f"eval_profile: load {profile['load']:.3f} first_answer {profile['first_answer']:.3f}\n"
+                  f"{args.split}_bpb: {bpb:.6f}\neval_seconds: {seconds:.1f}", flush=True)
         else:
             prepare(args.source, args.force_val)
     except HarnessError as e:

@@ -116,7 +116,15 @@ def parser() -> argparse.ArgumentParser:
     chk.add_argument("rev", nargs="?", default="HEAD", help="the commit to check, against its parent")
     chk.add_argument("--target", metavar="FILE", help="the target's TOML file (default: the run's own for "
                      "autoresearch/TAG, else autoresearch.toml at the root, else the builtin)")
+    p.set_defaults(commands=sub.choices)  # a mistyped option is told with its own command's usage
     return p
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    args, unknown = parser().parse_known_args(argv)
+    if unknown:
+        args.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
 
 
 def dispatch(args: argparse.Namespace, argv: list[str]) -> int:
@@ -183,7 +191,7 @@ def _tag(tag: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser().parse_args(argv)
+    args = parse(argv)
     try:
         return dispatch(args, argv)
     except AutoresearchError as e:

@@ -42,6 +42,32 @@ from loop.agents.base import Agent, Context, HistoryItem, InFlight, Usage
 from loop.config import BEST_CRASHES, BEST_RUNS, Config
 from loop.display import Display
 from loop.errors import AutoresearchError, BaselineCrashed, BudgetExhausted, InternalError, SetupError
+from loop.events import (
+    AgentUnavailable,
+    Committed,
+    Confirming,
+    Decided,
+    Evaluated,
+    Evaluating,
+    Event,
+    FixRequested,
+    Growing,
+    HoldoutScored,
+    InternalFault,
+    Interrupted,
+    ProposalFailed,
+    Proposed,
+    Proposing,
+    Recorded,
+    Remeasuring,
+    RunLost,
+    Running,
+    RunResumed,
+    RunStarted,
+    RunStopped,
+    Settling,
+    TrainingStarted,
+)
 from loop.executor import Executor, Finished, Job, LocalExecutor, Lost, Started, TrainingEnded, plan_slots
 from loop.journal import (
     JOURNAL_NAME,
@@ -49,7 +75,6 @@ from loop.journal import (
     ExperimentRecord,
     Journal,
     RunRecord,
-    _jsonable,
     append_result,
     apply_event,
     atomic_write,
@@ -63,8 +88,17 @@ from loop.journal import (
 from loop.policy import MAX_CONFIRMATIONS, Noise, Policy, draws, measured_noise, repeats_differ
 from loop.procs import Cancel
 from loop.proposer import AgentBroken, AgentWaiting, ProposalError, ProposalReady, Proposer, Request
-from loop.runner import Runner, RunOutcome, RunSpec, last_loss, startup_allowance_from
+from loop.runner import (
+    Runner,
+    RunOutcome,
+    RunSpec,
+    eval_limits_from,
+    last_loss,
+    over_eval_limits,
+    startup_allowance_from,
+)
 from loop.target_runner import TargetRunner
+from loop.trees import remove_tree
 
 EDITABLE = "train.py"
 PINNED = ("prepare.py", "val.txt", "holdout.txt")  # the harness's bytes, fixed at the run's start
@@ -153,6 +187,7 @@ class Daemon:
         self.fatal: AutoresearchError | None = None
         self.waiting = ""
         self.allowance: float | None = None  # start-up allowance, measured from the baseline
+        self.eval_limits: dict[str, float] = {}  # the model processes' time limits, from the baseline's
         self.slot_view: dict[str, dict[str, Any]] = {s: {} for s in self.executor.slot_names()}
         self.busy_seconds: dict[str, float] = {s: 0.0 for s in self.slot_view}
         self.first_dispatch: float | None = None
@@ -172,10 +207,15 @@ class Daemon:
         reason = ""
         try:
             while True:
-                if self.cancel.is_set() and not self.stopping:
+                if self.cancel.is_set() and self.stopping != "stopped now":
                     self.stopping = "stopped now"
+                    self.display.say(f"stopping now: the runs in flight are interrupted, not lost "
+                                     f"(`autoresearch resume --tag {self.config.tag}` runs them again)")
                 if not self.stopping:
                     self.stopping = self.limit_reached()
+                    if self.stopping == "stop requested":
+                        self.display.say("stop requested: the experiments in flight finish first "
+                                         "(Ctrl-C again, or `autoresearch stop --now`, to stop now)")
                 if not self.stopping:
                     self.ask_ahead()
                     self.settle_best()
@@ -193,7 +233,7 @@ class Daemon:
             raise
         except Exception as e:  # a bug of ours: journaled with its traceback, one line to the user, resumable
             self.cancel.set()
-            self.journal.append("internal_error", error=repr(e), traceback=traceback.format_exc())
+            self.journal.append(InternalFault(error=repr(e), traceback=traceback.format_exc()))
             reason = f"internal error: {e!r}"
             raise InternalError(f"{reason}; the traceback is in {self.journal.path}; "
                                 f"`autoresearch resume --tag {self.config.tag}` continues") from None
@@ -202,7 +242,7 @@ class Daemon:
             with contextlib.suppress(OSError):
                 (self.dir / WORK_DIR).rmdir()  # empty once every run is filed
             reason = reason or "stopped"
-            self.journal.append("run_stopped", reason=reason)
+            self.journal.append(RunStopped(reason=reason))
             self.write_state(phase="stopped")
         if self.fatal is not None:
             raise self.fatal
@@ -223,7 +263,7 @@ class Daemon:
             else:
                 return
             parent = self.best_commit()
-            self.journal.append("proposing", n=n, parent=parent, attempt=attempt)
+            self.journal.append(Proposing(n=n, parent=parent, attempt=attempt))
             context = self.context(n, failure, crashed)
             self.attempts.setdefault(n, Attempt(n, "agent", parent)).parent = parent
             self.proposer.ask(Request(n, parent, attempt, context))
@@ -234,9 +274,9 @@ class Daemon:
         exp_dir.mkdir(parents=True, exist_ok=True)
         text = proposal.train_py if self.target.builtin else json.dumps(proposal.files)
         (exp_dir / self.proposal_name(req.attempt)).write_text(text, encoding="utf-8")
-        self.journal.append("proposed", n=req.n, parent=req.parent, description=proposal.description,
+        self.journal.append(Proposed(n=req.n, parent=req.parent, description=proposal.description,
                             hypothesis=proposal.hypothesis, usage=proposal.usage, agent_seconds=event.agent_seconds,
-                            fix_attempt=req.attempt)
+                            fix_attempt=req.attempt))
         if proposal.receipt and hasattr(self.agent, "accepted"):
             try:
                 self.agent.accepted(proposal.receipt)  # journaled: the agent may let go of it now
@@ -254,7 +294,7 @@ class Daemon:
 
     def on_proposal_error(self, event: ProposalError) -> None:
         req = event.request
-        self.journal.append("proposal_failed", n=req.n, error=event.error, usage=event.usage)
+        self.journal.append(ProposalFailed(n=req.n, error=event.error, usage=event.usage))
         self.run_usage = self.run_usage + event.usage
         if self.stop.requested or self.stopping:
             return
@@ -280,7 +320,7 @@ class Daemon:
         try:
             commit = self.git.commit_files(best, files, att.description)
         except gitops.NothingToCommit:
-            self.journal.append("proposal_failed", n=att.n, error="the proposal changes nothing", usage=Usage())
+            self.journal.append(ProposalFailed(n=att.n, error="the proposal changes nothing", usage=Usage()))
             self.display.say(f"proposal {att.n} changes nothing: asking again")
             att.proposal, att.commit, att.queued_runs = None, None, []
             self.to_ask.append((att.n, att.fix_attempt, "", ""))
@@ -289,8 +329,8 @@ class Daemon:
         self.git.pin(ref, commit)
         if att.fix_attempt:
             self.git.pin(self.ref(att.n, 0), commit)
-        self.journal.append("committed", n=att.n, commit=commit, parent=best, ref=ref, kind=att.kind,
-                            rebased_from=rebased_from)
+        self.journal.append(Committed(n=att.n, commit=commit, parent=best, ref=ref, kind=att.kind,
+                            rebased_from=rebased_from))
         if rebased_from:
             self.display.say(f"#{att.n:04d} rebased onto the new best {best[:7]}")
         att.commit, att.parent, att.proposal = commit, best, None
@@ -339,8 +379,8 @@ class Daemon:
 
     def hand_back_conflict(self, att: Attempt, merged: bytes) -> bool:
         """A proposal that no longer merges goes back to the agent once with the new best."""
-        self.journal.append("proposal_failed", n=att.n, error="conflicts with the new best", usage=Usage(),
-                            conflict=True)
+        self.journal.append(ProposalFailed(n=att.n, error="conflicts with the new best", usage=Usage(),
+                            conflict=True))
         att.proposal, att.commit, att.queued_runs = None, None, []
         if att.conflict_retried or att.kind != "agent":
             self.display.say(f"#{att.n:04d} conflicts with the new best again: dropped")
@@ -357,7 +397,7 @@ class Daemon:
             job = self.next_job()
             if job is None:
                 return
-            self.journal.append("running", n=job.n, run=job.run, commit=job.commit, seed=job.spec.seed)
+            self.journal.append(Running(n=job.n, run=job.run, commit=job.commit, seed=job.spec.seed))
             self.first_dispatch = self.first_dispatch or time.time()
             att = self.attempts[job.n]
             att.running[job.run] = "running"
@@ -420,15 +460,15 @@ class Daemon:
         elif isinstance(event, AgentWaiting):
             self.waiting_since = self.waiting_since if self.waiting else time.time()
             self.waiting = f"{event.error} (retry in {event.retry_in:.0f}s)"
-            self.journal.append("agent_waiting", n=event.request.n, error=event.error, retry_in=event.retry_in)
+            self.journal.append(AgentUnavailable(n=event.request.n, error=event.error, retry_in=event.retry_in))
             self.display.say(f"agent unavailable: {event.error}; retrying in {event.retry_in:.0f}s")
         elif isinstance(event, AgentBroken):
             error = event.error
             self.fail(error if isinstance(error, AutoresearchError) else
                       SetupError(f"the agent failed: {type(error).__name__}: {error}"))
         elif isinstance(event, Started):
-            self.journal.append("started", n=event.job.n, run=event.job.run, slot=event.slot, device=event.device,
-                                host=event.host)
+            self.journal.append(TrainingStarted(n=event.job.n, run=event.job.run, slot=event.slot, device=event.device,
+                                host=event.host))
             self.slot_view[event.slot] = {"n": event.job.n, "run": event.job.run, "phase": "training",
                                           "since": time.time(), "device": event.device, "loss": None}
         elif isinstance(event, TrainingEnded):
@@ -437,8 +477,8 @@ class Daemon:
             self.slot_view[event.slot] = {}
             if not out.reason:  # (a failed one is journaled, screened, when it is Finished)
                 out = self.screened(out)
-                self.journal.append("evaluating", n=event.job.n, run=event.job.run,
-                                    train_seconds=round(out.train_seconds, 3), summary=out.summary)
+                self.journal.append(Evaluating(n=event.job.n, run=event.job.run,
+                                    train_seconds=round(out.train_seconds, 3), summary=out.summary))
                 self.attempts[event.job.n].running[event.job.run] = "evaluating"
                 self.eval_since[event.job.key] = time.time()
         elif isinstance(event, Finished):
@@ -446,8 +486,8 @@ class Daemon:
         elif isinstance(event, Lost) and event.job.score_only:  # a holdout's node vanished: it has no score
             self.on_holdout(event.job, RunOutcome(reason=f"lost: {event.why}"))
         elif isinstance(event, Lost):
-            self.journal.append("lost", n=event.job.n, run=event.job.run, slot=event.slot, why=event.why)
-            shutil.rmtree(event.job.spec.exp_dir, ignore_errors=True)  # it runs again, in a folder of its own
+            self.journal.append(RunLost(n=event.job.n, run=event.job.run, slot=event.slot, why=event.why))
+            remove_tree(event.job.spec.exp_dir)  # it runs again, in a folder of its own
             att = self.attempts[event.job.n]
             att.running.pop(event.job.run, None)
             att.queued_runs.insert(0, event.job.run)
@@ -478,10 +518,10 @@ class Daemon:
         _drop_scratch(job.spec.exp_dir)
         self.file_run(job)
         if outcome.interrupted:
-            self.journal.append("interrupted", n=job.n, run=job.run, phase="running")
+            self.journal.append(Interrupted(n=job.n, run=job.run, phase="running"))
             if not att.running:
                 if att.kind != "best":  # the best's own later runs: the best stays decided
-                    self.journal.append("interrupted", n=job.n, phase="running")
+                    self.journal.append(Interrupted(n=job.n, phase="running"))
                 self.attempts.pop(job.n, None)
             return
         if self.target.builtin:
@@ -490,12 +530,15 @@ class Daemon:
             violations = guard.check_protected(self.repo, self.protected)
         if violations:
             outcome.scores, outcome.reason, outcome.simple_crash = {}, f"guard: {violations[0]}", False
+        elif att.kind != "baseline" and not outcome.reason and (why := over_eval_limits(outcome.timings,
+                                                                                         self.eval_limits)):
+            outcome.scores, outcome.reason, outcome.simple_crash = {}, why, False
         _check_metric(outcome, allow_negative=not self.target.builtin)
-        self.journal.append("evaluated", n=job.n, run=job.run, slot=slot, val_bpb=outcome.val_bpb,
+        self.journal.append(Evaluated(n=job.n, run=job.run, slot=slot, val_bpb=outcome.val_bpb,
                             scores=outcome.scores, reason=outcome.reason, summary=outcome.summary,
                             peak_vram_mb=outcome.peak_vram_mb, train_seconds=round(outcome.train_seconds, 3),
                             eval_seconds=round(outcome.eval_seconds, 3), timings=outcome.timings,
-                            hardware=outcome.hardware)
+                            hardware=outcome.hardware))
         att.outcomes[job.run] = outcome
         if att.kind == "best":
             self.best_run_done(att, job.run)
@@ -522,18 +565,18 @@ class Daemon:
 
     def on_holdout(self, job: Job, outcome: RunOutcome) -> None:
         self.holdouts_pending.pop(job.n, None)
-        self.journal.append("holdout", n=job.n, run=job.run, scores={"holdout": outcome.scores.get("holdout")},
-                            reason=outcome.reason, eval_seconds=round(outcome.eval_seconds, 3), timings=outcome.timings)
+        self.journal.append(HoldoutScored(n=job.n, run=job.run, scores={"holdout": outcome.scores.get("holdout")},
+                            reason=outcome.reason, eval_seconds=round(outcome.eval_seconds, 3), timings=outcome.timings))
         _drop_scratch(job.spec.exp_dir)
         if self.config.keep_checkpoints == "none":
-            shutil.rmtree(job.spec.exp_dir / "ckpt", ignore_errors=True)
+            remove_tree(job.spec.exp_dir / "ckpt")
             self.executor.discard_checkpoints([job.ran_on])
 
     def request_fix(self, att: Attempt, outcome: RunOutcome) -> None:
         """A simple crash (syntax, import, shape) goes back to the agent; it costs no row."""
         attempt = att.fix_attempt + 1
         crashed = self.proposal_text(att.commit or "")
-        self.journal.append("fix_requested", n=att.n, attempt=attempt, reason=outcome.reason)
+        self.journal.append(FixRequested(n=att.n, attempt=attempt, reason=outcome.reason))
         if self.config.keep_checkpoints != "all":  # the next attempt is a new commit: this one's runs are done
             self.executor.discard_checkpoints([outcome.hardware])
         self.attempts[att.n] = Attempt(att.n, "agent", self.best_commit(), fix_attempt=attempt)
@@ -566,7 +609,7 @@ class Daemon:
             reason = judged.why(self.target.view.text)  # what `show` says about a keep or a discard
             if judged.verdict == "confirm":
                 run = max(att.outcomes) + 1
-                self.journal.append("confirming", n=att.n, run=run, scores=scores, reason=reason)
+                self.journal.append(Confirming(n=att.n, run=run, scores=scores, reason=reason))
                 att.runs_wanted += 1
                 att.queued_runs.append(run)
                 return
@@ -589,7 +632,7 @@ class Daemon:
             return  # already being measured
         att = self.best_attempt()
         run = self.next_best_run(att)
-        self.journal.append("remeasuring", n=att.n, run=run, hardware=hardware, for_n=waiting.n)
+        self.journal.append(Remeasuring(n=att.n, run=run, hardware=hardware, for_n=waiting.n))
         self.display.say(f"measuring the best (#{att.n:04d}) on {hardware} before comparing results there")
         att.queued_runs.insert(0, run)
         att.hardware_of[run] = hardware
@@ -617,9 +660,9 @@ class Daemon:
         for have in range(runs, wanted):
             run = self.next_best_run(att)
             if have < self.best_runs():
-                self.journal.append("settling", n=att.n, run=run)
+                self.journal.append(Settling(n=att.n, run=run))
             else:
-                self.journal.append("growing", n=att.n, run=run, compared=compared)
+                self.journal.append(Growing(n=att.n, run=run, compared=compared))
                 att.growth_runs.add(run)
             att.queued_runs.append(run)
 
@@ -709,17 +752,17 @@ class Daemon:
         """Journal the decision, append the row, and tidy the experiment's directory."""
         if guard_outcome is not None:
             reason, best_before = guard_outcome.reason, self.best_mean()
-            self.journal.append("evaluated", n=att.n, run=0, val_bpb=None, scores={}, reason=reason, summary={},
-                                peak_vram_mb=0.0, train_seconds=0.0, eval_seconds=0.0, timings={}, hardware={})
+            self.journal.append(Evaluated(n=att.n, run=0, val_bpb=None, scores={}, reason=reason, summary={},
+                                peak_vram_mb=0.0, train_seconds=0.0, eval_seconds=0.0, timings={}, hardware={}))
         best_after = mean if status == "keep" else best_before
-        self.journal.append("decided", n=att.n, status=status, reason=reason, best_before=best_before,
+        self.journal.append(Decided(n=att.n, status=status, reason=reason, best_before=best_before,
                             best_after=best_after, tip=self.git.ref_sha(self.branch), val_bpb=mean, runs=runs,
-                            through=through)
+                            through=through))
         self.attempts.pop(att.n, None)
         self.best = self.run.best
         rec = self.run.by_n[att.n]
         self.write_result(rec)
-        self.journal.append("recorded", n=att.n)
+        self.journal.append(Recorded(n=att.n))
         self.tidy_checkpoints(att.n, status)
         wall = time.time() - (rec.started_at or time.time())
         self.display.finished(att.n, status, mean, best_before, wall,
@@ -731,6 +774,9 @@ class Daemon:
             self.fatal = BaselineCrashed(reason)
         if att.kind == "baseline" and status == "keep":
             self.measure_allowance()
+            if self.baseline_learned_nothing():
+                self.display.say(targets.learned_nothing_warning(self.target.view, rec.val_bpb, rec.summary,
+                                                                  self.config.budget))
 
     def maybe_combine(self, att: Attempt, mean: float) -> None:
         """A change that beat its own parent but not a best that moved on while it ran is rebased onto
@@ -754,8 +800,8 @@ class Daemon:
         n = self.next_n
         self.next_n += 1
         description = f"combine: {att.description}"
-        self.journal.append("proposed", n=n, parent=best, description=description, hypothesis=att.hypothesis,
-                            usage=Usage(), agent_seconds=0.0, fix_attempt=0, combine_of=att.n)
+        self.journal.append(Proposed(n=n, parent=best, description=description, hypothesis=att.hypothesis,
+                            usage=Usage(), agent_seconds=0.0, fix_attempt=0, combine_of=att.n))
         (self.exp_dir(n)).mkdir(parents=True, exist_ok=True)
         (self.exp_dir(n) / self.proposal_name(0)).write_bytes(merged)
         self.attempts[n] = Attempt(n, "combine", best, description, att.hypothesis,
@@ -765,14 +811,14 @@ class Daemon:
     def begin(self, hardware: dict, floor: float | None = None) -> None:
         """Journal the start of a new run: what it is, where it branched, what must not change."""
         self.protected = self.protected_hashes()
-        self.journal.append("run_started", tag=self.config.tag, branch=self.branch, base_commit=self.git.head(),
+        self.journal.append(RunStarted(tag=self.config.tag, branch=self.branch, base_commit=self.git.head(),
                             protected=self.protected, agent=self.agent.name, config=asdict(self.config),
-                            **({} if self.target.builtin else {"target": targets.describe(self.target)}),
-                            hardware=hardware, floor=floor, slots=self.executor.slot_names())
+                            target=None if self.target.builtin else targets.describe(self.target),
+                            hardware=hardware, floor=floor, slots=self.executor.slot_names()))
 
     def load(self) -> None:
         """Make journal, git and results.tsv agree, and pick up every undecided experiment where it was."""
-        shutil.rmtree(self.dir / WORK_DIR, ignore_errors=True)  # runs in flight when the daemon last stopped
+        remove_tree(self.dir / WORK_DIR)  # runs in flight when the daemon last stopped
         events, problems = read_events_checked(self.journal.path)
         for line in problems:
             self.display.say(f"warning: {line}")
@@ -784,7 +830,7 @@ class Daemon:
         self.secrets = guard.SecretIndex.build(self.pinned[k] for k in guard.SECRET_FILES if k in self.pinned)
         for rec in run.experiments:
             if rec.status in STATUSES and not rec.recorded:
-                self.journal.append("recorded", n=rec.n)  # the row is rebuilt below
+                self.journal.append(Recorded(n=rec.n))  # the row is rebuilt below
         self.run = self.journal.run = fold(self.journal.events())
         if self.target.builtin:
             rebuild_results(self.results, self.run)
@@ -814,7 +860,7 @@ class Daemon:
         if baseline is None or baseline.status == "interrupted":
             self.queue_baseline(meta.get("base_commit") or self.git.head(), fresh=baseline is None)
         if run.experiments:
-            self.journal.append("run_resumed", tag=self.config.tag, config=asdict(self.config))
+            self.journal.append(RunResumed(tag=self.config.tag, config=asdict(self.config)))
 
     def queue_baseline(self, commit: str, fresh: bool) -> None:
         """The branch point itself, run baseline_runs times: the first best, and the first noise estimate."""
@@ -824,9 +870,9 @@ class Daemon:
         self.attempts[0] = att
         self.next_n = max(self.next_n, 1)
         if fresh:
-            self.journal.append("proposed", n=0, parent=commit, description="baseline", hypothesis="",
-                                usage=Usage(), agent_seconds=0.0, fix_attempt=0)
-            self.journal.append("committed", n=0, commit=commit, parent=commit, ref=self.ref(0, 0), kind="baseline")
+            self.journal.append(Proposed(n=0, parent=commit, description="baseline", hypothesis="",
+                                usage=Usage(), agent_seconds=0.0, fix_attempt=0))
+            self.journal.append(Committed(n=0, commit=commit, parent=commit, ref=self.ref(0, 0), kind="baseline"))
             self.git.pin(self.ref(0, 0), commit)
 
     def resume_experiment(self, rec: ExperimentRecord) -> None:
@@ -970,13 +1016,19 @@ class Daemon:
                    if e.status == "discard" and (e.decided_order or -1) > best.decided_order)
 
     def noise(self) -> Noise:
-        baseline = self.run.by_n.get(0)
         return measured_noise((e.scores() for e in self.run.experiments if e.status in ("keep", "discard")),
-                              baseline.scores() if baseline else [])
+                              self.harness_varies())
 
     def harness_varies(self) -> bool:
+        """Whether repeats of one commit differ here. The baseline's runs tell, unless it learned
+        nothing: an untrained model scores chance on every seed, which says nothing of the harness."""
         baseline = self.run.by_n.get(0)
-        return repeats_differ(baseline.scores() if baseline else [])
+        return repeats_differ(baseline.scores() if baseline else [], self.baseline_learned_nothing())
+
+    def baseline_learned_nothing(self) -> bool:
+        baseline = self.run.by_n.get(0)
+        return bool(baseline and baseline.status == "keep" and baseline.val_bpb is not None
+                    and self.target.view.learned_nothing(baseline.val_bpb))
 
     def baseline_runs(self) -> int:
         if self.config.baseline_runs is not None:
@@ -991,6 +1043,8 @@ class Daemon:
         if walls:
             allowance = startup_allowance_from(max(walls), self.config.budget)
             self.allowance = min(allowance, self.config.timeout - self.config.budget)
+        self.eval_limits = eval_limits_from([f["timings"] for f in (base.runs.values() if base else ())
+                                             if isinstance(f.get("timings"), dict) and not f.get("reason")])
 
     def seed(self, n: int, run: int) -> int:
         return run_seed(self.config.seed_key, self.config.tag, n, run)
@@ -999,8 +1053,10 @@ class Daemon:
         keep = self.config.keep_checkpoints
         if keep == "all" or status == "keep":  # a kept one's goes after its holdout score, with "none"
             return
-        for ckpt in self.exp_dir(n).glob("**/ckpt"):
-            shutil.rmtree(ckpt, ignore_errors=True)
+        folders = sorted(self.exp_dir(n).iterdir()) if self.exp_dir(n).is_dir() else []
+        for folder in [self.exp_dir(n), *folders]:  # its runs' folders, and an older layout's one
+            if folder.is_dir() and not folder.is_symlink():
+                remove_tree(folder / "ckpt")
         rec = self.run.by_n.get(n)  # and those its runs left on cluster nodes
         self.executor.discard_checkpoints([run.get("hardware") or {} for run in rec.runs.values()] if rec else [])
 
@@ -1052,9 +1108,9 @@ class Daemon:
             for item in sorted(work.iterdir()) if work.is_dir() else ():
                 dest = home / item.name
                 if dest.is_dir() and not dest.is_symlink():
-                    shutil.rmtree(dest)
+                    remove_tree(dest)
                 item.replace(dest)
-            shutil.rmtree(work, ignore_errors=True)
+            remove_tree(work)
         except OSError as e:  # whatever a run left in its folder, the daemon goes on
             self.display.say(f"warning: could not file run {job.run} of #{job.n:04d} from {work}: {e}")
 
@@ -1078,13 +1134,16 @@ class Daemon:
                  for name, view in self.slot_view.items()]
         evaluating = [{"n": n, "run": r, "since": t} for (n, r), t in sorted(self.eval_since.items())]
         holdouts = [{"n": n, "since": t} for n, t in sorted(self.holdouts_pending.items())]
-        atomic_write(self.state_path, json.dumps({
-            "pid": os.getpid(), "tag": self.config.tag, "phase": phase or ("stopping" if self.stopping else "running"),
-            "updated": now, "budget": self.config.budget, "slots": slots, "evaluating": evaluating,
-            "holdouts": holdouts,
-            "proposing": sorted(self.proposer.in_flight()), "waiting": self.waiting,
-            "waiting_since": self.waiting_since, "first_dispatch": self.first_dispatch,
-            "graceful_stop": self.stop.graceful, "stopping": self.stopping}))
+        try:  # a full disk costs `status` its freshness; the journal says whether the run can go on
+            atomic_write(self.state_path, json.dumps({
+                "pid": os.getpid(), "tag": self.config.tag, "phase": phase or ("stopping" if self.stopping else "running"),
+                "updated": now, "budget": self.config.budget, "slots": slots, "evaluating": evaluating,
+                "holdouts": holdouts,
+                "proposing": sorted(self.proposer.in_flight()), "waiting": self.waiting,
+                "waiting_since": self.waiting_since, "first_dispatch": self.first_dispatch,
+                "graceful_stop": self.stop.graceful, "stopping": self.stopping}))
+        except OSError:
+            pass
         if self.display.tty:
             live = [v for v in self.slot_view.values() if v]
             if live:
@@ -1098,11 +1157,11 @@ class _FoldingJournal(Journal):
 
     run: RunRecord | None = None
 
-    def append(self, event: str, **fields: Any) -> dict[str, Any]:
-        entry = super().append(event, **fields)
+    def append(self, event: Event) -> Event:
+        written = super().append(event)
         if self.run is not None:
-            apply_event(self.run, json.loads(json.dumps(entry, default=_jsonable)))
-        return entry
+            apply_event(self.run, written)
+        return written
 
 
 def _check_metric(outcome: RunOutcome, allow_negative: bool = False) -> None:
@@ -1129,7 +1188,7 @@ def _drop_scratch(exp_dir: Path) -> None:
     """Keep a run's logs and checkpoint, not its scratch copies (nor touch its repeats' folders)."""
     for sub in exp_dir.iterdir() if exp_dir.is_dir() else ():
         if sub.is_dir() and sub.name != "ckpt" and not sub.name.startswith("run"):
-            shutil.rmtree(sub, ignore_errors=True)
+            remove_tree(sub)
 
 
 def _hardware_key(hardware: dict | None) -> str:

@@ -619,15 +619,16 @@ def _target_of(root: Path, rev: str, given: str | None) -> Target:
     """--target FILE; else the target of the run whose branch REV names (its journal records the
     file it was started with, e.g. alpha.toml); else autoresearch.toml at the root; else the builtin."""
     from loop import target as targets  # here, not at the top: the daemon's import of the guard needs neither
+    from loop.events import RunStarted
     from loop.journal import JOURNAL_NAME, read_events, run_dir
 
     if given is None:
         branch = rev.removeprefix("refs/heads/")
         tag = branch.removeprefix("autoresearch/") if branch.startswith("autoresearch/") else None
         if tag and "/" not in tag and not tag.startswith("."):
-            started = [e for e in read_events(run_dir(root, tag) / JOURNAL_NAME) if e.get("event") == "run_started"]
+            started = [e for e in read_events(run_dir(root, tag) / JOURNAL_NAME) if isinstance(e, RunStarted)]
             if started:  # `start` records a declared target's file, autoresearch.toml too; none: the builtin
-                given = (started[0].get("config") or {}).get("target")
+                given = started[0].config.get("target")
                 return targets.of_config(root, given) if given else targets.BUILTIN
     return targets.of_config(root, given)
 

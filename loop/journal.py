@@ -4,34 +4,7 @@ The journal (`.autoresearch/runs/TAG/journal.jsonl`) is the source of truth: one
 line, one line per state change, fsync'd before the daemon moves on, so that a kill -9 anywhere
 leaves a prefix of the truth on disk. A torn last line (killed mid-write) is ignored on read.
 
-Event names, in the order one experiment goes through them (every event but the run-level ones
-carries `n`, the experiment number; the baseline is experiment 0):
-
-  run_started   tag, branch, base_commit, protected {path: sha256}, agent, config, hardware
-  run_resumed   (same fields as run_started may be refreshed)
-  proposing     n, parent                         the agent was asked
-  agent_waiting n, error, retry_in                the agent is unavailable; backing off
-  proposal_failed n, error, usage                 the agent produced nothing usable (no experiment)
-  proposed      n, description, hypothesis, usage, agent_seconds, fix_attempt
-  committed     n, commit, parent, ref, kind (baseline|agent|combine), rebased_from (when rebased)
-  running       n, run, commit, seed                a run was handed to the executor
-  started       n, run, slot, device, host          it has a slot (training starts now)
-  evaluating    n, run, train_seconds, summary      training ended; the slot is free again
-  evaluated     n, run, val_bpb, scores, reason, summary, peak_vram_mb, train_seconds, eval_seconds,
-                timings, hardware, slot             one run's outcome (val_bpb None on crash)
-  confirming    n, run, reason                      the policy asked for one more run
-  settling      n, run                              a new best's run up to --best-runs (results wait)
-  growing       n, run, compared                    the best's run as results pile up against it
-  remeasuring   n, run, hardware, for_n             the best's run on hardware it never ran on
-  fix_requested n, attempt, reason                  a simple crash goes back to the agent
-  decided       n, status (keep|discard|crash), reason, best_before, best_after, tip, val_bpb
-                (the mean that decided), runs (how many decided it), through (runs numbered below it
-                had finished)
-  recorded      n                                 results.tsv row written
-  holdout       n, run, scores, reason, eval_seconds, timings   a kept commit's holdout (never decides)
-  lost          n, run, slot, why                 the run's worker or node vanished: it runs again, no row
-  interrupted   n, phase                          `stop --now` or a kill: not a crash, no row
-  run_stopped   reason
+The events, one record type each, are in events.py.
 
 results.tsv is rebuilt from the folded records whenever there is doubt (resume), and appended to
 one fsync'd row at a time otherwise, so `tail -f results.tsv` shows each row as it lands.
@@ -41,11 +14,29 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from loop.agents.base import Usage
+from loop.events import (
+    Committed,
+    Decided,
+    Evaluated,
+    Evaluating,
+    Event,
+    ExperimentEvent,
+    HoldoutScored,
+    Interrupted,
+    ProposalFailed,
+    Proposed,
+    Proposing,
+    Recorded,
+    RunResumed,
+    RunStarted,
+    RunStopped,
+    parse,
+)
 
 JOURNAL_NAME = "journal.jsonl"
 RESULTS_HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription\n"
@@ -90,12 +81,15 @@ class Journal:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._repair_torn_tail()
 
-    def append(self, event: str, **fields: Any) -> dict[str, Any]:
-        entry = {"event": event, "ts": round(time.time(), 3), **fields}
-        fsync_append(self.path, json.dumps(entry, default=_jsonable) + "\n")
-        return entry
+    def append(self, event: Event) -> Event:
+        """Write `event`, stamped with the time, durably; the event as it will be read back."""
+        line = json.dumps(replace(event, ts=round(time.time(), 3)).to_json(), default=_jsonable)
+        fsync_append(self.path, line + "\n")
+        written = parse(json.loads(line))  # what a resumed daemon will fold: the live fold must be the same
+        assert written is not None
+        return written
 
-    def events(self) -> list[dict[str, Any]]:
+    def events(self) -> list[Event]:
         return read_events(self.path)
 
     def _repair_torn_tail(self) -> None:
@@ -116,12 +110,10 @@ class Journal:
 def _jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
-    if isinstance(value, Usage):
-        return value.to_dict()
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
-def read_events(path: Path) -> list[dict[str, Any]]:
+def read_events(path: Path) -> list[Event]:
     """All complete events of a journal; a torn last line (a kill mid-write) is ignored."""
     return read_events_checked(path)[0]
 
@@ -236,7 +228,7 @@ class RunRecord:
         return max(kept, key=lambda e: (e.decided_order if e.decided_order is not None else -1, e.n), default=None)
 
 
-def fold(events: list[dict[str, Any]]) -> RunRecord:
+def fold(events: Iterable[Event]) -> RunRecord:
     """Fold a journal's events into one record per experiment number."""
     run = RunRecord()
     for ev in events:
@@ -244,86 +236,88 @@ def fold(events: list[dict[str, Any]]) -> RunRecord:
     return run
 
 
-def apply_event(run: RunRecord, ev: dict[str, Any]) -> None:
+def apply_event(run: RunRecord, ev: Event) -> None:
     """Fold one more event into `run`, in place (the daemon keeps its record current this way)."""
-    name = ev.get("event", "")
-    ts = ev.get("ts")
-    if name in ("run_started", "run_resumed"):
-        run.meta.update({k: v for k, v in ev.items() if k not in ("event", "ts")})
-        run.tag = ev.get("tag", run.tag)
-        if run.started_at is None:
-            run.started_at = ts
-        run.stopped_at = None  # a resumed run is running again
-        return
-    if name == "run_stopped":
-        run.stopped_at, run.stop_reason = ts, ev.get("reason", "")
-        return
-    if "n" not in ev:
-        return
-    rec = run.by_n.get(ev["n"])
-    if rec is None:
-        rec = run.by_n[ev["n"]] = ExperimentRecord(n=ev["n"])
-        run.experiments.append(rec)
-        if run.experiments[-2:-1] and run.experiments[-2].n > rec.n:
-            run.experiments.sort(key=lambda e: e.n)
-    _apply(rec, name, ev)
-    if name == "decided":
-        rec.decided_order, run.decisions = run.decisions, run.decisions + 1
+    match ev:
+        case RunStarted() | RunResumed():
+            run.meta.update(ev.payload())
+            run.tag = ev.tag or run.tag
+            if run.started_at is None:
+                run.started_at = ev.ts
+            run.stopped_at = None  # a resumed run is running again
+        case RunStopped():
+            run.stopped_at, run.stop_reason = ev.ts, ev.reason
+        case ExperimentEvent():
+            rec = run.by_n.get(ev.n)
+            if rec is None:
+                rec = run.by_n[ev.n] = ExperimentRecord(n=ev.n)
+                run.experiments.append(rec)
+                if run.experiments[-2:-1] and run.experiments[-2].n > rec.n:
+                    run.experiments.sort(key=lambda e: e.n)
+            _apply(rec, ev)
+            if isinstance(ev, Decided):
+                rec.decided_order, run.decisions = run.decisions, run.decisions + 1
 
 
-def _apply(rec: ExperimentRecord, name: str, ev: dict[str, Any]) -> None:
-    rec.phase = name
-    ts = ev.get("ts")
+# The events that make up one run's own record (ExperimentRecord.runs).
+_RUN_PHASES = ("running", "started", "evaluating", "evaluated", "interrupted")
+
+
+def _apply(rec: ExperimentRecord, ev: ExperimentEvent) -> None:
+    rec.phase = ev.NAME
     if rec.started_at is None:
-        rec.started_at = ts
-    if "usage" in ev:
-        rec.usage = rec.usage + Usage.from_dict(ev["usage"])
-    if "run" in ev and name in ("running", "started", "evaluating", "evaluated", "interrupted"):
-        fields = {k: v for k, v in ev.items() if k not in ("event", "n", "run")}
-        rec.runs.setdefault(int(ev["run"]), {}).update(fields, phase=name, **{f"{name}_at": ts})
+        rec.started_at = ev.ts
+    usage = getattr(ev, "usage", None)
+    if isinstance(usage, Usage):
+        rec.usage = rec.usage + usage
+    run = getattr(ev, "run", None)
+    if run is not None and ev.NAME in _RUN_PHASES:
+        fields = {k: v for k, v in ev.payload().items() if k != "run"}
+        rec.runs.setdefault(int(run), {}).update(fields, phase=ev.NAME, **{f"{ev.NAME}_at": ev.ts})
         if rec.status in STATUSES:
             return  # a decided experiment run again elsewhere (the best, remeasured): its decision stands
-    if name == "proposal_failed":
-        rec.failed_proposals += 1
-        if ev.get("conflict"):  # its commit no longer merges onto the best: the experiment starts over
-            rec.commit, rec.runs = None, {}
-    elif name == "proposed":
-        rec.description = ev.get("description", rec.description)
-        rec.hypothesis = ev.get("hypothesis", rec.hypothesis)
-        rec.agent_seconds += float(ev.get("agent_seconds", 0.0))
-        rec.fix_attempts = max(rec.fix_attempts, int(ev.get("fix_attempt", 0)))
-    elif name == "committed":
-        rec.commit, rec.parent = ev.get("commit"), ev.get("parent", rec.parent)
-        rec.kind = ev.get("kind", rec.kind or ("baseline" if rec.n == 0 else "agent"))
-        rec.runs = {}  # a fix attempt is a new commit: its runs start afresh
-    elif name == "proposing":
-        rec.parent = ev.get("parent", rec.parent)
-    elif name == "evaluating":
-        rec.summary = ev.get("summary") or rec.summary
-        rec.train_seconds = ev.get("train_seconds", rec.train_seconds)
-    elif name == "evaluated":
-        rec.val_bpb = ev.get("val_bpb")
-        rec.reason = ev.get("reason", "") or rec.reason
-        rec.summary = ev.get("summary") or rec.summary
-        rec.peak_vram_mb = float(ev.get("peak_vram_mb") or 0.0)
-        rec.train_seconds = ev.get("train_seconds", rec.train_seconds)
-        rec.eval_seconds = ev.get("eval_seconds", rec.eval_seconds)
-    elif name == "decided":
-        rec.status = ev.get("status")
-        rec.reason = ev.get("reason", "") or rec.reason
-        rec.best_before, rec.best_after = ev.get("best_before"), ev.get("best_after")
-        if "val_bpb" in ev:
-            rec.val_bpb = ev["val_bpb"]
-        rec.decided_runs = int(ev.get("runs") or 0)
-        rec.decided_through = int(ev.get("through") or rec.decided_runs)
-        if rec.status == "crash":
-            rec.val_bpb = None
-    elif name == "recorded":
-        rec.recorded, rec.finished_at = True, ts
-    elif name == "holdout":
-        rec.holdout_scored = True
-    elif name == "interrupted" and "run" not in ev:
-        rec.status, rec.finished_at = "interrupted", ts
+    match ev:
+        case ProposalFailed():
+            rec.failed_proposals += 1
+            if ev.conflict:  # its commit no longer merges onto the best: the experiment starts over
+                rec.commit, rec.runs = None, {}
+        case Proposed():
+            rec.description, rec.hypothesis = ev.description, ev.hypothesis
+            rec.agent_seconds += float(ev.agent_seconds)
+            rec.fix_attempts = max(rec.fix_attempts, int(ev.fix_attempt))
+        case Committed():
+            rec.commit, rec.parent = ev.commit or None, ev.parent or rec.parent
+            rec.kind = ev.kind or rec.kind or ("baseline" if rec.n == 0 else "agent")
+            rec.runs = {}  # a fix attempt is a new commit: its runs start afresh
+        case Proposing():
+            rec.parent = ev.parent or rec.parent
+        case Evaluating():
+            rec.summary = ev.summary or rec.summary
+            if ev.train_seconds is not None:
+                rec.train_seconds = ev.train_seconds
+        case Evaluated():
+            rec.val_bpb = ev.val_bpb
+            rec.reason = ev.reason or rec.reason
+            rec.summary = ev.summary or rec.summary
+            rec.peak_vram_mb = float(ev.peak_vram_mb or 0.0)
+            if ev.train_seconds is not None:
+                rec.train_seconds = ev.train_seconds
+            if ev.eval_seconds is not None:
+                rec.eval_seconds = ev.eval_seconds
+        case Decided():
+            rec.status = ev.status
+            rec.reason = ev.reason or rec.reason
+            rec.best_before, rec.best_after = ev.best_before, ev.best_after
+            if ev.status == "crash" or ev.val_bpb is not None:  # the mean that decided it (a crash has none)
+                rec.val_bpb = ev.val_bpb if ev.status != "crash" else None
+            rec.decided_runs = int(ev.runs or 0)
+            rec.decided_through = int(ev.through or rec.decided_runs)
+        case Recorded():
+            rec.recorded, rec.finished_at = True, ev.ts
+        case HoldoutScored():
+            rec.holdout_scored = True
+        case Interrupted(run=None):
+            rec.status, rec.finished_at = "interrupted", ev.ts
 
 
 def load_run(repo: Path, tag: str) -> RunRecord:
@@ -331,6 +325,26 @@ def load_run(repo: Path, tag: str) -> RunRecord:
     run = fold(events)
     run.tag, run.problems = run.tag or tag, problems
     return run
+
+
+def _parse_line(line: str) -> Event | None:
+    try:
+        entry = json.loads(line)
+    except json.JSONDecodeError:
+        raise ValueError("not JSON") from None
+    if not isinstance(entry, dict) or not isinstance(entry.get("event"), str):
+        raise ValueError("not an event")
+    n = entry.get("n", 0)
+    if not isinstance(n, int) or isinstance(n, bool):
+        raise ValueError("n is not an experiment number")
+    try:
+        event = parse(entry)
+    except TypeError:  # an experiment's event without its number
+        raise ValueError("incomplete") from None
+    run = getattr(event, "run", None)
+    if run is not None and (not isinstance(run, int) or isinstance(run, bool)):
+        raise ValueError("run is not a run number")
+    return event
 
 
 def one_line(text: str) -> str:
@@ -366,31 +380,29 @@ def append_result(path: Path, rec: ExperimentRecord) -> None:
     fsync_append(path, results_row(rec))
 
 
-def read_events_checked(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
+def read_events_checked(path: Path) -> tuple[list[Event], list[str]]:
     """The complete events of a journal, and one line per line that had to be skipped.
 
     A torn last line (no newline: the daemon was killed mid-write) is normal and not reported.
-    Any other line that is not a JSON object with an `event` name (and an integer `n` when it has
-    one) is skipped and named by its line number, so a damaged journal never goes unnoticed.
+    Any other line that is not a JSON object with an `event` name (and an integer `n` where the event
+    is an experiment's) is skipped and named by its line number, so a damaged journal never goes
+    unnoticed. An event name this version does not know is passed over in silence.
     """
     if not path.exists():
         return [], []
-    events: list[dict[str, Any]] = []
+    events: list[Event] = []
     problems: list[str] = []
     with open(path, encoding="utf-8", errors="replace") as f:
         for number, line in enumerate(f, start=1):
             if not line.endswith("\n"):
                 break
             try:
-                event = json.loads(line)
-            except json.JSONDecodeError:
-                event = None
-            n = event.get("n", 0) if isinstance(event, dict) else None
-            if not isinstance(event, dict) or not isinstance(event.get("event"), str) \
-                    or not isinstance(n, int) or isinstance(n, bool):
+                event = _parse_line(line)
+            except ValueError:
                 problems.append(f"{path.name} line {number}: garbled, skipped: {line.strip()[:60]!r}")
                 continue
-            events.append(event)
+            if event is not None:
+                events.append(event)
     return events, problems
 
 

@@ -138,9 +138,13 @@ class Policy:
         if error == 0:
             return Judgement("keep", "better, on a harness whose repeats are identical", mean, best_mean, len(best))
         z = max(CLEAR_Z, self.keep_z) if first_look else self.keep_z  # see "Why two bars" above
-        needed = self.bar(noise.degrees, z) * error
+        bar = self.bar(noise.degrees, z)
+        needed = bar * error
+        # The bar is z's confidence on a normal curve, widened by Student's t for a noise measured
+        # on few degrees of freedom: say both, or "4 standard errors" reads as a slip for 32.
         within = (f", {'beyond' if gain > needed else 'inside'} the noise: a gain must pass {needed:.6f} "
-                  f"({z:g} standard errors; noise {noise})")
+                  f"({bar:.1f} standard errors of {error:.6f}: the confidence of {z:g} on a normal curve, "
+                  f"for noise {noise})")
         verdict: Verdict = "keep" if gain > needed else "confirm" if may_confirm else "discard"
         return Judgement(verdict, "better than the best's mean{runs} by {gain}" + within, mean, best_mean, len(best))
 
@@ -176,15 +180,16 @@ def draws(runs: list[float], harness_varies: bool) -> list[float]:
     return runs
 
 
-def repeats_differ(baseline: list[float]) -> bool:
-    """Whether repeats of one commit differ on this harness: the untouched baseline's runs did."""
-    return len(set(baseline)) > 1
+def repeats_differ(baseline: list[float], learned_nothing: bool = False) -> bool:
+    """Whether repeats of one commit differ on this harness: the untouched baseline's runs did. A
+    baseline that learned nothing scores chance whatever its seed, which says nothing of the
+    harness: its repeats are then taken to differ, as they will once the model learns."""
+    return len(set(baseline)) > 1 or learned_nothing
 
 
-def measured_noise(decided: Iterable[list[float]], baseline: list[float]) -> Noise:
+def measured_noise(decided: Iterable[list[float]], harness_varies: bool) -> Noise:
     """The run-to-run noise, pooled over the runs of decided commits, each commit's as draws."""
-    varies = repeats_differ(baseline)
-    return Noise.pooled(draws(runs, varies) for runs in decided)
+    return Noise.pooled(draws(runs, harness_varies) for runs in decided)
 
 
 def t_cdf(t: float, degrees: int) -> float:

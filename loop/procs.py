@@ -14,6 +14,7 @@ import ctypes
 import functools
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import threading
@@ -47,6 +48,7 @@ class ProcResult:
     log_path: Path
     dropped_bytes: int  # output beyond the cap
     leftovers_killed: int  # processes of the tree still alive after the main one ended
+    disk_full: bool = False  # ended because free disk fell below its floor (see Contained)
 
 
 class Cancel:
@@ -73,12 +75,15 @@ class Contained:
 
     stdin_data is written to its stdin (then closed); with stdin_fd/stdout_fd it talks over pipes
     the caller made instead (its stderr then goes to the log); pass_fds are inherited as they are.
+    watch_disk (folder, bytes): the tree is ended, as at a timeout, once the free disk under the
+    folder falls below that many bytes (a run that fills the disk would take the daemon with it).
     """
 
     def __init__(self, argv: Sequence[str], *, cwd: Path, env: dict[str, str], log_path: Path,
                  log_cap: int = DEFAULT_LOG_CAP, on_line: Callable[[str], None] | None = None,
                  preexec: Callable[[], None] | None = None, stdin_data: bytes | None = None,
-                 stdin_fd: int | None = None, stdout_fd: int | None = None, pass_fds: Sequence[int] = ()) -> None:
+                 stdin_fd: int | None = None, stdout_fd: int | None = None, pass_fds: Sequence[int] = (),
+                 watch_disk: tuple[Path, int] | None = None) -> None:
         become_subreaper()
         token = secrets.token_hex(8)
         self.start = time.monotonic()
@@ -107,10 +112,11 @@ class Contained:
         self.pump = _LogPump(stream, log_path, log_cap, on_line)
         self.pump.start()
         self.log_path = log_path
+        self.watch_disk = watch_disk
 
     def wait(self, timeout: float, cancel: Cancel | None = None) -> ProcResult:
         proc = self.proc
-        timed_out = cancelled = False
+        timed_out = cancelled = disk_full = False
         while True:
             try:
                 proc.wait(timeout=0.2)
@@ -123,7 +129,10 @@ class Contained:
                 if cancel is not None and cancel.is_set():
                     cancelled = True
                     break
-        if timed_out or cancelled:
+                if self.watch_disk is not None and disk_below(*self.watch_disk):
+                    disk_full = True
+                    break
+        if timed_out or cancelled or disk_full:
             kill_tree(proc.pid, self.tree)
             proc.wait()
         leftovers = kill_tree(proc.pid, self.tree, settle=EXIT_SETTLE_SECONDS)
@@ -133,19 +142,28 @@ class Contained:
         _STARTED.discard(proc.pid)
         self.pump.join(timeout=10)
         return ProcResult(
-            returncode=None if (timed_out or cancelled) else proc.returncode,
+            returncode=None if (timed_out or cancelled or disk_full) else proc.returncode,
             timed_out=timed_out,
             cancelled=cancelled,
             wall_seconds=wall,
             log_path=self.log_path,
             dropped_bytes=self.pump.dropped,
             leftovers_killed=leftovers,
+            disk_full=disk_full,
         )
 
     def kill(self) -> ProcResult:
         """End it now, whatever it is doing (a model process once its scorer is done)."""
         kill_tree(self.proc.pid, self.tree)
         return self.wait(timeout=KILL_GRACE_SECONDS)
+
+
+def disk_below(folder: Path, floor: int) -> bool:
+    """Whether the free disk under `folder` is below `floor` bytes (not knowing is not below)."""
+    try:
+        return shutil.disk_usage(folder).free < floor
+    except OSError:
+        return False
 
 
 def _feed(pipe: IO[bytes], data: bytes) -> None:

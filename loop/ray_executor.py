@@ -30,7 +30,6 @@ import hashlib
 import io
 import os
 import queue
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -49,6 +48,7 @@ from loop.errors import SetupError
 from loop.executor import Finished, Job, Lost, Started, TrainingEnded
 from loop.procs import Cancel
 from loop.runner import Runner, RunOutcome, RunSpec, data_dir, keep_kernels
+from loop.trees import remove_tree
 
 INSTALL_HINT = "pip install -e '.[ray]'"
 HARDWARE_PREFIX = "hw:"  # a node's custom resource "hw:H100" labels its hardware
@@ -169,7 +169,7 @@ def score_checkpoint(task: NodeTask, pinned: dict[str, bytes], cancel: Cancel, h
     outcome = Runner(root, pinned, cancel).evaluate(spec, RunOutcome())
     result = _collect(exp_dir, outcome, host, fetch=False)
     if carried:
-        shutil.rmtree(exp_dir, ignore_errors=True)
+        remove_tree(exp_dir)
         result.checkpoint = ""
     return result
 
@@ -179,7 +179,7 @@ def drop_checkpoints(paths: list[str]) -> None:
     folders (straight under this node's scratch root) are touched, whatever a path says."""
     for path in map(Path, paths):
         if path.name == "ckpt" and _run_folder(path.parent):
-            shutil.rmtree(path.parent, ignore_errors=True)
+            remove_tree(path.parent)
 
 
 def _run_folder(folder: Path) -> bool:
@@ -254,11 +254,16 @@ def keep_unpacked(tar: bytes, kept: Path) -> None:
         pass  # the speed-up is lost, never the run
 
 
-def pack(folder: Path, name: str) -> bytes:
-    """A folder as a gzipped tar whose one top entry is `name`."""
+def pack(folder: Path, name: str, files_only: bool = False) -> bytes:
+    """A folder as a gzipped tar whose one top entry is `name`. files_only: only the plain files
+    straight in it, for what a run wrote (a checkpoint is model.pt): a run then cannot make the walk
+    deep or send a link along."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
-        archive.add(folder, arcname=name)
+        archive.add(folder, arcname=name, recursive=not files_only)
+        for item in sorted(folder.iterdir()) if files_only else ():
+            if item.is_file() and not item.is_symlink():
+                archive.add(item, arcname=f"{name}/{item.name}", recursive=False)
     return buffer.getvalue()
 
 
@@ -272,18 +277,18 @@ def _collect(exp_dir: Path, outcome: RunOutcome, host: str, fetch: bool) -> Node
     logs = {log.name: zlib.compress(log.read_bytes()) for log in sorted(exp_dir.glob("*.log")) if log.is_file()}
     for sub in exp_dir.iterdir():  # scratch copies: everything but the checkpoint
         if sub.is_dir() and sub.name != "ckpt":
-            shutil.rmtree(sub, ignore_errors=True)
+            remove_tree(sub)
     for name in logs:
         (exp_dir / name).unlink(missing_ok=True)
     ckpt = exp_dir / "ckpt"
     location, tar = "", b""
     if ckpt.is_dir() and any(ckpt.iterdir()):
         if fetch:
-            tar = pack(ckpt, "ckpt")
+            tar = pack(ckpt, "ckpt", files_only=True)
         else:
             location = f"{host}:{ckpt}"
     if not location:
-        shutil.rmtree(exp_dir, ignore_errors=True)
+        remove_tree(exp_dir)
     return NodeResult(outcome, logs, location, tar)
 
 
@@ -395,7 +400,7 @@ class RayExecutor:
             task = replace(task, checkpoint=_path_of(where))
             return task, {"scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=False)}
         ckpt = job.spec.exp_dir / "ckpt"
-        return replace(task, checkpoint_tar=pack(ckpt, "ckpt") if ckpt.is_dir() else b""), {}
+        return replace(task, checkpoint_tar=pack(ckpt, "ckpt", files_only=True) if ckpt.is_dir() else b""), {}
 
     def discard_checkpoints(self, ran_on: list[dict[str, Any]]) -> None:
         """Delete, on their nodes, the checkpoints these runs left there (a node gone took its own)."""

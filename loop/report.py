@@ -21,6 +21,17 @@ import pandas as pd
 
 from loop.config import BEST_CRASHES, RATE_AFTER_EXPERIMENTS, RATE_AFTER_S
 from loop.errors import SetupError, UsageError
+from loop.events import (
+    Committed,
+    Decided,
+    Evaluated,
+    Event,
+    HoldoutScored,
+    Running,
+    RunResumed,
+    RunStarted,
+    TrainingStarted,
+)
 from loop.journal import (
     JOURNAL_NAME,
     STATUSES,
@@ -47,14 +58,15 @@ FLOOR_REACH_SPANS = 1.5
 
 @dataclass
 class Repeat:
-    """One scored run of an experiment (an experiment may be rerun with other seeds)."""
+    """One run of an experiment (an experiment may be rerun with other seeds), and where it ran."""
 
-    seed: Any = None
+    run: int = 0
     val: float | None = None
     holdout: float | None = None
-    slot: Any = None
-    device: Any = None
-    host: Any = None
+    seed: int | None = None
+    slot: str | None = None
+    device: str | None = None
+    host: str | None = None
 
 
 @dataclass
@@ -63,7 +75,7 @@ class RunView:
 
     tag: str
     run: RunRecord
-    events: list[dict[str, Any]]
+    events: list[Event]
     problems: list[str]  # one line per skipped journal line
     repeats: dict[int, list[Repeat]]
     decided_at: dict[int, float]
@@ -76,10 +88,10 @@ class RunView:
         """Spans (journal timestamps) when no daemon worked: from the last event before a resume to it."""
         spans, previous = [], None
         for ev in self.events:
-            ts = _number(ev.get("ts"))
+            ts = _number(ev.ts)
             if ts is None:
                 continue
-            if ev.get("event") in ("run_started", "run_resumed") and previous is not None and ts > previous:
+            if isinstance(ev, (RunStarted, RunResumed)) and previous is not None and ts > previous:
                 spans.append((previous, ts))
             previous = ts
         return spans
@@ -106,22 +118,29 @@ def read_run(repo: Path, tag: str) -> RunView:
     run.tag = run.tag or tag
     repeats: dict[int, list[Repeat]] = defaultdict(list)
     decided_at: dict[int, float] = {}
+    placed: dict[tuple[int, int], dict[str, Any]] = {}  # (n, run) -> its seed, slot, device, host
     for ev in events:
-        if "n" not in ev:
-            continue
-        if ev.get("event") == "evaluated":
-            given = ev.get("scores")
-            scores: dict[str, Any] = given if isinstance(given, dict) else {}
-            val = _number(ev.get("val_bpb"))
-            repeats[ev["n"]].append(Repeat(
-                seed=ev.get("seed"), val=val if val is not None else _number(scores.get("val")),
-                holdout=_number(scores.get("holdout")), slot=ev.get("slot"), device=ev.get("device"),
-                host=ev.get("host")))
-        elif ev.get("event") == "holdout" and isinstance(ev.get("scores"), dict):
-            repeats[ev["n"]].append(Repeat(seed=None, val=None, holdout=_number(ev["scores"].get("holdout")),
-                                            slot=None, device=None, host=None))
-        elif ev.get("event") == "decided" and _number(ev.get("ts")) is not None:
-            decided_at[ev["n"]] = float(ev["ts"])
+        match ev:
+            case Committed():  # a fix attempt is a new commit: its runs are numbered afresh
+                placed = {key: where for key, where in placed.items() if key[0] != ev.n}
+            case Running():
+                placed[ev.n, ev.run] = {"seed": ev.seed}
+            case TrainingStarted():
+                placed.setdefault((ev.n, ev.run), {}).update(slot=ev.slot, device=ev.device, host=ev.host)
+            case Evaluated():
+                val = _number(ev.val_bpb)
+                repeats[ev.n].append(Repeat(run=ev.run, val=val if val is not None else _number(ev.scores.get("val")),
+                                            holdout=_number(ev.scores.get("holdout")),
+                                            **placed.get((ev.n, ev.run), {})))
+            case HoldoutScored():  # scored from one run's checkpoint: it goes beside that run's val
+                holdout = _number(ev.scores.get("holdout"))
+                scored = [r for r in repeats[ev.n] if r.run == ev.run and r.val is not None and r.holdout is None]
+                if scored:
+                    scored[-1].holdout = holdout
+                else:
+                    repeats[ev.n].append(Repeat(run=ev.run, holdout=holdout))
+            case Decided() if _number(ev.ts) is not None:
+                decided_at[ev.n] = float(ev.ts)  # type: ignore[arg-type]
     _score_by_mean(run, repeats)
     return RunView(tag=tag, run=run, events=events, problems=problems, repeats=dict(repeats), decided_at=decided_at)
 
@@ -557,9 +576,9 @@ def latest_tag(repo: Path) -> str | None:
     journals = list((state_dir(repo) / "runs").glob("*/journal.jsonl"))
     started = []
     for j in journals:
-        events = [e for e in read_events(j) if e.get("event") == "run_started" and _number(e.get("ts")) is not None]
-        if events:
-            started.append((events[-1]["ts"], j.parent.name))
+        times = [_number(e.ts) for e in read_events(j) if isinstance(e, RunStarted)]
+        if known := [t for t in times if t is not None]:
+            started.append((known[-1], j.parent.name))
     return max(started)[1] if started else None
 
 

@@ -39,11 +39,15 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from loop import sandbox
-from loop.procs import Cancel, Contained, ProcResult, run_contained, tail
+from loop.procs import Cancel, Contained, ProcResult, disk_below, run_contained, tail
 from loop.summary import parse_summary
+from loop.trees import regular_files, remove_tree
 
 STARTUP_ALLOWANCE_S = 120.0  # default wall-clock beyond the budget for imports, compilation and saving
 EVAL_TIMEOUT_S = 600.0
+# A run (training or scoring) that brings the free disk under its folder below this is ended: below
+# the 2 GiB under which the daemon starts no experiment, so the daemon always has room for its state.
+DISK_FLOOR_BYTES = 1 << 30
 ROLES = ("main", "reference")  # the model processes of one evaluation, as prepare.py names them
 # The scorer's words for a model process that failed before it was sent any text to score; said of
 # main only: the reference starts after main had text, and main can signal to it through what the
@@ -74,6 +78,7 @@ class RunSpec:
     splits: tuple[str, ...] = ("val",)  # ("val", "holdout") also scores the holdout
     kernels: Path | None = None  # the baseline's compiled kernels: each run trains with a copy of them
     keep_kernels: bool = False  # the untouched baseline: its kernels become `kernels` if it has none yet
+    disk_floor: int = DISK_FLOOR_BYTES  # a run that takes the free disk under exp_dir below this is ended
 
 
 @dataclass
@@ -122,6 +127,35 @@ def startup_allowance_from(baseline_wall: float, budget: float) -> float:
     return ALLOWANCE_MARGIN_S + 1.5 * max(0.0, baseline_wall - budget)
 
 
+# What a model process does before its first answer is bounded against the untouched baseline's:
+# loading (train.py's import, build_model, the weights) and the first answer may take this many times
+# the baseline's, plus a margin. More is training inside the evaluator, where no budget applies.
+EVAL_FACTOR, EVAL_MARGIN_S = 3.0, 5.0
+EVAL_PHASES = {"model_load_s": "load", "first_answer_s": "give its first answer"}
+
+
+def eval_limits_from(baseline_timings: list[dict]) -> dict[str, float]:
+    """Per phase of the model processes (EVAL_PHASES), the most an experiment's may take, from the
+    baseline's runs (their slowest, so that a quiet baseline does not make a busy night crash)."""
+    limits = {}
+    for phase in EVAL_PHASES:
+        seen = [float(t[phase]) for t in baseline_timings if isinstance(t.get(phase), (int, float))]
+        if seen:
+            limits[phase] = EVAL_MARGIN_S + EVAL_FACTOR * max(seen)
+    return limits
+
+
+def over_eval_limits(timings: dict, limits: dict[str, float]) -> str:
+    """Why a run's model processes took longer than the baseline's allow ("" when they did not)."""
+    for phase, limit in limits.items():
+        took = timings.get(phase)
+        if isinstance(took, (int, float)) and took > limit:
+            return (f"eval: a model process took {took:.1f}s to {EVAL_PHASES[phase]}, more than the {limit:.1f}s "
+                    f"allowed ({EVAL_FACTOR:g}x the untouched baseline's, plus {EVAL_MARGIN_S:g}s): the evaluator "
+                    "scores the model it is given, it is no place to train")
+    return ""
+
+
 class Runner:
     """Runs experiments; holds nothing that changes, so train and evaluate may run in many threads."""
 
@@ -155,7 +189,8 @@ class Runner:
         limit = min(spec.timeout, spec.budget + spec.startup_allowance)
         argv = sandbox.wrap([sys.executable, "train.py"], box)
         train = run_contained(argv, cwd=box.workdir, env=env, timeout=limit, log_path=spec.exp_dir / "train.log",
-                              on_line=self.on_line, cancel=self.cancel, preexec=sandbox.limits_preexec(box))
+                              on_line=self.on_line, cancel=self.cancel, preexec=sandbox.limits_preexec(box),
+                              watch_disk=(spec.exp_dir, spec.disk_floor))
         out.timings["training_ended"] = time.time()
         out.train_seconds = train.wall_seconds
         out.log_tail = tail(train.log_path)
@@ -170,6 +205,8 @@ class Runner:
         if train.cancelled:
             out.interrupted = True
             return "interrupted"
+        if train.disk_full:
+            return _disk_full(spec)
         if train.timed_out:
             if train.wall_seconds < spec.timeout:
                 return f"over budget: ran {train.wall_seconds:.1f}s > {spec.budget + spec.startup_allowance:.1f}s"
@@ -209,6 +246,8 @@ class Runner:
                 out.killed = out.killed or out.interrupted or "timeout" in reason
                 break
             out.scores[split] = score
+            if split == "val":
+                out.timings.update(eval_profile(spec.exp_dir / f"eval-{split}.log"))
         out.timings["evaluated"] = time.time()
         return out
 
@@ -241,7 +280,14 @@ class Runner:
             for fd in (*scorer_fds, control_w):
                 os.close(fd)  # the scorer holds these now
             scorer_fds, control_w = [], -1
-            for line in _lines(control_r, time.monotonic() + EVAL_TIMEOUT_S, self.cancel):
+            disk_full = False
+
+            def give_up() -> bool:  # the model processes write too: a full disk ends them all
+                nonlocal disk_full
+                disk_full = disk_full or disk_below(spec.exp_dir, spec.disk_floor)
+                return self.cancel.is_set() or disk_full
+
+            for line in _lines(control_r, time.monotonic() + EVAL_TIMEOUT_S, give_up):
                 role, _, what = line.partition(" ")
                 if what in ("warm", "start") and role in child_ends and role not in models:
                     stdin_fd, stdout_fd = child_ends.pop(role)
@@ -255,6 +301,9 @@ class Runner:
                 elif what == "done" and role in models:
                     results.append(models.pop(role).kill())
                     _evict(dirs["model"], spec.exp_dir / "ckpt")  # what the model process read, uncached again
+            if disk_full:
+                scorer.kill()
+                return 0.0, _disk_full(spec)
             ev = scorer.wait(timeout=max(1.0, EVAL_TIMEOUT_S - (time.monotonic() - scorer.start)), cancel=self.cancel)
         finally:
             for fd in (*scorer_fds, control_r, *(fd for pair in child_ends.values() for fd in pair),
@@ -286,12 +335,14 @@ class Runner:
         env = self._env(workdir, workdir, None)
         return Contained(argv, cwd=workdir, env=env, log_path=spec.exp_dir / f"eval-{split}.log",
                          preexec=sandbox.limits_preexec(box), stdin_data=self.pinned[SPLIT_FILES[split]],
-                         pass_fds=(*fds, control_fd))
+                         pass_fds=(*fds, control_fd), watch_disk=(spec.exp_dir, spec.disk_floor))
 
     def _read_score(self, spec: RunSpec, split: str, ev: ProcResult, models: list[ProcResult]) -> tuple[float, str]:
         lines = tail(ev.log_path, 2000).strip().splitlines()
         if ev.cancelled:
             return 0.0, "interrupted"
+        if ev.disk_full:
+            return 0.0, _disk_full(spec)
         if ev.timed_out:
             return 0.0, f"eval: timeout after {EVAL_TIMEOUT_S:.0f}s"
         if ev.leftovers_killed:
@@ -359,30 +410,25 @@ def _evict(*dirs: Path) -> None:
     wrote (its checkpoint), page by page. The shared libraries both read remain such a channel,
     at far less bandwidth than these files offer; see prepare.py on why main goes first."""
     for d in dirs:
-        for root, _, names in os.walk(d):  # never into a linked directory: the run made these files
-            for name in names:
-                try:  # not blocking on a FIFO, not following a link
-                    fd = os.open(os.path.join(root, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-                except OSError:
-                    continue
-                try:
-                    if stat.S_ISREG(os.fstat(fd).st_mode):
-                        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-                except OSError:
-                    pass
-                finally:
-                    os.close(fd)
+        for folder, name in regular_files(d):  # never into a linked folder: the run made these files
+            try:  # not blocking on a FIFO, not following a link
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=folder)
+            except OSError:
+                continue
+            try:
+                if stat.S_ISREG(os.fstat(fd).st_mode):
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
 
 
 def _fresh(exp_dir: Path, *names: str) -> dict[str, Path]:
     """Empty directories (a re-run after resume starts fresh too)."""
     dirs = {name: exp_dir / name for name in names}
     for d in dirs.values():
-        if d.exists():
-            for p in d.rglob("*"):
-                if p.is_file():
-                    p.chmod(0o644)
-        shutil.rmtree(d, ignore_errors=True)
+        remove_tree(d)
         d.mkdir(parents=True)
     return dirs
 
@@ -419,10 +465,10 @@ def hardware() -> dict:
     return info
 
 
-def _lines(fd: int, deadline: float, cancel: Cancel) -> Iterator[str]:
-    """Lines from a pipe until its writer closes it, the deadline passes or a stop is asked for."""
+def _lines(fd: int, deadline: float, give_up: Callable[[], bool]) -> Iterator[str]:
+    """Lines from a pipe until its writer closes it, the deadline passes or give_up() says so."""
     buffer = b""
-    while time.monotonic() < deadline and not cancel.is_set():
+    while time.monotonic() < deadline and not give_up():
         if not select.select([fd], [], [], 0.2)[0]:
             continue
         chunk = os.read(fd, 4096)
@@ -432,6 +478,25 @@ def _lines(fd: int, deadline: float, cancel: Cancel) -> Iterator[str]:
         while b"\n" in buffer:
             line, buffer = buffer.split(b"\n", 1)
             yield line.decode("utf-8", errors="replace")
+
+
+PROFILE = re.compile(r"eval_profile: load ([0-9.]+) first_answer ([0-9.]+)")
+
+
+def eval_profile(log: Path) -> dict[str, float]:
+    """What the scorer measured of the model processes (its third-last line, written by it alone):
+    seconds from a gate opening to the model's hello (train.py's import, its model, the weights), and
+    from a first request to its answer. The time a model could spend on more than scoring."""
+    lines = tail(log, 2000).strip().splitlines()
+    found = PROFILE.fullmatch(lines[-3]) if len(lines) >= 3 else None
+    if found is None:
+        return {}
+    return {"model_load_s": float(found.group(1)), "first_answer_s": float(found.group(2))}
+
+
+def _disk_full(spec: RunSpec) -> str:
+    return (f"disk: it left less than {spec.disk_floor / 2**30:.1f} GiB free under {spec.exp_dir.parent}, "
+            "and was ended: a run may not fill the disk")
 
 
 def _devices(device: str | None) -> tuple[int, ...] | None:

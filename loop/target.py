@@ -25,6 +25,7 @@ target is declared in a TOML file:
     name = "val_mse"                     # the `name: value` line, the last one wins (required)
     better = "lower"                     # lower | higher
     memory = "peak_mem_mb"               # a `key: value` line of megabytes (optional)
+    chance = 1.0                         # what a model that learned nothing scores (optional)
     [run]
     timeout = 600                        # hard wall-clock limit on build + run, seconds (optional)
     [sandbox]
@@ -46,6 +47,7 @@ code printing it can print anything, so declare that code protected or give an e
 from __future__ import annotations
 
 import fnmatch
+import math
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +61,7 @@ BETTER = ("lower", "higher")
 KNOWN_KEYS = {"": {"name", "editable", "protected", "program", "results", "frozen", "commands", "metric", "run",
                    "sandbox"},
               "commands": {"prepare", "check", "build", "run", "evaluate"},
-              "metric": {"name", "better", "memory"}, "run": {"timeout"}, "sandbox": {"readonly", "cache"}}
+              "metric": {"name", "better", "memory", "chance"}, "run": {"timeout"}, "sandbox": {"readonly", "cache"}}
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,7 @@ class MetricView:
 
     name: str = "val_bpb"
     higher_is_better: bool = False
+    chance: float | None = 8.0  # what a model that learned nothing scores (the builtin: a uniform byte)
 
     def shown(self, score: float) -> float:
         return -score if self.higher_is_better else score
@@ -98,16 +101,37 @@ class MetricView:
         """The change from `before` to `score`, in the metric's own direction."""
         return f"{(before - score if self.higher_is_better else score - before):+.6f}"
 
+    def learned_nothing(self, score: float) -> bool:
+        """Whether a controller score is within 1% of chance: what the untouched code scores when the
+        budget fits no real training (a busy machine, a budget too short)."""
+        if self.chance is None:
+            return False
+        return score >= self.shown(self.chance) - 0.01 * abs(self.chance)
+
     @property
     def plotted(self) -> str:
         """What a plot of controller scores shows: the metric, negated when higher is better."""
         return f"-{self.name}" if self.higher_is_better else self.name
 
 
+def learned_nothing_warning(view: MetricView, score: float | None, summary: dict[str, Any], budget: float) -> str:
+    """The baseline scored what a model that learned nothing scores: every result is then measured
+    against chance, on a machine too busy or with a budget too short to train."""
+    steps = summary.get("num_steps")
+    ran = f" ({steps:g} steps)" if isinstance(steps, (int, float)) else ""
+    return (f"warning: the baseline scored {view.text(score)}, what a model that learned nothing scores: "
+            f"{budget:g}s{ran} were too few to train on this machine; results mean little until it "
+            f"learns (`autoresearch stop`, then start a new tag with a longer --budget)")
+
+
 def metric_of(meta: dict[str, Any]) -> MetricView:
     """The metric of a run, from its journal's run_started fields (a custom target records it)."""
     declared = meta.get("target") or {}
-    return MetricView(declared.get("metric", "val_bpb"), declared.get("better") == "higher")
+    if not declared:
+        return MetricView()
+    chance = declared.get("chance")
+    return MetricView(declared.get("metric", "val_bpb"), declared.get("better") == "higher",
+                      float(chance) if isinstance(chance, (int, float)) and not isinstance(chance, bool) else None)
 
 
 @dataclass(frozen=True)
@@ -120,6 +144,7 @@ class Target:
     metric: str = "val_bpb"
     higher_is_better: bool = False
     memory: str = "peak_vram_mb"
+    chance: float | None = None  # what a model that learned nothing scores, where known
     prepare: str | None = None
     check: str | None = None
     build: str | None = None
@@ -156,7 +181,7 @@ class Target:
 
     @property
     def view(self) -> MetricView:
-        return MetricView(self.metric, self.higher_is_better)
+        return MetricView(self.metric, self.higher_is_better, self.chance)
 
 
 # The builtin experiment in the same format. Its runs do not go through these commands: runner.py
@@ -177,6 +202,7 @@ evaluate = "python prepare.py eval --take-val --checkpoint $AUTORESEARCH_OUT"
 name = "val_bpb"
 better = "lower"
 memory = "peak_vram_mb"
+chance = 8.0
 """
 
 
@@ -224,6 +250,7 @@ def parse(text: str, where: str, own: str = "", source: Path | None = None) -> T
         name=_text(data, "name", where) or Path(where).stem, editable=editable, protected=protected, program=program,
         results=_text(data, "results", where) or "results.tsv", metric=metric["name"],
         higher_is_better=better == "higher", memory=_text(metric, "memory", where, "metric.") or "",
+        chance=_chance(metric, where),
         prepare=_text(commands, "prepare", where, "commands."), check=_text(commands, "check", where, "commands."),
         build=_text(commands, "build", where, "commands."), run=commands["run"],
         evaluate=_text(commands, "evaluate", where, "commands."), timeout=_timeout(run, where),
@@ -289,6 +316,15 @@ def _globs(data: dict[str, Any], key: str, where: str, required: bool = False, p
     return tuple(value)
 
 
+def _chance(metric: dict[str, Any], where: str) -> float | None:
+    value = metric.get("chance")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise UsageError(f"{where}: metric.chance = {value!r}: give the number a model that learned nothing scores")
+    return float(value)
+
+
 def _timeout(run: dict[str, Any], where: str) -> float | None:
     value = run.get("timeout")
     if value is None:
@@ -324,7 +360,8 @@ def _cache(box: dict[str, Any], where: str) -> dict[str, Any]:
 def describe(target: Target) -> dict[str, Any]:
     """The target as the journal records it at start."""
     return {"name": target.name, "source": str(target.source) if target.source else None, "metric": target.metric,
-            "better": "higher" if target.higher_is_better else "lower", "editable": list(target.editable)}
+            "better": "higher" if target.higher_is_better else "lower", "editable": list(target.editable),
+            "chance": target.chance}
 
 
 

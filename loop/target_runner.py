@@ -15,7 +15,6 @@ from __future__ import annotations
 import fcntl
 import os
 import re
-import shutil
 import time
 from pathlib import Path
 from typing import Callable
@@ -24,6 +23,7 @@ from loop import gitops, sandbox
 from loop.procs import Cancel, ProcResult, run_contained, tail
 from loop.runner import PASSED_ENV, RunOutcome, RunSpec
 from loop.target import Target
+from loop.trees import remove_tree
 
 EVAL_TIMEOUT_S = 600.0
 BUILD_SHARE = 1.0  # the build gets its own timeout of this share of the run's, on top of it
@@ -131,14 +131,14 @@ class TargetRunner:
         return ""
 
     def _export(self, dest: Path) -> None:
-        shutil.rmtree(dest, ignore_errors=True)
+        remove_tree(dest)
         dest.mkdir(parents=True)
         gitops.Git(self.repo).export(self.commit, dest)
 
     def _fresh(self, exp_dir: Path, names: tuple[str, ...]) -> dict[str, Path]:
         dirs = {name: exp_dir / name for name in names}
         for d in dirs.values():
-            shutil.rmtree(d, ignore_errors=True)  # a re-run after resume starts fresh too
+            remove_tree(d)  # a re-run after resume starts fresh too
             d.mkdir(parents=True)
         return dirs
 

@@ -34,10 +34,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-from daemon_kit import journal_events, run_cli  # noqa: E402
+from daemon_kit import folded, journal_events, run_cli  # noqa: E402
 from noisy_kit import PUBLIC_SEEDS, make_noisy_repo, true_score_at  # noqa: E402
-
-from loop.journal import fold  # noqa: E402
 
 
 @dataclass
@@ -77,7 +75,7 @@ def run_rule(root: Path, tag: str, confirm: str, experiments: int, args: argpars
 def figures(repo: Path, tag: str, rule: str, wall: float, noise: float, max_runs: int | None = None,
             max_experiments: int | None = None) -> Figures:
     """The figures of one run's journal, over its first experiments (by runs or by count)."""
-    run = fold(journal_events(repo, tag))
+    run = folded(journal_events(repo, tag))
     true_of: dict[str, float] = {}
 
     def true(commit: str) -> float:

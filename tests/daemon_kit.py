@@ -8,15 +8,17 @@ summary, val.txt pinned by checksum) without torch: "training" saves train.py's 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
-from loop.journal import JOURNAL_NAME, fold, read_events, run_dir
+from loop.events import parse
+from loop.journal import JOURNAL_NAME, RunRecord, fold, run_dir
 
 MAIN = Path(__file__).resolve().parents[1]
 VAL_TEXT = "fixed validation text for the fake harness\n" * 20
@@ -72,9 +74,11 @@ def main():
         return 1
     fds = sys.argv[sys.argv.index("--model-fds") + 1]
     control = int(sys.argv[sys.argv.index("--control-fd") + 1]) if "--control-fd" in sys.argv else None
+    opened = time.monotonic()
     if control is not None:  # the runner starts a model process only when asked, one at a time
         os.write(control, b"main start\\n")
     answer = os.fdopen(int(fds.split(",")[0].split(":")[0]), "rb").readline().decode().strip()
+    load = time.monotonic() - opened  # the fake model's start-up and its eval_sleep_s: what the profile bounds
     if control is not None:
         os.write(control, b"main done\\n")
     if not answer:
@@ -82,6 +86,7 @@ def main():
         return 1
     if split == "holdout":  # the holdout moves against val: a decision that heeded it would show
         answer = f"{{3.0 - float(answer):.6f}}"
+    print(f"eval_profile: load {{load:.3f}} first_answer 0.000")
     print(f"{{split}}_bpb: {{answer}}")
     print("eval_seconds: 0.0")
     return 0
@@ -221,7 +226,17 @@ def start_background(repo: Path, *args: str, env: dict[str, str]) -> subprocess.
 
 
 def journal_events(repo: Path, tag: str) -> list[dict]:
-    return read_events(run_dir(repo, tag) / JOURNAL_NAME)
+    """The journal's lines as written (JSON objects); a torn last line is left out."""
+    path = run_dir(repo, tag) / JOURNAL_NAME
+    if not path.exists():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    return [json.loads(line) for line in lines if line.endswith("\n")]
+
+
+def folded(entries: Iterable[dict]) -> RunRecord:
+    """The run that journal lines (as journal_events gives them) fold into."""
+    return fold(event for event in map(parse, entries) if event is not None)
 
 
 def wait_for_event(repo: Path, tag: str, event: str, n: int | None = None, timeout: float = 60, poll: float = 0.01,
@@ -253,7 +268,7 @@ def queue_proposal(queue: Path, name: str, train_py: str, description: str | Non
 
 def assert_invariants(repo: Path, tag: str) -> None:
     """results.tsv == the journal's decided experiments, refs exist, tree clean, tip == best kept."""
-    run = fold(journal_events(repo, tag))
+    run = folded(journal_events(repo, tag))
     decided = run.decided  # rows are in the order experiments were decided
     rows = read_results(repo)
     assert len(rows) == len(decided), (rows, [e.n for e in decided])

@@ -6,13 +6,12 @@ import re
 from pathlib import Path
 
 import pytest
-from daemon_kit import assert_invariants, journal_events, make_repo, read_results, run_cli
+from daemon_kit import assert_invariants, folded, journal_events, make_repo, read_results, run_cli
 from fake_anthropic import FakeAnthropic, error, message, scripted, text, tool
 
 from loop.agents.anthropic_agent import AnthropicAgent
 from loop.agents.base import Context, HistoryItem
 from loop.errors import AgentFatal, AgentUnavailable, ProposalFailed
-from loop.journal import fold
 
 TRAIN = "LR = 0.02  # learning rate\nWIDTH = 8\n"
 FAST = {"retry-after-ms": "10"}  # the SDK's own short retries, without real waiting
@@ -175,7 +174,7 @@ def test_whole_daemon_with_an_outage(tmp_path: Path) -> None:
     assert_invariants(repo, "llm")
     events = journal_events(repo, "llm")
     assert sum(e["event"] == "agent_waiting" for e in events) == 2  # waited, spent no experiment
-    run = fold(events)
+    run = folded(events)
     # An edit and a submit per proposal, the overloaded answers not counted. Two proposals are asked
     # at once (one ahead), both from the baseline: the second, rebased onto the first once that is
     # kept, may change nothing and be asked again, so the count of proposals is read, not assumed.

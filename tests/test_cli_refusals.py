@@ -67,6 +67,9 @@ def test_bad_flags(tmp_path: Path) -> None:
     refusal(run_cli(repo, "resume", "--tag", "never", env=env), 3, "no run tagged never")
     for ray_only in (("--screen-on", "A10"), ("--confirm-on", "H100"), ("--fetch-checkpoints",)):
         refusal(run_cli(repo, "start", "--tag", "x", *ray_only, env=env), 2, f"{ray_only[0]} only apply to runs on a Ray")
+    mistyped = run_cli(repo, "start", "--tag", "x", "--bugdet", "5", env=env)  # told with start's own usage
+    assert mistyped.returncode == 2 and "autoresearch start: error: unrecognized arguments: --bugdet 5" in mistyped.stderr
+    assert "usage: autoresearch start" in mistyped.stderr
     assert not [b for b in git(repo, "branch", "--list").split() if "autoresearch" in b]  # refused before anything
 
 

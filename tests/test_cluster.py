@@ -311,9 +311,7 @@ def test_node_killed_mid_run_is_lost_then_runs_elsewhere(cluster, harness) -> No
 def test_daemon_on_the_cluster_then_killed_and_resumed(cluster, tmp_path: Path) -> None:
     """The whole daemon with --ray: runs spread over both nodes, every invariant of a local run
     holds; the controller killed with runs in flight resumes them, none lost or run twice."""
-    from daemon_kit import assert_invariants, journal_events, read_results, run_cli, start_background
-
-    from loop.journal import fold
+    from daemon_kit import assert_invariants, folded, journal_events, read_results, run_cli, start_background
 
     c, _, _ = cluster
     if ray.is_initialized():
@@ -328,7 +326,7 @@ def test_daemon_on_the_cluster_then_killed_and_resumed(cluster, tmp_path: Path) 
         time.sleep(0.1)
     daemon.kill()
     daemon.wait()
-    in_flight = {e.n for e in fold(journal_events(repo, "rc")).experiments if e.status is None and e.commit}
+    in_flight = {e.n for e in folded(journal_events(repo, "rc")).experiments if e.status is None and e.commit}
     done = run_cli(repo, "resume", "--tag", "rc", env=env, timeout=600)
     assert done.returncode == 0, done.stderr + done.stdout
     for n in in_flight:

@@ -5,9 +5,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from daemon_kit import assert_invariants, journal_events, make_repo, read_results, run_cli
-
-from loop.journal import fold
+from daemon_kit import assert_invariants, folded, journal_events, make_repo, read_results, run_cli
 
 
 def test_search_run_of_four_experiments(tmp_path: Path) -> None:
@@ -35,9 +33,9 @@ def test_real_harness_run(tmp_path: Path, prepared_cache: Path) -> None:
                    "--best-runs", "1", env=env, timeout=900)
     assert done.returncode == 0, done.stderr + done.stdout
     rows = read_results(repo)
-    reasons = [(e.n, e.status, e.reason) for e in fold(journal_events(repo, "real")).experiments]
+    reasons = [(e.n, e.status, e.reason) for e in folded(journal_events(repo, "real")).experiments]
     assert len(rows) == 3, (reasons, done.stdout[-2000:])
-    steps = float(fold(journal_events(repo, "real")).by_n[0].summary.get("num_steps") or 0)
+    steps = float(folded(journal_events(repo, "real")).by_n[0].summary.get("num_steps") or 0)
     assert rows[0][3] == "keep" and 0 < float(rows[0][1]) <= 8.0
     # The warm-up steps and the first timed one run at the schedule's learning rate at 0 s trained: 0.
     warmup = int(re.search(r"^WARMUP_STEPS = (\d+)", (repo / "train.py").read_text(), re.M).group(1))

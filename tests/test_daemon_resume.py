@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from daemon_kit import (
     assert_invariants,
+    folded,
     git,
     journal_events,
     make_repo,
@@ -19,8 +20,6 @@ from daemon_kit import (
     wait_for_event,
 )
 
-from loop.journal import fold
-
 
 @pytest.mark.parametrize("event", ["committed", "running", "evaluating", "decided"])
 def test_kill_then_resume(tmp_path: Path, event: str) -> None:
@@ -29,7 +28,7 @@ def test_kill_then_resume(tmp_path: Path, event: str) -> None:
     wait_for_event(repo, "k", event, n=1)
     os.kill(daemon.pid, signal.SIGKILL)
     daemon.wait()
-    killed_at = fold(journal_events(repo, "k")).experiments[1].phase
+    killed_at = folded(journal_events(repo, "k")).experiments[1].phase
     done = run_cli(repo, "resume", "--tag", "k", env=env)
     assert done.returncode == 0, done.stderr + done.stdout
     rows = read_results(repo)
@@ -80,7 +79,7 @@ def test_stop_graceful_and_now(tmp_path: Path) -> None:
     now = run_cli(repo, "stop", "--now", env=env)
     assert now.returncode == 0, now.stderr
     assert daemon.wait(timeout=60) == 0
-    run = fold(journal_events(repo, "g"))
+    run = folded(journal_events(repo, "g"))
     assert run.by_n[running].status == "interrupted"
     rows = read_results(repo)
     assert len(rows) == len(run.decided) and running not in {e.n for e in run.decided}  # no crash row for it

@@ -3,6 +3,7 @@ to do, proposals that change nothing, a truthful status, help, journal damage, d
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -10,6 +11,7 @@ from pathlib import Path
 
 from daemon_kit import (
     assert_invariants,
+    folded,
     git,
     journal_events,
     make_repo,
@@ -20,7 +22,7 @@ from daemon_kit import (
     wait_for_event,
 )
 
-from loop.journal import JOURNAL_NAME, fold, run_dir
+from loop.journal import JOURNAL_NAME, run_dir
 
 FAST = ("--budget", "2")
 
@@ -96,6 +98,45 @@ def test_stop_now_during_the_baseline_says_resume_works(tmp_path: Path) -> None:
     assert read_results(repo)[0][3] == "keep"
 
 
+def test_ctrl_c_says_what_it_does_and_twice_stops_now(tmp_path: Path) -> None:
+    """In the foreground the first Ctrl-C is answered at once (the experiments in flight finish
+    first, which can take minutes), the second stops now, and the last line says which it was."""
+    repo, env = make_repo(tmp_path, sleep=5.0)
+    daemon = start_background(repo, "start", "--tag", "cc", *FAST, env=env)
+    wait_for_event(repo, "cc", "started", n=0)
+    out = tmp_path / "daemon.out"
+    daemon.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + 60
+    while "stop requested: the experiments in flight finish first" not in out.read_text():
+        assert time.monotonic() < deadline and daemon.poll() is None, out.read_text()
+        time.sleep(0.1)
+    daemon.send_signal(signal.SIGINT)
+    assert daemon.wait(timeout=60) == 0
+    said = out.read_text()
+    assert "stopping now: the runs in flight are interrupted" in said and "resume --tag cc" in said
+    assert next(e for e in journal_events(repo, "cc") if e["event"] == "run_stopped")["reason"] == "stopped now"
+
+
+def test_a_baseline_that_learned_nothing_is_said_and_proves_nothing_about_the_harness(tmp_path: Path) -> None:
+    """On a machine too busy for its budget the untouched model scores chance (8 bits a byte) on
+    every seed. That is said, live and in status; and its identical repeats do not make the harness
+    look deterministic, where one lucky run would then be kept on its own."""
+    repo, env = make_repo(tmp_path)
+    (repo / "train.py").write_text((repo / "train.py").read_text() + '\nforced_metric = "8.000000"\n')
+    git(repo, "commit", "-qam", "a model that learns nothing in its budget")
+    queue = tmp_path / "queue"
+    queue_proposal(queue, "a", (repo / "train.py").read_text().replace('"8.000000"', '"7.500000"'), "lucky")
+    done = run_cli(repo, "start", "--tag", "ln", "--agent", "queue", "--queue", str(queue), *FAST,
+                   "--max-experiments", "1", env=env)
+    assert done.returncode == 0, done.stderr
+    warning = "warning: the baseline scored 8.000000, what a model that learned nothing scores"
+    assert warning in done.stdout, done.stdout
+    told = run_cli(repo, "status", "--tag", "ln", env=env)
+    assert warning in told.stdout and "longer --budget" in told.stdout, told.stdout
+    lucky = folded(journal_events(repo, "ln")).by_n[1]
+    assert "repeats are identical" not in lucky.reason, lucky.reason
+
+
 def test_status_tells_the_truth(tmp_path: Path) -> None:
     repo, env = make_repo(tmp_path)
     queue = tmp_path / "queue"
@@ -161,7 +202,7 @@ def test_checkpoints_of_discarded_experiments_are_not_kept(tmp_path: Path) -> No
     done = run_cli(repo, "start", "--tag", "c", "--agent", "queue", "--queue", str(queue), "--max-experiments", "2",
                    *FAST, env=env)
     assert done.returncode == 0, done.stderr
-    statuses = {e.n: e.status for e in fold(journal_events(repo, "c")).experiments}
+    statuses = {e.n: e.status for e in folded(journal_events(repo, "c")).experiments}
     assert statuses == {0: "keep", 1: "keep", 2: "discard"}
     ckpt = lambda n: run_dir(repo, "c") / f"{n:04d}" / "ckpt" / "model.pt"  # noqa: E731
     assert ckpt(0).exists() and ckpt(1).exists() and not ckpt(2).exists()

@@ -14,9 +14,8 @@ import re
 from pathlib import Path
 
 import pytest
-from daemon_kit import assert_invariants, git, journal_events, make_repo, queue_proposal, read_results, run_cli
+from daemon_kit import assert_invariants, folded, git, journal_events, make_repo, queue_proposal, read_results, run_cli
 
-from loop.journal import fold
 from loop.sandbox import available
 
 # Appended to the real train.py: helpers every attack uses, and a forward that misbehaves only in
@@ -234,7 +233,7 @@ def forgery_run(tmp_path_factory: pytest.TempPathFactory, prepared_cache: Path) 
     done = run_cli(repo, "start", "--tag", "f", "--agent", "queue", "--queue", str(queue), "--budget", "2",
                    "--fix-attempts", "0", "--max-experiments", str(count), env=env, timeout=900)
     assert done.returncode == 0, done.stderr + done.stdout
-    by_name = {e.description: e for e in fold(journal_events(repo, "f")).experiments}
+    by_name = {e.description: e for e in folded(journal_events(repo, "f")).experiments}
     assert {*ATTACKS, OVER_BUDGET, "honest"} <= set(by_name), (done.stdout[-2000:], list(by_name))
     assert {p: (repo / p).read_bytes() for p in before} == before
     assert len(read_results(repo)) == count + 1
@@ -278,7 +277,7 @@ def test_training_past_the_budget_is_a_crash(forgery_run: tuple[Path, dict]) -> 
 @pytest.mark.skipif(not available(), reason="the sandbox (bwrap) is what keeps the scorer out of reach")
 def test_after_the_attacks_an_honest_experiment_scores_as_the_baseline(forgery_run: tuple[Path, dict]) -> None:
     repo, by_name = forgery_run
-    baseline = next(e for e in fold(journal_events(repo, "f")).experiments if e.n == 0)
+    baseline = next(e for e in folded(journal_events(repo, "f")).experiments if e.n == 0)
     honest = by_name["honest"]
     assert baseline.status == "keep" and honest.status == "discard", (baseline.reason, honest.reason)
     assert honest.val_bpb == pytest.approx(baseline.val_bpb, abs=1e-3)
@@ -299,7 +298,7 @@ def test_malformed_metric_lines_are_crashes_not_the_daemons(tmp_path: Path) -> N
     done = run_cli(repo, "start", "--tag", "m", "--agent", "queue", "--queue", str(queue), "--budget", "1",
                    "--fix-attempts", "0", "--max-experiments", str(len(forged) + 1), env=env)
     assert done.returncode == 0, done.stderr + done.stdout
-    by_name = {e.description: e for e in fold(journal_events(repo, "m")).experiments}
+    by_name = {e.description: e for e in folded(journal_events(repo, "m")).experiments}
     for value, reason in forged.items():
         rec = by_name[f"metric {value}"]
         assert rec.status == "crash" and rec.reason.startswith(reason), (value, rec.status, rec.reason)

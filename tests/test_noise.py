@@ -16,14 +16,23 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
-from daemon_kit import assert_invariants, journal_events, read_results, run_cli, start_background
+from daemon_kit import assert_invariants, folded, journal_events, read_results, run_cli, start_background
 from noisy_kit import PUBLIC_SEEDS, make_noisy_repo, train_py_with, true_score_at
 
 from loop.config import BEST_CRASHES
 from loop.daemon import run_seed
 from loop.executor import HARDWARE_LABEL_ENV
-from loop.journal import fold
-from loop.policy import CLEAR_Z, MAX_BEST_RUNS, MAX_CONFIRMATIONS, Noise, Policy, draws, measured_noise, t_quantile
+from loop.policy import (
+    CLEAR_Z,
+    MAX_BEST_RUNS,
+    MAX_CONFIRMATIONS,
+    Noise,
+    Policy,
+    draws,
+    measured_noise,
+    repeats_differ,
+    t_quantile,
+)
 
 SIGMA = 0.01  # the harness's noise
 TAG = "noisy"
@@ -133,9 +142,9 @@ def test_identical_repeats_are_one_draw_where_the_harness_varies() -> None:
     assert draws([1.0, 1.0], harness_varies=True) == [1.0]
     assert draws([1.0, 1.0], harness_varies=False) == [1.0, 1.0]
     assert draws([1.0, 1.01], harness_varies=True) == [1.0, 1.01]
-    noise = measured_noise([[1.0, 1.0, 1.0], [1.0, 1.02]], baseline=[1.0, 1.02])
+    noise = measured_noise([[1.0, 1.0, 1.0], [1.0, 1.02]], repeats_differ([1.0, 1.02]))
     assert noise.degrees == 1 and noise.sigma == pytest.approx(0.02 / 2 ** 0.5)
-    assert measured_noise([[1.0, 1.0]], baseline=[2.0, 2.0]) == Noise(0.0, 1)  # deterministic: zero noise
+    assert measured_noise([[1.0, 1.0]], repeats_differ([2.0, 2.0])) == Noise(0.0, 1)  # deterministic: zero noise
 
 
 def test_the_best_runs_more_as_results_pile_up_against_it() -> None:
@@ -262,7 +271,7 @@ def test_every_run_gets_its_own_seed(auto_run: tuple[Path, list[dict]]) -> None:
 
 def test_seed_only_changes_are_not_kept(auto_run: tuple[Path, list[dict]]) -> None:
     repo, events = auto_run
-    run = fold(events)
+    run = folded(events)
     seed_only = [e for e in run.experiments if 1 <= e.n <= len(SEED_ONLY)]
     assert [e.status for e in seed_only] == ["discard"] * len(SEED_ONLY)
     for rec in seed_only:
@@ -290,7 +299,7 @@ def test_every_keep_and_discard_says_why_and_show_prints_it(auto_run: tuple[Path
 
 def test_clear_win_is_kept_without_a_confirmation(auto_run: tuple[Path, list[dict]]) -> None:
     repo, events = auto_run
-    win = next(e for e in fold(events).experiments if e.n == WIN_N)
+    win = next(e for e in folded(events).experiments if e.n == WIN_N)
     assert win.status == "keep" and win.decided_runs == 1
     assert not events_of(events, "confirming", WIN_N)
     assert row_of(repo, win.commit or "")[3:] == ["keep", "07"]
@@ -303,7 +312,7 @@ def test_grey_result_gets_exactly_one_confirmation(auto_run: tuple[Path, list[di
     assert len(events_of(events, "evaluated", GREY_N)) == 2
     seeds = {e["seed"] for e in events_of(events, "running", GREY_N)}
     assert len(seeds) == 2
-    grey = next(e for e in fold(events).experiments if e.n == GREY_N)
+    grey = next(e for e in folded(events).experiments if e.n == GREY_N)
     assert grey.status in ("keep", "discard") and grey.val_bpb == pytest.approx(sum(grey.scores()) / 2)
 
 
@@ -312,7 +321,7 @@ def test_the_holdout_is_scored_for_keeps_only_and_never_decides(auto_run: tuple[
     does; the harness's holdout moves against val (3 minus the val score), and the clear win is
     kept all the same: the holdout is shown, never used."""
     repo, events = auto_run
-    run = fold(events)
+    run = folded(events)
     kept = {e.n for e in run.experiments if e.status == "keep"}
     holdouts = [e for e in events if e["event"] == "holdout"]
     assert sorted(e["n"] for e in holdouts) == sorted(kept) and {0, WIN_N} <= kept
@@ -325,7 +334,7 @@ def test_the_holdout_is_scored_for_keeps_only_and_never_decides(auto_run: tuple[
 
 def test_confirmed_row_says_it_is_a_mean(auto_run: tuple[Path, list[dict]]) -> None:
     repo, events = auto_run
-    grey = next(e for e in fold(events).experiments if e.n == GREY_N)
+    grey = next(e for e in folded(events).experiments if e.n == GREY_N)
     row = row_of(repo, grey.commit or "")
     assert row[4].endswith("(mean of 2)") and float(row[1]) == pytest.approx(grey.val_bpb, abs=1e-6), row
 
@@ -336,7 +345,7 @@ def test_greedy_keeps_noise_that_auto_discards(tmp_path: Path) -> None:
     the one ahead of it was kept conflicts with it (both set ORDER) and is handed back: the queue
     then gives the next file, so spares keep the run going, and what is noise is told by score."""
     repo, events = run_scenario(tmp_path, "never", spares=len(SEED_ONLY))
-    run = fold(events)
+    run = folded(events)
     kept_noise = [e.n for e in run.experiments if e.n > 0 and e.status == "keep"
                   and true_score_at(repo, e.commit or "") == true_score_at(repo, e.parent or "")]
     assert kept_noise
@@ -400,7 +409,7 @@ def test_a_graceful_stop_while_a_result_waits_for_the_best(tmp_path: Path) -> No
     assert decided["status"] == "keep" and events.index(decided) > events.index(last_baseline_run)
     baseline_mean = sum(e["val_bpb"] for e in events_of(events, "evaluated", 0)) / BEST_RUNS
     assert decided["best_before"] == pytest.approx(baseline_mean, abs=1e-9)
-    best = fold(events).best
+    best = folded(events).best
     assert best is not None and best.n > 0
     assert [e["run"] for e in events_of(events, "running", best.n)] == [0]  # its later runs were not started
     assert {e["n"] for e in events if e["event"] == "evaluated"} == {e["n"] for e in events if e["event"] == "decided"}
@@ -418,7 +427,7 @@ def test_a_graceful_stop_while_a_result_waits_for_the_best(tmp_path: Path) -> No
 def test_status_shows_the_mean_results_meet(auto_run: tuple[Path, list[dict]]) -> None:
     """When the best has run again since its decision, status shows the mean results are compared with."""
     repo, events = auto_run
-    best = fold(events).best
+    best = folded(events).best
     assert best is not None
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     done = run_cli(repo, "status", "--tag", TAG, env=env)
@@ -428,9 +437,9 @@ def test_status_shows_the_mean_results_meet(auto_run: tuple[Path, list[dict]]) -
     assert (line in done.stdout) == bool(compared), done.stdout
     if compared:
         assert f"{sum(compared) / len(compared):.6f}" in done.stdout
-    baseline = fold(events).by_n[0]
-    noise = measured_noise((e.scores() for e in fold(events).finished if e.status in ("keep", "discard")),
-                           baseline.scores())
+    baseline = folded(events).by_n[0]
+    noise = measured_noise((e.scores() for e in folded(events).finished if e.status in ("keep", "discard")),
+                           repeats_differ(baseline.scores()))
     assert f"run-to-run noise: {noise.sigma:.6f} over {noise.degrees} degrees of freedom" in done.stdout, done.stdout
 
 
@@ -486,7 +495,7 @@ def test_a_best_that_crashes_when_run_again_is_flagged_and_run_no_more(tmp_path:
     are still decided (against the run that kept it), and status and the report say why."""
     repo, env, queue = hostile_best_scenario(tmp_path)
     events = start_hostile(repo, env, queue, "--max-experiments", "8", "--baseline-runs", "4", "--best-runs", "6")
-    run = fold(events)
+    run = folded(events)
     first = run.by_n[1]
     assert first.status == "keep" and first.decided_runs == 1
     later = [e for e in events_of(events, "evaluated", 1) if e["run"] >= 1]
@@ -516,13 +525,13 @@ def test_a_best_that_crashes_when_run_again_on_other_hardware(tmp_path: Path) ->
     first = run_cli(repo, "start", "--tag", TAG, *PUBLIC_SEEDS, *args, "--max-experiments", "1", "--baseline-runs", "6",
                     "--best-runs", "1", env={**env, HARDWARE_LABEL_ENV: "box-a"}, timeout=300)
     assert first.returncode == 0, first.stderr + first.stdout
-    assert fold(journal_events(repo, TAG)).by_n[1].status == "keep"
+    assert folded(journal_events(repo, TAG)).by_n[1].status == "keep"
     second = run_cli(repo, "resume", "--tag", TAG, *args, "--max-experiments", "4",
                      env={**env, HARDWARE_LABEL_ENV: "box-b"}, timeout=300)
     assert second.returncode == 0, second.stderr + second.stdout
     assert_invariants(repo, TAG)
     events = journal_events(repo, TAG)
-    run = fold(events)
+    run = folded(events)
     assert [run.by_n[n].status in ("keep", "discard") for n in (2, 3, 4)] == [True] * 3
     later = [e for e in events_of(events, "evaluated", 1) if e["run"] >= 1]
     assert BEST_CRASHES <= len(later) <= BEST_CRASHES + 1 and all(e["reason"] for e in later)
@@ -537,7 +546,7 @@ def test_a_crashed_run_of_the_best_buys_it_no_fresh_draw(tmp_path: Path) -> None
     that it is run no more."""
     repo, env, queue = hostile_best_scenario(tmp_path, later_runs=[1])
     events = start_hostile(repo, env, queue, "--max-experiments", "3", "--baseline-runs", "6", "--best-runs", "3")
-    run = fold(events)
+    run = folded(events)
     first = run.by_n[1]
     assert first.status == "keep" and first.decided_through == 1
     assert sorted(e["run"] for e in events_of(events, "running", 1)) == [0, 1, 2]  # no run 3 in place of run 1
@@ -566,9 +575,17 @@ def test_a_train_py_that_ignores_its_seed_is_one_draw(tmp_path: Path) -> None:
                    "--budget", "4", "--max-experiments", "1", "--lookahead", "0",
                    "--baseline-runs", str(BASELINE_RUNS), env=env, timeout=300)
     assert done.returncode == 0, done.stderr + done.stdout
-    run = fold(journal_events(repo, TAG))
+    run = folded(journal_events(repo, TAG))
     rec, baseline = run.by_n[1], run.by_n[0]
     assert len(rec.scores()) == 2 and len(set(rec.scores())) == 1  # confirmed, and the same draw twice
     assert sum(baseline.scores()) / len(baseline.scores()) - rec.scores()[0] > 3 * SIGMA  # it looked far better
     assert rec.status == "discard", (rec.reason, rec.scores(), baseline.scores())
     assert rec.decided_runs == 1
+
+
+def test_the_reason_counts_the_standard_errors_the_bar_really_is() -> None:
+    """The bar is z's confidence widened by Student's t for a noise known from few runs: at 3 degrees
+    of freedom, z = 4 is 32.6 standard errors, and the reason says 32.6, not 4."""
+    why = Policy().judge([2.25], [2.635486, 2.63], Noise(0.511323, 3)).why()
+    assert "32.6 standard errors of 0.626240: the confidence of 4 on a normal curve" in why, why
+    assert "(4 standard errors" not in why

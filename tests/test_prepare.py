@@ -457,3 +457,39 @@ def test_a_fifo_or_a_link_in_the_checkpoint_does_not_stall_the_runner(tmp_path: 
     worker.start()
     worker.join(timeout=300)
     assert done and done[0].reason == "" and done[0].scores == {"val": 8.0}, done and done[0].reason
+
+
+# Time a model process spends before answering, as training in the evaluator would: at import
+# (loading) and in its first answer. The scorer measures both, from its gate opening and from the
+# first request, and leaves out the trusted start-up before the gate (torch, the weights).
+SLOW_START = '''        global FIRST
+        if FIRST:
+            FIRST = False
+            time.sleep(2.0)
+        return self.logits.expand(B, T, 256)
+import time
+FIRST = True
+if __name__ != "__main__":
+    time.sleep(3.0)'''
+
+
+def test_the_scorer_times_what_a_model_does_before_it_answers(tmp_path: Path) -> None:
+    import torch
+
+    from loop.runner import Runner, RunOutcome, RunSpec, over_eval_limits
+
+    exp = tmp_path / "runner" / "0001"
+    (exp / "ckpt").mkdir(parents=True)
+    torch.save({"logits": torch.zeros(256)}, exp / "ckpt" / "model.pt")
+    pinned = {name: (MAIN / name).read_bytes() for name in ("prepare.py", "val.txt", "holdout.txt")}
+    timings = {}
+    for body in (CONSTANT, SLOW_START):
+        spec = RunSpec(MODEL_HEAD.format(body=body).encode(), exp, budget=1.0, timeout=60.0)
+        outcome = Runner(tmp_path / "runner", pinned).evaluate(spec, RunOutcome())
+        assert outcome.reason == "" and outcome.scores == {"val": 8.0}, outcome.reason
+        timings[body] = outcome.timings
+    quick, slow = timings[CONSTANT], timings[SLOW_START]
+    assert slow["model_load_s"] >= 3.0 and slow["first_answer_s"] >= 2.0, slow
+    assert slow["model_load_s"] - quick["model_load_s"] >= 2.5 and slow["first_answer_s"] - quick["first_answer_s"] >= 1.5
+    assert over_eval_limits(slow, {"model_load_s": 2.9}).startswith("eval: a model process took")
+    assert over_eval_limits(slow, {"model_load_s": 600.0, "first_answer_s": 600.0}) == ""

@@ -290,13 +290,18 @@ def test_holdout_line_and_gap_warning(tmp_path: Path) -> None:
 def test_unknown_events_fields_and_repeats(tmp_path: Path) -> None:
     events = journal_events("future", KNOWN)
     events.insert(1, {"event": "cluster_joined", "ts": T0, "host": "node-3", "hardware": {"gpus": ["H100"]}})
-    for ev in events:
-        ev.update({"slot": 1, "device": "cuda:1", "host": "node-3"} if "n" in ev else {})
+    for i in reversed([i for i, ev in enumerate(events) if ev["event"] == "evaluated"]):
+        ran = {"ts": events[i]["ts"] - 400, "n": events[i]["n"], "run": 0}
+        events[i:i] = [{"event": "running", **ran, "seed": 1, "unknown_field": True},
+                       {"event": "started", **ran, "slot": "gpu1", "device": "cuda:1", "host": "node-3"}]
     # Experiment 5 was rerun with a second seed: it is scored by the mean of its runs.
     second = next(i for i, ev in enumerate(events) if ev["event"] == "evaluated" and ev["n"] == 5)
-    rerun = {**events[second], "seed": 2, "val_bpb": None, "scores": {"val": 0.88}}
-    events.insert(second + 1, {"event": "measured_something_new", "ts": T0, "n": 5, "whatever": [1, 2]})
-    events.insert(second + 2, rerun)
+    rerun = {**events[second], "run": 1, "val_bpb": None, "scores": {"val": 0.88}}
+    events[second + 1:second + 1] = [
+        {"event": "measured_something_new", "ts": T0, "n": 5, "whatever": [1, 2]},
+        {"event": "running", "ts": T0, "n": 5, "run": 1, "seed": 2},
+        {"event": "started", "ts": T0, "n": 5, "run": 1, "slot": "gpu0", "device": "cuda:0", "host": "node-3"},
+        rerun]
     write_events(tmp_path, "future", events)
     view = read_run(tmp_path, "future")
     assert not view.problems and len(view.repeats[5]) == 2
@@ -304,6 +309,7 @@ def test_unknown_events_fields_and_repeats(tmp_path: Path) -> None:
     assert s.best == pytest.approx((0.9 + 0.88) / 2) and s.experiments == len(KNOWN)
     frame = experiments_frame(view)
     assert frame.loc[5, "runs"] == 2 and frame.loc[5, "hosts"] == "node-3 node-3"
+    assert [(r.seed, r.slot) for r in view.repeats[5]] == [(1, "gpu1"), (2, "gpu0")]
     done = cli(["report", "--tag", "future"], cwd=tmp_path)
     assert done.returncode == 0 and not done.stderr, done.stderr
 

@@ -7,11 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from daemon_kit import assert_invariants, journal_events, make_repo, queue_proposal, read_results, run_cli
+from daemon_kit import assert_invariants, folded, journal_events, make_repo, queue_proposal, read_results, run_cli
 from sandbox_kit import boxed, needs_bwrap, outside  # noqa: F401  (outside: a fixture)
 
 from loop import sandbox
-from loop.journal import fold
 
 
 def other_checkout(outside: Path) -> Path:
@@ -84,7 +83,7 @@ def test_another_checkout_through_the_daemon(tmp_path: Path, outside: Path) -> N
     done = run_cli(repo, "start", "--tag", "o", "--agent", "queue", "--queue", str(queue), "--budget", "2",
                    "--fix-attempts", "0", "--max-experiments", "2", env=env, timeout=300)
     assert done.returncode == 0, done.stderr + done.stdout
-    by_name = {e.description: e for e in fold(journal_events(repo, "o")).experiments}
+    by_name = {e.description: e for e in folded(journal_events(repo, "o")).experiments}
     peeked = by_name["reads another checkout"]
     assert peeked.status == "crash", peeked
     assert peeked.reason.startswith("exit 1: FileNotFoundError") and "val.txt" in peeked.reason, peeked.reason

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from daemon_kit import (
     assert_invariants,
+    folded,
     git,
     journal_events,
     make_repo,
@@ -22,7 +23,6 @@ from daemon_kit import (
 
 from loop.errors import UsageError
 from loop.executor import plan_slots
-from loop.journal import fold
 
 BASE = ("--budget", "2")  # two baseline runs: the fake harness's noise (none) is then known
 
@@ -57,7 +57,7 @@ def test_four_slots_twenty_experiments(tmp_path: Path) -> None:
         phases = {"started", "training_ended"} | (set() if e["reason"] else {"evaluating", "evaluated"})
         assert phases <= set(e["timings"]), e
     # Several experiments really were in flight at once: some run started before another ended.
-    runs = fold(journal_events(repo, "s4")).experiments
+    runs = folded(journal_events(repo, "s4")).experiments
     spans = sorted((r["started_at"], r["evaluated_at"]) for e in runs for r in e.runs.values() if "evaluated_at" in r)
     assert any(b[0] < a[1] for a, b in zip(spans, spans[1:]))
 
@@ -151,7 +151,7 @@ def test_kill_with_four_in_flight_then_resume(tmp_path: Path) -> None:
         time.sleep(0.05)
     os.kill(daemon.pid, signal.SIGKILL)
     daemon.wait()
-    in_flight = {e.n for e in fold(journal_events(repo, "k4")).experiments if e.status is None and e.commit}
+    in_flight = {e.n for e in folded(journal_events(repo, "k4")).experiments if e.status is None and e.commit}
     assert len(in_flight) >= 4
     done = run_cli(repo, "resume", "--tag", "k4", env=env, timeout=600)
     assert done.returncode == 0, done.stderr + done.stdout
@@ -174,7 +174,7 @@ def test_hanging_run_does_not_hold_up_other_slots(tmp_path: Path) -> None:
     decided = [e["n"] for e in _events(repo, "hg", "decided")]
     assert decided.index(1) == len(decided) - 1  # the hanging experiment was decided last ...
     assert set(decided) == {0, 1, 2, 3, 4}  # ... while the other slot ran the other three
-    hang = fold(journal_events(repo, "hg")).experiments[1]
+    hang = folded(journal_events(repo, "hg")).experiments[1]
     assert hang.status == "crash" and hang.reason.startswith("timeout"), hang.reason
     assert_invariants(repo, "hg")
 
@@ -186,7 +186,7 @@ def test_stop_and_stop_now_with_several_in_flight(tmp_path: Path) -> None:
     stopped = run_cli(repo, "stop", env=env)
     assert stopped.returncode == 0, stopped.stderr
     assert daemon.wait(timeout=120) == 0
-    run = fold(journal_events(repo, "st"))
+    run = folded(journal_events(repo, "st"))
     started = {e["n"] for e in _events(repo, "st", "started")}
     assert all(e.status in ("keep", "discard", "crash") for e in run.experiments if e.n in started)
     assert_invariants(repo, "st")
@@ -198,7 +198,7 @@ def test_stop_and_stop_now_with_several_in_flight(tmp_path: Path) -> None:
     now = run_cli(repo, "stop", "--now", env=env)
     assert now.returncode == 0, now.stderr
     assert daemon.wait(timeout=120) == 0
-    run = fold(journal_events(repo, "st"))
+    run = folded(journal_events(repo, "st"))
     # Runs in flight are stopped, not waited for: each takes 3 s, longer than the stop command
     # takes even on a busy machine. Interrupted experiments get no row; a best's reruns are
     # interrupted while the best stays kept.

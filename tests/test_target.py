@@ -14,11 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
-from daemon_kit import MAIN, git, journal_events, run_cli, start_background
+from daemon_kit import MAIN, folded, git, journal_events, run_cli, start_background
 
 from loop import target as targets
 from loop.errors import UsageError
-from loop.journal import fold
 
 EXAMPLE = MAIN / "examples" / "linreg-rust"
 IGNORED = "/.autoresearch/\n/target/\n/results*.tsv\n"
@@ -63,7 +62,7 @@ def rows(repo: Path, name: str, metric: str) -> list[list[str]]:
 
 
 def reasons(repo: Path, tag: str) -> dict[str, str]:
-    return {e.description: e.reason for e in fold(journal_events(repo, tag)).decided}
+    return {e.description: e.reason for e in folded(journal_events(repo, tag)).decided}
 
 
 # --- the declaration ---------------------------------------------------------------------------------
@@ -279,7 +278,7 @@ def test_a_plain_stop_stops_the_daemon_of_the_root_declaration(tmp_path: Path) -
 
 def decided(repo: Path, tag: str) -> int:
     try:
-        return len(fold(journal_events(repo, tag)).decided)
+        return len(folded(journal_events(repo, tag)).decided)
     except OSError:
         return 0
 

@@ -10,6 +10,7 @@ import psutil
 from daemon_kit import (
     VAL_TEXT,
     assert_invariants,
+    folded,
     git,
     journal_events,
     make_repo,
@@ -18,7 +19,6 @@ from daemon_kit import (
     run_cli,
 )
 
-from loop.journal import fold
 from loop.procs import TOKEN_ENV
 from loop.sandbox import FILE_ENV, MEMORY_ENV, available
 
@@ -83,6 +83,23 @@ ATTACKS["reads_raw_shards"] = ("import os as _os\nif __name__ == '__main__':\n"
                                "    open(_os.path.join(_os.environ['AUTORESEARCH_CACHE'], 'raw', 'shard.txt')).read()",
                                "exit 1: FileNotFoundError")
 
+# Left behind for the daemon: folders nested past the recursion limit and PATH_MAX, and a link to
+# a file outside the run in a folder whose write permission is taken off (cleaning up must neither
+# crash on them nor follow the link). In training (its folder and its checkpoint) and in scoring.
+ATTACKS["deep_tree"] = ("import os as _o\n_fd = _o.open(_o.environ.get('AUTORESEARCH_OUT', '.'), _o.O_RDONLY)\n"
+                        "for _ in range(3000):\n    _o.mkdir('d' * 100, dir_fd=_fd)\n"
+                        "    _c = _o.open('d' * 100, _o.O_RDONLY, dir_fd=_fd)\n    _o.close(_fd)\n    _fd = _c\n"
+                        "_o.close(_fd)", None)
+ATTACKS["links_out"] = ("import os as _o\nfor _d in {_o.environ.get('AUTORESEARCH_OUT', '.'), '.'}:\n"
+                        "    _o.mkdir(_d + '/nest')\n    _o.symlink('{victim}', _d + '/nest/x')\n    _o.chmod(_d + '/nest', 0o500)",
+                        None)
+
+# Time spent in a model process before it answers, as training there on a tape saved with the
+# checkpoint would spend it (a sleep stands in for the training): no budget applies in the
+# evaluator, so it is bounded against the untouched baseline's.
+ATTACKS["trains_in_the_evaluator"] = ("import time as _t\nif __name__ != '__main__':\n    _t.sleep(40)",
+                                      "eval: a model process took")
+
 # Attacks only the sandbox stops (without it the file system is the daemon's own).
 SANDBOX_ONLY = {"writes_harness", "moves_git", "reads_hidden_val", "warm_start", "reads_raw_shards"}
 
@@ -97,8 +114,12 @@ def test_attacks_through_the_daemon(tmp_path: Path) -> None:
     base = (repo / "train.py").read_text()
     queue = tmp_path / "queue"
     attacks = {k: v for k, v in ATTACKS.items() if available() or k not in SANDBOX_ONLY}
+    victim = tmp_path / "victim"
+    victim.write_text("the daemon user's")
+    victim.chmod(0o600)
     for i, (name, (code, _)) in enumerate(attacks.items()):
-        text = base.replace("\nif __name__", "\n" + code.replace("{repo}", str(repo)) + "\n\nif __name__", 1)
+        code = code.replace("{repo}", str(repo)).replace("{victim}", str(victim))
+        text = base.replace("\nif __name__", "\n" + code + "\n\nif __name__", 1)
         queue_proposal(queue, f"{i:02d}", text, name)
     queue_proposal(queue, "99", base.replace("LR = 0.02", "LR = 0.01"), "honest change")
     raw = Path(env["AUTORESEARCH_CACHE"]) / "raw"
@@ -109,7 +130,7 @@ def test_attacks_through_the_daemon(tmp_path: Path) -> None:
     done = run_cli(repo, "start", "--tag", "t", "--agent", "queue", "--queue", str(queue), "--budget", "2",
                    "--timeout", "4", "--fix-attempts", "0", "--max-experiments", str(len(attacks) + 1), env=env, timeout=300)
     assert done.returncode == 0, done.stderr + done.stdout
-    run = fold(journal_events(repo, "t"))
+    run = folded(journal_events(repo, "t"))
     by_name = {e.description: e for e in run.experiments}
     for name, (_, reason) in attacks.items():
         rec = by_name[name]
@@ -118,6 +139,7 @@ def test_attacks_through_the_daemon(tmp_path: Path) -> None:
         else:
             assert rec.status in ("crash", "discard", "keep"), (name, rec.status)
     assert by_name["honest change"].status == "keep"  # the run goes on normally after all that
+    assert victim.read_text() == "the daemon user's" and (victim.stat().st_mode & 0o777) == 0o600
     assert hashes(repo) == before
     assert_invariants(repo, "t")
     assert len(read_results(repo)) == len(attacks) + 2

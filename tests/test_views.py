@@ -119,16 +119,24 @@ def test_show_refusals(tmp_path: Path) -> None:
 def test_show_repeats_and_skipped_lines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     events = journal_events("seeds", KNOWN[:3])
     at = next(i for i, e in enumerate(events) if e["event"] == "evaluated" and e["n"] == 2)
-    events[at].update(seed=1, device="cuda:0", host="node-1", scores={"val": 0.95, "holdout": 0.97})
-    events.insert(at + 1, {**events[at], "seed": 2, "device": "cuda:1", "val_bpb": 0.97, "scores": {"holdout": 0.99}})
+    ts = events[at]["ts"]
+    events[at].update(run=0, scores={"val": 0.95, "holdout": 0.97})
+    second = {**events[at], "run": 1, "val_bpb": 0.97, "scores": {"holdout": 0.99}}
+    events[at:at + 1] = [  # where each run ran is journaled as it starts, as the daemon does
+        {"event": "running", "ts": ts, "n": 2, "run": 0, "seed": 1},
+        {"event": "started", "ts": ts, "n": 2, "run": 0, "slot": "gpu0", "device": "cuda:0", "host": "node-1"},
+        events[at],
+        {"event": "running", "ts": ts, "n": 2, "run": 1, "seed": 2},
+        {"event": "started", "ts": ts, "n": 2, "run": 1, "slot": "gpu1", "device": "cuda:1", "host": "node-1"},
+        second]
     path = write_events(tmp_path, "seeds", events)
     lines = path.read_text().splitlines(keepends=True)
     path.write_text("".join(lines[:3] + ["not json\n"] + lines[3:]))
     assert show_command(tmp_path, 2, "seeds") == 0
     out, err = capsys.readouterr()
     assert "val_bpb: 0.960000" in out and "holdout: 0.980000" in out  # the mean of the two runs
-    assert "run 1: val 0.950000, holdout 0.970000; seed 1 device cuda:0 host node-1" in out
-    assert "run 2: val 0.970000, holdout 0.990000; seed 2 device cuda:1 host node-1" in out
+    assert "run 1: val 0.950000, holdout 0.970000; seed 1 slot gpu0 device cuda:0 host node-1" in out
+    assert "run 2: val 0.970000, holdout 0.990000; seed 2 slot gpu1 device cuda:1 host node-1" in out
     assert "journal.jsonl line 4: garbled, skipped" in err
 
 

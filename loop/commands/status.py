@@ -16,7 +16,7 @@ from loop.config import BEST_CRASHES, RATE_AFTER_EXPERIMENTS, RATE_AFTER_S
 from loop.errors import SetupError
 from loop.journal import JOURNAL_NAME, STATUSES, load_run, run_dir, unreproduced_warnings
 from loop.lock import read_holder
-from loop.policy import Policy, measured_noise
+from loop.policy import Policy, measured_noise, repeats_differ
 
 
 def status(repo: Path, tag: str | None = None) -> int:
@@ -62,8 +62,14 @@ def status(repo: Path, tag: str | None = None) -> int:
     for line in unreproduced_warnings(done, BEST_CRASHES):
         print(line)
     baseline = run.by_n.get(0)
+    learned_nothing = bool(baseline and baseline.status == "keep" and baseline.val_bpb is not None
+                           and metric.learned_nothing(baseline.val_bpb))
+    if learned_nothing and baseline is not None:
+        budget = (run.meta.get("config") or {}).get("budget")
+        print(targets.learned_nothing_warning(metric, baseline.val_bpb, baseline.summary,
+                                              float(budget) if isinstance(budget, (int, float)) else 0.0))
     noise = measured_noise((e.scores() for e in done if e.status in ("keep", "discard")),
-                           baseline.scores() if baseline else [])
+                           repeats_differ(baseline.scores() if baseline else [], learned_nothing))
     if noise.sigma is not None:
         print(f"run-to-run noise: {noise} (a standard deviation)")
     experiments = [e for e in done if e.n > 0]
