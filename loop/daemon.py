@@ -229,6 +229,10 @@ class Daemon:
                     self.handle(event)
                 self.write_state()
             reason = self.stopping
+            for att in sorted(self.attempts.values(), key=lambda a: a.n):
+                if att.kind in ("agent", "combine") and att.outcomes and att.queued_runs:
+                    self.display.say(f"#{att.n:04d} waits for a confirmation run: "
+                                     f"`autoresearch resume --tag {self.config.tag}` runs it and decides")
         except AutoresearchError:
             raise
         except Exception as e:  # a bug of ours: journaled with its traceback, one line to the user, resumable
@@ -387,6 +391,8 @@ class Daemon:
             self.attempts.pop(att.n, None)
             return False
         att.conflict_retried = True
+        self.display.say(f"#{att.n:04d} ({att.description}) conflicts with the new best: the agent redoes it on "
+                         "the new best, under the same number")
         self.to_ask.append((att.n, att.fix_attempt, "", ""))
         self.conflicts[att.n] = merged.decode("utf-8", errors="replace")
         return False
@@ -688,9 +694,11 @@ class Daemon:
             self.decide(att)
 
     def deciding_at_stop(self) -> bool:
-        """A graceful stop or a limit decides results on the runs they have; `stop --now` leaves a
-        result waiting for its confirmation to `resume`, as it leaves the runs it kills."""
-        return bool(self.stopping) and not self.cancel.is_set()
+        """A limit (--max-experiments, --max-hours, --max-cost) decides results on the runs they have:
+        the night is over. A stop asked for (`stop`, a signal, `stop --now`) leaves a result waiting
+        for its confirmation to `resume`, as `stop --now` leaves the runs it kills: a grey result
+        discarded for want of its second run would be lost for good."""
+        return bool(self.stopping) and self.stopping != "stop requested" and not self.cancel.is_set()
 
     def drop_best_runs(self) -> None:
         """A new best: the former best's runs not started yet are not needed any more (those waiting

@@ -16,7 +16,15 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
-from daemon_kit import assert_invariants, folded, journal_events, read_results, run_cli, start_background
+from daemon_kit import (
+    assert_invariants,
+    folded,
+    journal_events,
+    read_results,
+    run_cli,
+    start_background,
+    wait_for_event,
+)
 from noisy_kit import PUBLIC_SEEDS, make_noisy_repo, train_py_with, true_score_at
 
 from loop.config import BEST_CRASHES
@@ -589,3 +597,34 @@ def test_the_reason_counts_the_standard_errors_the_bar_really_is() -> None:
     why = Policy().judge([2.25], [2.635486, 2.63], Noise(0.511323, 3)).why()
     assert "32.6 standard errors of 0.626240: the confidence of 4 on a normal curve" in why, why
     assert "(4 standard errors" not in why
+
+
+def test_a_stop_asked_for_leaves_a_grey_result_to_resume_where_its_confirmation_runs(tmp_path: Path) -> None:
+    """`stop` lets the run in flight finish; a result in the grey zone is then not discarded for
+    want of its second run (that would lose it for good) but waits, journaled, and `resume` runs its
+    confirmation and decides on both runs."""
+    repo, env = make_noisy_repo(tmp_path, noise=SIGMA, sleep=6.0)
+    queue = tmp_path / "queue"
+    queue.mkdir()
+    # A true gain of 7 SIGMA: grey on one run against a noise known over 2 degrees of freedom.
+    (queue / "01.py").write_text(train_py_with(6.0, DEPTH=3))
+    args = ("--agent", "queue", "--queue", str(queue), "--budget", "10", "--baseline-runs", "3", "--best-runs", "1",
+            "--lookahead", "0")
+    daemon = start_background(repo, "start", "--tag", TAG, *PUBLIC_SEEDS, *args, env=env)
+    try:
+        wait_for_event(repo, TAG, "started", n=1, timeout=180)
+        assert run_cli(repo, "stop", env=env).returncode == 0
+        assert daemon.wait(timeout=120) == 0
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+    events = journal_events(repo, TAG)
+    assert len(events_of(events, "evaluated", 1)) == 1 and events_of(events, "confirming", 1)
+    assert not events_of(events, "decided", 1)
+    assert f"#0001 waits for a confirmation run: `autoresearch resume --tag {TAG}`" in (tmp_path / "daemon.out").read_text()
+    done = run_cli(repo, "resume", "--tag", TAG, "--max-experiments", "1", env=env, timeout=300)
+    assert done.returncode == 0, done.stderr + done.stdout
+    events = journal_events(repo, TAG)
+    decided = events_of(events, "decided", 1)
+    assert len(decided) == 1 and decided[0]["runs"] == 2 and len(events_of(events, "evaluated", 1)) == 2
+    assert_invariants(repo, TAG)

@@ -140,6 +140,8 @@ def test_conflict_goes_back_to_the_agent_once(tmp_path: Path) -> None:
     asks = [e for e in _events(repo, "cf", "proposing") if e["n"] == 2]
     assert len(asks) == 2 and asks[1]["parent"] != asks[0]["parent"]  # asked again on the new best
     assert read_results(repo)[-1][4] == "even lower LR, again on the new best"
+    said = (tmp_path / "daemon.out").read_text()  # live, not only in the journal
+    assert "#0002 (even lower LR) conflicts with the new best: the agent redoes it on the new best" in said, said
     assert_invariants(repo, "cf")
 
 
