@@ -535,6 +535,7 @@ class Channel:
         self.answer_seconds: list[float] = []
         self.load_seconds = 0.0  # from its gate opening to its hello: train.py's import, model and weights
         self.first_answer_seconds = 0.0  # from its first request to that answer
+        self.answering_seconds = 0.0  # from its first request to its last answer
 
     def read_exact(self, n: int, deadline: float, what: str) -> bytearray:
         import select
@@ -763,8 +764,9 @@ def _drive(channels: list[Channel], streams: dict, B: int, T: int, on_answer) ->
             ch = by_fd[fd]
             ids = in_flight[ch.name].pop(0)
             on_answer(ch, ids, ch.receive(B, T))
+            ch.answering_seconds = time.monotonic() - first_sent[ch.name]
             if not ch.first_answer_seconds:
-                ch.first_answer_seconds = time.monotonic() - first_sent[ch.name]
+                ch.first_answer_seconds = ch.answering_seconds
             top_up(ch)
 
 
@@ -872,12 +874,14 @@ def evaluate_over_fds(data: bytes, fds: list[tuple[int, int]],
                       lifecycle: Lifecycle) -> tuple[float, float, dict[str, float]]:
     """The sandboxed scorer: model processes reached through inherited pipes, started and ended by
     whoever holds the other ends of them. Also its profile: the longest a model process took to load
-    (from its gate) and to give its first answer, the time a model could spend on more than scoring."""
+    (from its gate), to give its first answer and to give them all, the time a model could spend on
+    more than scoring."""
     channels = [Channel(role, r, w) for role, (r, w) in zip(ROLES, fds)]
     bpb, seconds = score(data, channels, lifecycle)
     _refuse_below_floor(data, bpb)
     profile = {"load": max(ch.load_seconds for ch in channels),
-               "first_answer": max(ch.first_answer_seconds for ch in channels)}
+               "first_answer": max(ch.first_answer_seconds for ch in channels),
+               "answers": max(ch.answering_seconds for ch in channels)}
     return bpb, seconds, profile
 
 
@@ -1012,7 +1016,8 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 raise HarnessError("eval needs --checkpoint DIR (or --model-fds, as the daemon runs it)")
             # The trusted lines come last: the daemon reads the last three lines.
-            print(f"eval_profile: load {profile['load']:.3f} first_answer {profile['first_answer']:.3f}\n"
+            print(f"eval_profile: load {profile['load']:.3f} first_answer {profile['first_answer']:.3f} "
+                  f"answers {profile['answers']:.3f}\n"
                   f"{args.split}_bpb: {bpb:.6f}\neval_seconds: {seconds:.1f}", flush=True)
         else:
             prepare(args.source, args.force_val)

@@ -270,6 +270,7 @@ def main() -> None:
     print(f"mfu_percent: {mfu:.2f}")
     print(f"total_tokens_M: {tokens / 1e6:.1f}")
     print(f"num_steps: {step}")
+    print(f"slowest_step_seconds: {budget.slowest:.2f}")
     print(f"num_params_M: {n_params / 1e6:.1f}")
     print(f"depth: {DEPTH}")
 

@@ -12,6 +12,7 @@ a CPU slot the two would share the same cores: the next run waits for the evalua
 """
 from __future__ import annotations
 
+import errno
 import os
 import queue
 import socket
@@ -223,7 +224,10 @@ class LocalExecutor:
         except Exception as e:  # nothing a run does may end the daemon: a bug here is the run's crash
             if not evaluating:
                 self._release(slot)
-            self.events.put(Finished(job, slot.name, RunOutcome(reason=f"internal error in slot {slot.name}: {e!r}")))
+            reason = f"internal error in slot {slot.name}: {e!r}"
+            if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):  # the run filled it, most likely
+                reason = f"disk: the disk filled while it ran ({e.strerror}), and it was ended"
+            self.events.put(Finished(job, slot.name, RunOutcome(reason=reason)))
         finally:
             if evaluating:
                 self._scored(slot, done=True)

@@ -10,11 +10,11 @@ subreaper) orphans that were reparented to the daemon instead of to init.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import os
 import secrets
-import shutil
 import signal
 import subprocess
 import threading
@@ -28,6 +28,7 @@ import psutil
 
 DEFAULT_LOG_CAP = 8 * 1024 * 1024  # bytes of output kept from the start
 TAIL_KEEP = 256 * 1024  # bytes kept from the end once the cap is reached
+INODE_FLOOR = 20_000  # free inodes below which a watched run is ended, as below its disk floor
 KILL_GRACE_SECONDS = 5.0
 EXIT_SETTLE_SECONDS = 2.0  # a run's process still alive this long after the run ended was left running
 EXIT_POLL_SECONDS = 0.05
@@ -132,6 +133,8 @@ class Contained:
                 if self.watch_disk is not None and disk_below(*self.watch_disk):
                     disk_full = True
                     break
+        # A run can fill the disk in a burst and exit before the next look: look once more.
+        disk_full = disk_full or (self.watch_disk is not None and disk_below(*self.watch_disk))
         if timed_out or cancelled or disk_full:
             kill_tree(proc.pid, self.tree)
             proc.wait()
@@ -159,11 +162,13 @@ class Contained:
 
 
 def disk_below(folder: Path, floor: int) -> bool:
-    """Whether the free disk under `folder` is below `floor` bytes (not knowing is not below)."""
+    """Whether the free disk under `folder` is below `floor` bytes, or its file system is nearly out
+    of inodes (INODE_FLOOR), where it counts them; not knowing is not below."""
     try:
-        return shutil.disk_usage(folder).free < floor
+        fs = os.statvfs(folder)
     except OSError:
         return False
+    return fs.f_bavail * fs.f_frsize < floor or (fs.f_files > 0 and fs.f_favail < INODE_FLOOR)
 
 
 def _feed(pipe: IO[bytes], data: bytes) -> None:
@@ -309,22 +314,42 @@ class _LogPump(threading.Thread):
     def run(self) -> None:
         written, tail_bytes = 0, 0
         tail: deque[bytes] = deque()
-        with open(self.log_path, "wb") as log:
-            for raw in iter(lambda: self.stream.readline(65536), b""):
-                if written < self.cap:
-                    log.write(raw)
-                    written += len(raw)
-                else:
-                    tail.append(raw)
-                    tail_bytes += len(raw)
-                    while tail_bytes > TAIL_KEEP:
-                        tail_bytes -= len(dropped := tail.popleft())
-                        self.dropped += len(dropped)
-                if self.on_line is not None:
-                    self.on_line(raw.decode("utf-8", errors="replace").rstrip("\n"))
-            if self.dropped:
-                log.write(f"\n[autoresearch: {self.dropped} bytes of output dropped here]\n".encode())
-            log.writelines(tail)
+        try:
+            log: IO[bytes] | None = open(self.log_path, "wb")
+        except OSError:  # no room for even the file (a full disk, no inodes left): drain all the same
+            log = None
+        for raw in iter(lambda: self.stream.readline(65536), b""):
+            if written < self.cap:
+                log = self._write(log, raw)
+                written += len(raw)
+            else:
+                tail.append(raw)
+                tail_bytes += len(raw)
+                while tail_bytes > TAIL_KEEP:
+                    tail_bytes -= len(dropped := tail.popleft())
+                    self.dropped += len(dropped)
+            if self.on_line is not None:
+                self.on_line(raw.decode("utf-8", errors="replace").rstrip("\n"))
+        if self.dropped:
+            log = self._write(log, f"\n[autoresearch: {self.dropped} bytes of output dropped here]\n".encode())
+        for raw in tail:
+            log = self._write(log, raw)
+        if log is not None:
+            with contextlib.suppress(OSError):
+                log.close()
+
+    def _write(self, log: IO[bytes] | None, data: bytes) -> IO[bytes] | None:
+        """Write to the log while it takes writes; once it fails (the run filled the disk), keep
+        draining the pipe, so the run is never blocked on it and the daemon never stops on it."""
+        if log is None:
+            return None
+        try:
+            log.write(data)
+            return log
+        except OSError:
+            with contextlib.suppress(OSError):
+                log.close()
+            return None
 
 
 def _outside_our_session(pid: int) -> bool:

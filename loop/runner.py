@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from loop import sandbox
-from loop.procs import Cancel, Contained, ProcResult, disk_below, run_contained, tail
+from loop.procs import INODE_FLOOR, Cancel, Contained, ProcResult, disk_below, run_contained, tail
 from loop.summary import parse_summary
 from loop.trees import regular_files, remove_tree
 
@@ -127,11 +127,14 @@ def startup_allowance_from(baseline_wall: float, budget: float) -> float:
     return ALLOWANCE_MARGIN_S + 1.5 * max(0.0, baseline_wall - budget)
 
 
-# What a model process does before its first answer is bounded against the untouched baseline's:
-# loading (train.py's import, build_model, the weights) and the first answer may take this many times
-# the baseline's, plus a margin. More is training inside the evaluator, where no budget applies.
-EVAL_FACTOR, EVAL_MARGIN_S = 3.0, 5.0
-EVAL_PHASES = {"model_load_s": "load", "first_answer_s": "give its first answer"}
+# What a model process does is bounded against the untouched baseline's: loading (train.py's import,
+# build_model, the weights) and its first answer may take EVAL_FACTOR times the baseline's plus a
+# margin, all its answers ANSWERS_FACTOR times (a bigger model answers slower; training in between
+# answers would change them, which the canaries catch). More is training inside the evaluator,
+# where no budget applies, or a forward pass that trains on each window's own bytes.
+EVAL_FACTOR, ANSWERS_FACTOR, EVAL_MARGIN_S = 3.0, 5.0, 5.0
+EVAL_PHASES = {"model_load_s": ("load", EVAL_FACTOR), "first_answer_s": ("give its first answer", EVAL_FACTOR),
+               "answers_s": ("give all its answers", ANSWERS_FACTOR)}
 
 
 def eval_limits_from(baseline_timings: list[dict]) -> dict[str, float]:
@@ -141,7 +144,7 @@ def eval_limits_from(baseline_timings: list[dict]) -> dict[str, float]:
     for phase in EVAL_PHASES:
         seen = [float(t[phase]) for t in baseline_timings if isinstance(t.get(phase), (int, float))]
         if seen:
-            limits[phase] = EVAL_MARGIN_S + EVAL_FACTOR * max(seen)
+            limits[phase] = EVAL_MARGIN_S + EVAL_PHASES[phase][1] * max(seen)
     return limits
 
 
@@ -150,9 +153,10 @@ def over_eval_limits(timings: dict, limits: dict[str, float]) -> str:
     for phase, limit in limits.items():
         took = timings.get(phase)
         if isinstance(took, (int, float)) and took > limit:
-            return (f"eval: a model process took {took:.1f}s to {EVAL_PHASES[phase]}, more than the {limit:.1f}s "
-                    f"allowed ({EVAL_FACTOR:g}x the untouched baseline's, plus {EVAL_MARGIN_S:g}s): the evaluator "
-                    "scores the model it is given, it is no place to train")
+            words, factor = EVAL_PHASES[phase]
+            return (f"eval: a model process took {took:.1f}s to {words}, more than the {limit:.1f}s allowed "
+                    f"({factor:g}x the untouched baseline's, plus {EVAL_MARGIN_S:g}s): the evaluator scores the "
+                    "model it is given, it is no place to train")
     return ""
 
 
@@ -220,10 +224,14 @@ class Runner:
         if not isinstance(reported, float):
             return "summary has no training_seconds"
         # One step of overshoot is allowed (a step that began inside the budget may end past it on
-        # a busy machine); more is training past the budget.
+        # a busy machine, where the last step can take many times the mean); more is training past
+        # the budget. The slowest step is the run's own word, as its time is: the daemon's clock
+        # (the wall-clock limit above) is what bounds a run that lies.
         steps = out.summary.get("num_steps")
         step = reported / steps if isinstance(steps, (int, float)) and steps >= 1 else 0.0
-        step = min(step, spec.budget / 2)  # the run's own word: never half a budget more
+        slowest = out.summary.get("slowest_step_seconds")
+        step = max(step, slowest) if isinstance(slowest, float) and math.isfinite(slowest) else step
+        step = min(step, spec.budget / 2)  # never half a budget more
         if reported > spec.budget + step:
             return f"over budget: reported {reported:.1f}s > {spec.budget + step:.1f}s"
         if train.wall_seconds > spec.budget + spec.startup_allowance:
@@ -480,23 +488,25 @@ def _lines(fd: int, deadline: float, give_up: Callable[[], bool]) -> Iterator[st
             yield line.decode("utf-8", errors="replace")
 
 
-PROFILE = re.compile(r"eval_profile: load ([0-9.]+) first_answer ([0-9.]+)")
+PROFILE = re.compile(r"eval_profile: load ([0-9.]+) first_answer ([0-9.]+) answers ([0-9.]+)")
 
 
 def eval_profile(log: Path) -> dict[str, float]:
     """What the scorer measured of the model processes (its third-last line, written by it alone):
     seconds from a gate opening to the model's hello (train.py's import, its model, the weights), and
-    from a first request to its answer. The time a model could spend on more than scoring."""
+    from a first request to its answer and to the last answer. The time a model could spend on more
+    than scoring."""
     lines = tail(log, 2000).strip().splitlines()
     found = PROFILE.fullmatch(lines[-3]) if len(lines) >= 3 else None
     if found is None:
         return {}
-    return {"model_load_s": float(found.group(1)), "first_answer_s": float(found.group(2))}
+    return {"model_load_s": float(found.group(1)), "first_answer_s": float(found.group(2)),
+            "answers_s": float(found.group(3))}
 
 
 def _disk_full(spec: RunSpec) -> str:
-    return (f"disk: it left less than {spec.disk_floor / 2**30:.1f} GiB free under {spec.exp_dir.parent}, "
-            "and was ended: a run may not fill the disk")
+    return (f"disk: it left less than {spec.disk_floor / 2**30:.1f} GiB (or {INODE_FLOOR} files) free under "
+            f"{spec.exp_dir.parent}, and was ended: a run may not fill the disk")
 
 
 def _devices(device: str | None) -> tuple[int, ...] | None:

@@ -86,7 +86,7 @@ def main():
         return 1
     if split == "holdout":  # the holdout moves against val: a decision that heeded it would show
         answer = f"{{3.0 - float(answer):.6f}}"
-    print(f"eval_profile: load {{load:.3f}} first_answer 0.000")
+    print(f"eval_profile: load {{load:.3f}} first_answer 0.000 answers 0.000")
     print(f"{{split}}_bpb: {{answer}}")
     print("eval_seconds: 0.0")
     return 0

@@ -104,14 +104,17 @@ FILLER = textwrap.dedent('''
 ''').encode()
 
 
-def test_a_run_that_fills_the_disk_is_ended_before_the_daemon_runs_out(tmp_path: Path) -> None:
+@pytest.mark.parametrize("then", ["sleeps", "exits"])
+def test_a_run_that_fills_the_disk_is_ended_before_the_daemon_runs_out(tmp_path: Path, then: str) -> None:
     """The floor is set 256 MiB below today's free space so that the test writes little; the
-    daemon's own floor is 1 GiB of free disk."""
+    daemon's own floor is 1 GiB of free disk. A run that fills it in a burst and exits before the
+    watch looks again is caught as it ends."""
     exp = tmp_path / "runner" / "0001"
     exp.mkdir(parents=True)
     floor = shutil.disk_usage(exp).free - (256 << 20)
     pinned = {name: (MAIN / name).read_bytes() for name in ("prepare.py", "val.txt", "holdout.txt")}
-    spec = RunSpec(FILLER, exp, budget=300.0, timeout=600.0, disk_floor=floor)
+    filler = FILLER if then == "sleeps" else FILLER.replace(b"range(64)", b"range(12)").replace(b"time.sleep(600)", b"")
+    spec = RunSpec(filler, exp, budget=300.0, timeout=600.0, disk_floor=floor)
     outcome = Runner(tmp_path / "runner", pinned).train(spec)
     assert outcome.reason.startswith("disk: it left less than"), outcome.reason
     assert outcome.train_seconds < 300  # ended at the floor, not at its budget

@@ -490,6 +490,7 @@ def test_the_scorer_times_what_a_model_does_before_it_answers(tmp_path: Path) ->
         timings[body] = outcome.timings
     quick, slow = timings[CONSTANT], timings[SLOW_START]
     assert slow["model_load_s"] >= 3.0 and slow["first_answer_s"] >= 2.0, slow
+    assert slow["answers_s"] >= slow["first_answer_s"] and quick["answers_s"] >= quick["first_answer_s"]
     assert slow["model_load_s"] - quick["model_load_s"] >= 2.5 and slow["first_answer_s"] - quick["first_answer_s"] >= 1.5
     assert over_eval_limits(slow, {"model_load_s": 2.9}).startswith("eval: a model process took")
     assert over_eval_limits(slow, {"model_load_s": 600.0, "first_answer_s": 600.0}) == ""
