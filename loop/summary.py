@@ -15,6 +15,7 @@ SUMMARY_KEYS = (
     "mfu_percent",
     "total_tokens_M",
     "num_steps",
+    "slowest_step_seconds",
     "num_params_M",
     "depth",
 )
