@@ -279,8 +279,8 @@ class Daemon:
         text = proposal.train_py if self.target.builtin else json.dumps(proposal.files)
         (exp_dir / self.proposal_name(req.attempt)).write_text(text, encoding="utf-8")
         self.journal.append(Proposed(n=req.n, parent=req.parent, description=proposal.description,
-                            hypothesis=proposal.hypothesis, usage=proposal.usage, agent_seconds=event.agent_seconds,
-                            fix_attempt=req.attempt))
+                                     hypothesis=proposal.hypothesis, usage=proposal.usage,
+                                     agent_seconds=event.agent_seconds, fix_attempt=req.attempt))
         if proposal.receipt and hasattr(self.agent, "accepted"):
             try:
                 self.agent.accepted(proposal.receipt)  # journaled: the agent may let go of it now
@@ -334,7 +334,7 @@ class Daemon:
         if att.fix_attempt:
             self.git.pin(self.ref(att.n, 0), commit)
         self.journal.append(Committed(n=att.n, commit=commit, parent=best, ref=ref, kind=att.kind,
-                            rebased_from=rebased_from))
+                                      rebased_from=rebased_from))
         if rebased_from:
             self.display.say(f"#{att.n:04d} rebased onto the new best {best[:7]}")
         att.commit, att.parent, att.proposal = commit, best, None
@@ -384,7 +384,7 @@ class Daemon:
     def hand_back_conflict(self, att: Attempt, merged: bytes) -> bool:
         """A proposal that no longer merges goes back to the agent once with the new best."""
         self.journal.append(ProposalFailed(n=att.n, error="conflicts with the new best", usage=Usage(),
-                            conflict=True))
+                                           conflict=True))
         att.proposal, att.commit, att.queued_runs = None, None, []
         if att.conflict_retried or att.kind != "agent":
             self.display.say(f"#{att.n:04d} conflicts with the new best again: dropped")
@@ -474,7 +474,7 @@ class Daemon:
                       SetupError(f"the agent failed: {type(error).__name__}: {error}"))
         elif isinstance(event, Started):
             self.journal.append(TrainingStarted(n=event.job.n, run=event.job.run, slot=event.slot, device=event.device,
-                                host=event.host))
+                                                host=event.host))
             self.slot_view[event.slot] = {"n": event.job.n, "run": event.job.run, "phase": "training",
                                           "since": time.time(), "device": event.device, "loss": None}
         elif isinstance(event, TrainingEnded):
@@ -484,7 +484,7 @@ class Daemon:
             if not out.reason:  # (a failed one is journaled, screened, when it is Finished)
                 out = self.screened(out)
                 self.journal.append(Evaluating(n=event.job.n, run=event.job.run,
-                                    train_seconds=round(out.train_seconds, 3), summary=out.summary))
+                                               train_seconds=round(out.train_seconds, 3), summary=out.summary))
                 self.attempts[event.job.n].running[event.job.run] = "evaluating"
                 self.eval_since[event.job.key] = time.time()
         elif isinstance(event, Finished):
@@ -541,10 +541,10 @@ class Daemon:
             outcome.scores, outcome.reason, outcome.simple_crash = {}, why, False
         _check_metric(outcome, allow_negative=not self.target.builtin)
         self.journal.append(Evaluated(n=job.n, run=job.run, slot=slot, val_bpb=outcome.val_bpb,
-                            scores=outcome.scores, reason=outcome.reason, summary=outcome.summary,
-                            peak_vram_mb=outcome.peak_vram_mb, train_seconds=round(outcome.train_seconds, 3),
-                            eval_seconds=round(outcome.eval_seconds, 3), timings=outcome.timings,
-                            hardware=outcome.hardware))
+                                      scores=outcome.scores, reason=outcome.reason, summary=outcome.summary,
+                                      peak_vram_mb=outcome.peak_vram_mb, train_seconds=round(outcome.train_seconds, 3),
+                                      eval_seconds=round(outcome.eval_seconds, 3), timings=outcome.timings,
+                                      hardware=outcome.hardware))
         att.outcomes[job.run] = outcome
         if att.kind == "best":
             self.best_run_done(att, job.run)
@@ -572,7 +572,8 @@ class Daemon:
     def on_holdout(self, job: Job, outcome: RunOutcome) -> None:
         self.holdouts_pending.pop(job.n, None)
         self.journal.append(HoldoutScored(n=job.n, run=job.run, scores={"holdout": outcome.scores.get("holdout")},
-                            reason=outcome.reason, eval_seconds=round(outcome.eval_seconds, 3), timings=outcome.timings))
+                                          reason=outcome.reason, eval_seconds=round(outcome.eval_seconds, 3),
+                                          timings=outcome.timings))
         _drop_scratch(job.spec.exp_dir)
         if self.config.keep_checkpoints == "none":
             remove_tree(job.spec.exp_dir / "ckpt")
@@ -761,11 +762,12 @@ class Daemon:
         if guard_outcome is not None:
             reason, best_before = guard_outcome.reason, self.best_mean()
             self.journal.append(Evaluated(n=att.n, run=0, val_bpb=None, scores={}, reason=reason, summary={},
-                                peak_vram_mb=0.0, train_seconds=0.0, eval_seconds=0.0, timings={}, hardware={}))
+                                          peak_vram_mb=0.0, train_seconds=0.0, eval_seconds=0.0, timings={},
+                                          hardware={}))
         best_after = mean if status == "keep" else best_before
         self.journal.append(Decided(n=att.n, status=status, reason=reason, best_before=best_before,
-                            best_after=best_after, tip=self.git.ref_sha(self.branch), val_bpb=mean, runs=runs,
-                            through=through))
+                                    best_after=best_after, tip=self.git.ref_sha(self.branch), val_bpb=mean, runs=runs,
+                                    through=through))
         self.attempts.pop(att.n, None)
         self.best = self.run.best
         rec = self.run.by_n[att.n]
@@ -809,7 +811,7 @@ class Daemon:
         self.next_n += 1
         description = f"combine: {att.description}"
         self.journal.append(Proposed(n=n, parent=best, description=description, hypothesis=att.hypothesis,
-                            usage=Usage(), agent_seconds=0.0, fix_attempt=0, combine_of=att.n))
+                                     usage=Usage(), agent_seconds=0.0, fix_attempt=0, combine_of=att.n))
         (self.exp_dir(n)).mkdir(parents=True, exist_ok=True)
         (self.exp_dir(n) / self.proposal_name(0)).write_bytes(merged)
         self.attempts[n] = Attempt(n, "combine", best, description, att.hypothesis,
@@ -820,9 +822,9 @@ class Daemon:
         """Journal the start of a new run: what it is, where it branched, what must not change."""
         self.protected = self.protected_hashes()
         self.journal.append(RunStarted(tag=self.config.tag, branch=self.branch, base_commit=self.git.head(),
-                            protected=self.protected, agent=self.agent.name, config=asdict(self.config),
-                            target=None if self.target.builtin else targets.describe(self.target),
-                            hardware=hardware, floor=floor, slots=self.executor.slot_names()))
+                                       protected=self.protected, agent=self.agent.name, config=asdict(self.config),
+                                       target=None if self.target.builtin else targets.describe(self.target),
+                                       hardware=hardware, floor=floor, slots=self.executor.slot_names()))
 
     def load(self) -> None:
         """Make journal, git and results.tsv agree, and pick up every undecided experiment where it was."""
@@ -879,7 +881,7 @@ class Daemon:
         self.next_n = max(self.next_n, 1)
         if fresh:
             self.journal.append(Proposed(n=0, parent=commit, description="baseline", hypothesis="",
-                                usage=Usage(), agent_seconds=0.0, fix_attempt=0))
+                                         usage=Usage(), agent_seconds=0.0, fix_attempt=0))
             self.journal.append(Committed(n=0, commit=commit, parent=commit, ref=self.ref(0, 0), kind="baseline"))
             self.git.pin(self.ref(0, 0), commit)
 
@@ -1034,9 +1036,7 @@ class Daemon:
         return repeats_differ(baseline.scores() if baseline else [], self.baseline_learned_nothing())
 
     def baseline_learned_nothing(self) -> bool:
-        baseline = self.run.by_n.get(0)
-        return bool(baseline and baseline.status == "keep" and baseline.val_bpb is not None
-                    and self.target.view.learned_nothing(baseline.val_bpb))
+        return targets.baseline_learned_nothing(self.target.view, self.run.by_n.get(0))
 
     def baseline_runs(self) -> int:
         if self.config.baseline_runs is not None:

@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from loop.errors import UsageError
-from loop.journal import RunRecord, results_rows, state_dir
+from loop.journal import ExperimentRecord, RunRecord, results_rows, state_dir
 
 TARGET_FILE = "autoresearch.toml"
 BETTER = ("lower", "higher")
@@ -112,6 +112,12 @@ class MetricView:
     def plotted(self) -> str:
         """What a plot of controller scores shows: the metric, negated when higher is better."""
         return f"-{self.name}" if self.higher_is_better else self.name
+
+
+def baseline_learned_nothing(view: MetricView, baseline: ExperimentRecord | None) -> bool:
+    """Whether a run's kept baseline scored what a model that learned nothing scores."""
+    return bool(baseline and baseline.status == "keep" and baseline.val_bpb is not None
+                and view.learned_nothing(baseline.val_bpb))
 
 
 def learned_nothing_warning(view: MetricView, score: float | None, summary: dict[str, Any], budget: float) -> str:

@@ -62,8 +62,7 @@ def status(repo: Path, tag: str | None = None) -> int:
     for line in unreproduced_warnings(done, BEST_CRASHES):
         print(line)
     baseline = run.by_n.get(0)
-    learned_nothing = bool(baseline and baseline.status == "keep" and baseline.val_bpb is not None
-                           and metric.learned_nothing(baseline.val_bpb))
+    learned_nothing = targets.baseline_learned_nothing(metric, baseline)
     if learned_nothing and baseline is not None:
         budget = (run.meta.get("config") or {}).get("budget")
         print(targets.learned_nothing_warning(metric, baseline.val_bpb, baseline.summary,
