@@ -22,6 +22,7 @@ from typing import Any, Callable, Protocol, Union
 
 from loop import gpu
 from loop.errors import UsageError
+from loop.patience import out_of_tasks, patiently, start_thread
 from loop.procs import Cancel
 from loop.runner import Runner, RunOutcome, RunSpec
 from loop.target_runner import TargetRunner
@@ -182,7 +183,7 @@ class LocalExecutor:
         name = f"slot-{slot.name}" if slot else f"score-{job.n}"
         thread = threading.Thread(target=target, args=(job, slot), name=name, daemon=True)
         self._threads = [t for t in self._threads if t.is_alive()] + [thread]
-        thread.start()
+        start_thread(thread)
 
     def _start_waiting_scores(self) -> None:
         while True:
@@ -201,7 +202,7 @@ class LocalExecutor:
             self._killed.discard(slot.name)
             runner = self.make_runner(job)
             self.events.put(Started(job, slot.name, slot.device, self.host))
-            trained = runner.train(spec)
+            trained = patiently(lambda: runner.train(spec))
             if label := os.environ.get(HARDWARE_LABEL_ENV):
                 trained.hardware = {**trained.hardware, "label": label}
             if trained.killed:
@@ -217,13 +218,16 @@ class LocalExecutor:
             if trained.reason:
                 self.events.put(Finished(job, slot.name, trained))
                 return
-            outcome = runner.evaluate(spec, trained)
+            outcome = patiently(lambda: runner.evaluate(spec, trained))
             if outcome.killed:
                 self._killed.add(slot.name)
             self.events.put(Finished(job, slot.name, outcome))
         except Exception as e:  # nothing a run does may end the daemon: a bug here is the run's crash
             if not evaluating:
                 self._release(slot)
+            if out_of_tasks(e):  # the host stayed full past all patience: not this experiment's doing
+                self.events.put(Lost(job, slot.name, f"the host could not start a process ({e})"))
+                return
             reason = f"internal error in slot {slot.name}: {e!r}"
             if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):  # the run filled it, most likely
                 reason = f"disk: the disk filled while it ran ({e.strerror}), and it was ended"
@@ -236,7 +240,7 @@ class LocalExecutor:
         """Score a checkpoint alone, on `slot` when scores take one (it is freed before the
         controller hears, as after a run's training)."""
         try:
-            outcome = self.make_runner(job).evaluate(job.spec, RunOutcome())
+            outcome = patiently(lambda: self.make_runner(job).evaluate(job.spec, RunOutcome()))
         except Exception as e:  # a bug here must not end the daemon
             outcome = RunOutcome(reason=f"internal error while scoring: {e!r}")
         if slot is not None:

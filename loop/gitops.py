@@ -18,10 +18,12 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import git
 
 from loop.errors import SetupError
+from loop.patience import patiently
 
 BRANCH_PREFIX = "autoresearch/"
 REF_PREFIX = "refs/autoresearch/"
@@ -41,6 +43,14 @@ class NothingToCommit(Exception):
     """The files given are those of the parent already: a commit would change nothing."""
 
 
+class _PatientGit(git.Git):
+    """git.Git whose commands wait out a moment in which the host cannot start a process (see
+    patience): one of the controller's git calls failing there would end the night."""
+
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        return patiently(lambda: super(_PatientGit, self).execute(*args, **kwargs))
+
+
 class Git:
     def __init__(self, path: Path) -> None:
         try:
@@ -51,7 +61,7 @@ class Git:
         if repo.working_tree_dir is None:
             raise SetupError(f"{path} is a bare repository: run autoresearch in a checkout")
         self.root = Path(repo.working_tree_dir)
-        self.cmd = repo.git
+        self.cmd = _PatientGit(repo.working_tree_dir)
         repo.close()
 
     # -- reading ------------------------------------------------------------------------------

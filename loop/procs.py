@@ -4,6 +4,10 @@ the whole process tree gone afterwards.
 `run_contained` is the only way the daemon starts train.py or the evaluator. It never raises for
 anything the child does; it reports what happened in a ProcResult.
 
+While it runs, a Watch ends it, as at a timeout, once it takes the host's free disk below a floor or
+runs more processes and threads at once than a cap: either would leave the daemon itself unable to
+write its state or to start git.
+
 A run's processes are found three ways, since each alone can be dodged: the descendants seen while
 it ran, the processes carrying its token in their environment, and (the daemon being a child
 subreaper) orphans that were reparented to the daemon instead of to init.
@@ -29,6 +33,11 @@ import psutil
 DEFAULT_LOG_CAP = 8 * 1024 * 1024  # bytes of output kept from the start
 TAIL_KEEP = 256 * 1024  # bytes kept from the end once the cap is reached
 INODE_FLOOR = 20_000  # free inodes below which a watched run is ended, as below its disk floor
+# Processes and threads a watched run may have at once. Honest training, torch.compile's workers and
+# data loaders included, stays in the hundreds; the cap leaves most of the host's process table
+# (pid_max) to everything else, so a fork bomb is ended before the host cannot start a process.
+MAX_TASKS = 8192
+TASKS_ENV = "AUTORESEARCH_MAX_TASKS"  # overrides MAX_TASKS
 KILL_GRACE_SECONDS = 5.0
 EXIT_SETTLE_SECONDS = 2.0  # a run's process still alive this long after the run ended was left running
 EXIT_POLL_SECONDS = 0.05
@@ -49,7 +58,29 @@ class ProcResult:
     log_path: Path
     dropped_bytes: int  # output beyond the cap
     leftovers_killed: int  # processes of the tree still alive after the main one ended
-    disk_full: bool = False  # ended because free disk fell below its floor (see Contained)
+    disk_full: bool = False  # ended because free disk fell below its floor (see Watch)
+    tasks_over: int = 0  # ended for running this many processes and threads at once, over its cap
+
+
+@dataclass(frozen=True)
+class Watch:
+    """What a run may take of the host besides time: the free disk under `folder` must stay above
+    `disk_floor` bytes (and INODE_FLOOR files), and its processes and threads at `max_tasks`."""
+
+    folder: Path
+    disk_floor: int
+    max_tasks: int
+
+
+def task_cap(wanted: int = MAX_TASKS) -> int:
+    """`wanted` (TASKS_ENV where set), or a quarter of the host's process table where smaller."""
+    if TASKS_ENV in os.environ:
+        wanted = int(os.environ[TASKS_ENV])
+    try:
+        pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
+    except (OSError, ValueError):
+        return wanted
+    return max(64, min(wanted, pid_max // 4))
 
 
 class Cancel:
@@ -84,7 +115,7 @@ class Contained:
                  log_cap: int = DEFAULT_LOG_CAP, on_line: Callable[[str], None] | None = None,
                  preexec: Callable[[], None] | None = None, stdin_data: bytes | None = None,
                  stdin_fd: int | None = None, stdout_fd: int | None = None, pass_fds: Sequence[int] = (),
-                 watch_disk: tuple[Path, int] | None = None) -> None:
+                 watch: Watch | None = None) -> None:
         become_subreaper()
         token = secrets.token_hex(8)
         self.start = time.monotonic()
@@ -111,31 +142,48 @@ class Contained:
         stream = self.proc.stdout if own_stdout else self.proc.stderr
         assert stream is not None  # piped above
         self.pump = _LogPump(stream, log_path, log_cap, on_line)
-        self.pump.start()
+        try:
+            self.pump.start()
+        except RuntimeError:  # no thread to be had (a full process table): never leave it running unwatched
+            kill_tree(self.proc.pid, self.tree)
+            self.proc.wait()
+            _STARTED.discard(self.proc.pid)
+            raise
         self.log_path = log_path
-        self.watch_disk = watch_disk
+        self.watch = watch
+        self.tasks_over = 0
+
+    def breach(self) -> str:
+        """'tasks' or 'disk' once the tree has gone past its watch's limits (looked at now), else ''."""
+        tasks = self.tree.snapshot()
+        if self.watch is None:
+            return ""
+        if tasks > self.watch.max_tasks:
+            self.tasks_over = max(self.tasks_over, tasks)
+            return "tasks"
+        return "disk" if disk_below(self.watch.folder, self.watch.disk_floor) else ""
 
     def wait(self, timeout: float, cancel: Cancel | None = None) -> ProcResult:
         proc = self.proc
-        timed_out = cancelled = disk_full = False
+        timed_out = cancelled = False
+        breach = ""
         while True:
             try:
                 proc.wait(timeout=0.2)
                 break
             except subprocess.TimeoutExpired:
-                self.tree.snapshot()
+                if breach := self.breach():
+                    break
                 if time.monotonic() - self.start > timeout:
                     timed_out = True
                     break
                 if cancel is not None and cancel.is_set():
                     cancelled = True
                     break
-                if self.watch_disk is not None and disk_below(*self.watch_disk):
-                    disk_full = True
-                    break
         # A run can fill the disk in a burst and exit before the next look: look once more.
-        disk_full = disk_full or (self.watch_disk is not None and disk_below(*self.watch_disk))
-        if timed_out or cancelled or disk_full:
+        if not breach and self.watch is not None and disk_below(self.watch.folder, self.watch.disk_floor):
+            breach = "disk"
+        if timed_out or cancelled or breach:
             kill_tree(proc.pid, self.tree)
             proc.wait()
         leftovers = kill_tree(proc.pid, self.tree, settle=EXIT_SETTLE_SECONDS)
@@ -145,14 +193,15 @@ class Contained:
         _STARTED.discard(proc.pid)
         self.pump.join(timeout=10)
         return ProcResult(
-            returncode=None if (timed_out or cancelled or disk_full) else proc.returncode,
+            returncode=None if (timed_out or cancelled or breach) else proc.returncode,
             timed_out=timed_out,
             cancelled=cancelled,
             wall_seconds=wall,
             log_path=self.log_path,
             dropped_bytes=self.pump.dropped,
             leftovers_killed=leftovers,
-            disk_full=disk_full,
+            disk_full=breach == "disk",
+            tasks_over=self.tasks_over if breach == "tasks" else 0,
         )
 
     def kill(self) -> ProcResult:
@@ -209,10 +258,13 @@ class _Tree:
         self.root, self.token = root, token
         self.seen: dict[int, float] = {}
 
-    def snapshot(self) -> None:
+    def snapshot(self) -> int:
+        """Add the processes of the run alive now to those seen; return how many processes and
+        threads they are."""
         found: list[psutil.Process] = []
         try:
-            found += psutil.Process(self.root).children(recursive=True)
+            root = psutil.Process(self.root)
+            found += [root, *root.children(recursive=True)]
         except psutil.Error:
             pass
         try:
@@ -223,11 +275,14 @@ class _Tree:
                     found += [child, *child.children(recursive=True)]
         except psutil.Error:
             pass
+        tasks = 0
         for p in found:
             try:
                 self.seen.setdefault(p.pid, p.create_time())
+                tasks += p.num_threads()
             except psutil.Error:
                 pass
+        return tasks
 
     def add_leftovers(self) -> None:
         for p in leftover_processes(self.token):

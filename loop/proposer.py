@@ -18,6 +18,7 @@ from typing import Callable
 
 from loop.agents.base import Agent, Context, Proposal, Usage
 from loop.errors import AgentUnavailable, ProposalFailed
+from loop.patience import start_thread
 
 BACKOFF_START_S, BACKOFF_MAX_S = 5.0, 300.0
 
@@ -79,7 +80,7 @@ class Proposer:
     def ask(self, request: Request) -> None:
         with self._lock:
             self._busy.add(request.n)
-        threading.Thread(target=self._propose, args=(request,), name=f"propose-{request.n}", daemon=True).start()
+        start_thread(threading.Thread(target=self._propose, args=(request,), name=f"propose-{request.n}", daemon=True))
 
     def _propose(self, request: Request) -> None:
         event = self._outcome(request)

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from loop import sandbox
-from loop.procs import INODE_FLOOR, Cancel, Contained, ProcResult, disk_below, run_contained, tail
+from loop.procs import INODE_FLOOR, MAX_TASKS, Cancel, Contained, ProcResult, Watch, run_contained, tail, task_cap
 from loop.summary import parse_summary
 from loop.trees import regular_files, remove_tree
 
@@ -79,6 +79,10 @@ class RunSpec:
     kernels: Path | None = None  # the baseline's compiled kernels: each run trains with a copy of them
     keep_kernels: bool = False  # the untouched baseline: its kernels become `kernels` if it has none yet
     disk_floor: int = DISK_FLOOR_BYTES  # a run that takes the free disk under exp_dir below this is ended
+    max_tasks: int = MAX_TASKS  # a run with more processes and threads at once is ended (see procs.task_cap)
+
+    def watch(self) -> Watch:
+        return Watch(self.exp_dir, self.disk_floor, task_cap(self.max_tasks))
 
 
 @dataclass
@@ -194,7 +198,7 @@ class Runner:
         argv = sandbox.wrap([sys.executable, "train.py"], box)
         train = run_contained(argv, cwd=box.workdir, env=env, timeout=limit, log_path=spec.exp_dir / "train.log",
                               on_line=self.on_line, cancel=self.cancel, preexec=sandbox.limits_preexec(box),
-                              watch_disk=(spec.exp_dir, spec.disk_floor))
+                              watch=spec.watch())
         out.timings["training_ended"] = time.time()
         out.train_seconds = train.wall_seconds
         out.log_tail = tail(train.log_path)
@@ -210,7 +214,9 @@ class Runner:
             out.interrupted = True
             return "interrupted"
         if train.disk_full:
-            return _disk_full(spec)
+            return disk_full_reason(spec)
+        if train.tasks_over:
+            return too_many_tasks_reason(spec, train.tasks_over)
         if train.timed_out:
             if train.wall_seconds < spec.timeout:
                 return f"over budget: ran {train.wall_seconds:.1f}s > {spec.budget + spec.startup_allowance:.1f}s"
@@ -283,17 +289,19 @@ class Runner:
         models: dict[str, Contained] = {}
         gates: dict[str, int] = {}  # write ends of the gates of warmed model processes (-1: none)
         results: list[ProcResult] = []
+        scorer: Contained | None = None
+        ev: ProcResult | None = None
         try:
             scorer = self._start_scorer(spec, split, dirs["scorer"], scorer_fds, control_w)
             for fd in (*scorer_fds, control_w):
                 os.close(fd)  # the scorer holds these now
             scorer_fds, control_w = [], -1
-            disk_full = False
+            breached: list[str] = []  # what ended scoring early: a model process past the watch's limits
 
-            def give_up() -> bool:  # the model processes write too: a full disk ends them all
-                nonlocal disk_full
-                disk_full = disk_full or disk_below(spec.exp_dir, spec.disk_floor)
-                return self.cancel.is_set() or disk_full
+            def give_up() -> bool:  # the scorer waits on the model processes: watch them here
+                if not breached:
+                    breached.extend(why for m in models.values() if (why := _breach(spec, m)))
+                return self.cancel.is_set() or bool(breached)
 
             for line in _lines(control_r, time.monotonic() + EVAL_TIMEOUT_S, give_up):
                 role, _, what = line.partition(" ")
@@ -309,9 +317,9 @@ class Runner:
                 elif what == "done" and role in models:
                     results.append(models.pop(role).kill())
                     _evict(dirs["model"], spec.exp_dir / "ckpt")  # what the model process read, uncached again
-            if disk_full:
-                scorer.kill()
-                return 0.0, _disk_full(spec)
+            if breached:
+                ev = scorer.kill()
+                return 0.0, breached[0]
             ev = scorer.wait(timeout=max(1.0, EVAL_TIMEOUT_S - (time.monotonic() - scorer.start)), cancel=self.cancel)
         finally:
             for fd in (*scorer_fds, control_r, *(fd for pair in child_ends.values() for fd in pair),
@@ -320,6 +328,8 @@ class Runner:
             if control_w >= 0:
                 os.close(control_w)
             results += [m.kill() for m in models.values()]
+            if scorer is not None and ev is None:  # a model process could not be started: end it too
+                scorer.kill()
         return self._read_score(spec, split, ev, results)
 
     def _start_model(self, spec: RunSpec, role: str, dirs: dict[str, Path], stdin_fd: int, stdout_fd: int,
@@ -332,7 +342,7 @@ class Runner:
                              "--checkpoint", str(spec.exp_dir / "ckpt"), *gate], box)
         return Contained(argv, cwd=own, env=self._env(own, own, spec.device), log_path=spec.exp_dir / f"eval-{role}.log",
                          preexec=sandbox.limits_preexec(box), stdin_fd=stdin_fd, stdout_fd=stdout_fd,
-                         pass_fds=(gate_fd,) if gate_fd >= 0 else ())
+                         pass_fds=(gate_fd,) if gate_fd >= 0 else (), watch=spec.watch())
 
     def _start_scorer(self, spec: RunSpec, split: str, workdir: Path, fds: list[int], control_fd: int) -> Contained:
         box = sandbox.SandboxSpec(workdir=workdir, hide=(self.repo, spec.exp_dir), gpu=False)
@@ -343,14 +353,16 @@ class Runner:
         env = self._env(workdir, workdir, None)
         return Contained(argv, cwd=workdir, env=env, log_path=spec.exp_dir / f"eval-{split}.log",
                          preexec=sandbox.limits_preexec(box), stdin_data=self.pinned[SPLIT_FILES[split]],
-                         pass_fds=(*fds, control_fd), watch_disk=(spec.exp_dir, spec.disk_floor))
+                         pass_fds=(*fds, control_fd), watch=spec.watch())
 
     def _read_score(self, spec: RunSpec, split: str, ev: ProcResult, models: list[ProcResult]) -> tuple[float, str]:
         lines = tail(ev.log_path, 2000).strip().splitlines()
         if ev.cancelled:
             return 0.0, "interrupted"
         if ev.disk_full:
-            return 0.0, _disk_full(spec)
+            return 0.0, disk_full_reason(spec)
+        if ev.tasks_over:
+            return 0.0, too_many_tasks_reason(spec, ev.tasks_over, who="eval: the scorer")
         if ev.timed_out:
             return 0.0, f"eval: timeout after {EVAL_TIMEOUT_S:.0f}s"
         if ev.leftovers_killed:
@@ -504,7 +516,20 @@ def eval_profile(log: Path) -> dict[str, float]:
             "answers_s": float(found.group(3))}
 
 
-def _disk_full(spec: RunSpec) -> str:
+def too_many_tasks_reason(spec: RunSpec, seen: int, who: str = "processes: it") -> str:
+    return (f"{who} ran {seen} processes and threads at once, over the {task_cap(spec.max_tasks)} a run may "
+            "have (more would leave the host unable to start any)")
+
+
+def _breach(spec: RunSpec, model: Contained) -> str:
+    """The reason to end scoring when a model process went past its watch's limits, else ''."""
+    found = model.breach()
+    if found == "tasks":
+        return too_many_tasks_reason(spec, model.tasks_over, who="eval: a model process")
+    return disk_full_reason(spec) if found == "disk" else ""
+
+
+def disk_full_reason(spec: RunSpec) -> str:
     return (f"disk: it left less than {spec.disk_floor / 2**30:.1f} GiB (or {INODE_FLOOR} files) free under "
             f"{spec.exp_dir.parent}, and was ended: a run may not fill the disk")
 

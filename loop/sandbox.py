@@ -10,7 +10,7 @@ with the sandbox), no network, and the GPU device nodes when asked. Nothing else
 the repository (val.txt, .git, earlier experiments), the user's home and any other checkout on
 the host are simply absent. A run under a Python the sandbox cannot start is refused up front by
 `self_check`. In every case the process gets resource limits (file size, open files, core dumps,
-address space on CPU) from `limits_preexec`, and `loop.procs` gives it its own session and a tree
+address space on CPU, first place for the OOM killer) from `limits_preexec`, and `loop.procs` gives it its own session and a tree
 kill. Without a working bwrap the daemon prints `warning()` once and runs unsandboxed.
 """
 from __future__ import annotations
@@ -40,6 +40,7 @@ CHECK_TIMEOUT_S = 300.0  # `import torch` on a busy machine can take a minute
 QUERY_TIMEOUT_S = 60.0
 KEYCTL_SYSCALL = {"x86_64": 250, "aarch64": 219}  # keyctl(2) has no libc wrapper
 KEYCTL_JOIN_SESSION_KEYRING = 1
+OOM_SCORE_ADJ = b"1000"  # the most: of all the host's processes, a run's are the OOM killer's first
 
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 # What of /etc programs read: the dynamic loader's cache, user and group names (getpass, torch's
@@ -201,7 +202,10 @@ def memory_cap(spec: SandboxSpec) -> int | None:
 
 def limits_preexec(spec: SandboxSpec) -> Callable[[], None]:
     """A preexec_fn: caps on any one file's size, open files, core dumps and (on CPU) memory, so
-    a disk filler or a memory hog fails inside its own run instead of taking the host down."""
+    a disk filler or a memory hog fails inside its own run instead of taking the host down; and the
+    run first in line for the kernel's OOM killer (on a GPU no address-space cap applies: a run
+    that takes the host's memory is what the kernel ends, never the daemon). Where the daemon may
+    lower it again (CAP_SYS_RESOURCE) the run may not: the kernel keeps that power to privilege."""
     memory = memory_cap(spec)
     file_bytes = int(float(os.environ[FILE_ENV]) * (1 << 20)) if FILE_ENV in os.environ else spec.max_file_bytes
 
@@ -213,9 +217,23 @@ def limits_preexec(spec: SandboxSpec) -> Callable[[], None]:
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         if memory is not None:
             resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+        first_for_the_oom_killer()
         join_new_session_keyring()
 
     return apply
+
+
+def first_for_the_oom_killer() -> None:
+    try:
+        fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY)
+    except OSError:
+        return  # no /proc: nothing to ask of the OOM killer
+    try:
+        os.write(fd, OOM_SCORE_ADJ)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 @functools.cache

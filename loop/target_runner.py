@@ -21,7 +21,7 @@ from typing import Callable
 
 from loop import gitops, sandbox
 from loop.procs import Cancel, ProcResult, run_contained, tail
-from loop.runner import PASSED_ENV, RunOutcome, RunSpec
+from loop.runner import PASSED_ENV, RunOutcome, RunSpec, disk_full_reason, too_many_tasks_reason
 from loop.target import Target
 from loop.trees import remove_tree
 
@@ -62,8 +62,8 @@ class TargetRunner:
                                       gpu=self.gpu)
             if self.target.build:
                 build = self._contained(self.target.build, box, env, timeout * BUILD_SHARE,
-                                        spec.exp_dir / "build.log", None)
-                if reason := self._failure(build, "build", timeout * BUILD_SHARE, out):
+                                        spec.exp_dir / "build.log", None, spec)
+                if reason := self._failure(build, "build", timeout * BUILD_SHARE, out, spec):
                     out.killed = build.timed_out or build.cancelled
                     # a compiler's error is what an agent fixes best: it goes back to it first
                     out.simple_crash = build.returncode not in (0, None)
@@ -71,13 +71,14 @@ class TargetRunner:
                     out.log_tail = tail(build.log_path)
                     out.timings["training_ended"] = time.time()
                     return out
-            run = self._contained(self.target.run or "", box, env, timeout, spec.exp_dir / "train.log", self.on_line)
+            run = self._contained(self.target.run or "", box, env, timeout, spec.exp_dir / "train.log", self.on_line,
+                                  spec)
         out.timings["training_ended"] = time.time()
         out.train_seconds = run.wall_seconds
         out.log_tail = tail(run.log_path)
         out.summary = key_values(out.log_tail)
         out.killed = run.timed_out or run.cancelled
-        out.reason = self._failure(run, "run", timeout, out)
+        out.reason = self._failure(run, "run", timeout, out, spec)
         if not out.reason and self.target.evaluate is None:
             self._score(out, out.log_tail, "run")
         return out
@@ -91,11 +92,11 @@ class TargetRunner:
         env = self._env(dirs, spec)
         box = sandbox.SandboxSpec(workdir=dirs["eval"], writable=(dirs["tmp"], dirs["home"]),
                                   readonly=(*self._readonly(), dirs["ckpt"]), hide=(self.repo,), gpu=self.gpu)
-        ev = self._contained(self.target.evaluate, box, env, EVAL_TIMEOUT_S, spec.exp_dir / "eval.log", None)
+        ev = self._contained(self.target.evaluate, box, env, EVAL_TIMEOUT_S, spec.exp_dir / "eval.log", None, spec)
         out.timings["evaluated"] = time.time()
         out.eval_seconds = ev.wall_seconds
         out.killed = out.killed or ev.timed_out or ev.cancelled
-        if reason := self._failure(ev, "eval", EVAL_TIMEOUT_S, out):
+        if reason := self._failure(ev, "eval", EVAL_TIMEOUT_S, out, spec):
             lines = tail(ev.log_path, 2000).strip().splitlines()
             out.reason = reason if ev.returncode in (0, None) else f"eval: {lines[-1][:200] if lines else reason}"
             return out
@@ -118,10 +119,14 @@ class TargetRunner:
             out.summary["peak_vram_mb"] = out.summary[self.target.memory]
         out.scores["val"] = self.target.score(value)
 
-    def _failure(self, proc: ProcResult, what: str, timeout: float, out: RunOutcome) -> str:
+    def _failure(self, proc: ProcResult, what: str, timeout: float, out: RunOutcome, spec: RunSpec) -> str:
         if proc.cancelled:
             out.interrupted = True
             return "interrupted"
+        if proc.disk_full:
+            return disk_full_reason(spec)
+        if proc.tasks_over:
+            return too_many_tasks_reason(spec, proc.tasks_over, who=f"{what}: it")
         if proc.timed_out:
             return f"{what}: timeout after {timeout:.0f}s"
         if proc.returncode != 0:
@@ -160,10 +165,10 @@ class TargetRunner:
         return env
 
     def _contained(self, command: str, box: sandbox.SandboxSpec, env: dict[str, str], timeout: float, log: Path,
-                   on_line: Callable[[str], None] | None) -> ProcResult:
+                   on_line: Callable[[str], None] | None, spec: RunSpec) -> ProcResult:
         argv = sandbox.wrap(["/bin/sh", "-c", command], box)
         return run_contained(argv, cwd=box.workdir, env=env, timeout=timeout, log_path=log, on_line=on_line,
-                             cancel=self.cancel, preexec=sandbox.limits_preexec(box))
+                             cancel=self.cancel, preexec=sandbox.limits_preexec(box), watch=spec.watch())
 
 
 class CacheSlot:

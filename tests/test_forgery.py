@@ -230,8 +230,10 @@ def forgery_run(tmp_path_factory: pytest.TempPathFactory, prepared_cache: Path) 
     queue_proposal(queue, "90", over_budget_train_py(base), OVER_BUDGET)
     queue_proposal(queue, "99", head + "\n# an honest change: a comment\n" + quick, "honest")
     count = len(ATTACKS) + 2
+    # (one baseline run: this test is about the scorer, and each full evaluation costs seconds)
     done = run_cli(repo, "start", "--tag", "f", "--agent", "queue", "--queue", str(queue), "--budget", "2",
-                   "--fix-attempts", "0", "--max-experiments", str(count), env=env, timeout=900)
+                   "--fix-attempts", "0", "--max-experiments", str(count), "--baseline-runs", "1",
+                   "--best-runs", "1", env=env, timeout=900)
     assert done.returncode == 0, done.stderr + done.stdout
     by_name = {e.description: e for e in folded(journal_events(repo, "f")).experiments}
     assert {*ATTACKS, OVER_BUDGET, "honest"} <= set(by_name), (done.stdout[-2000:], list(by_name))

@@ -94,6 +94,38 @@ def test_memory_hog_is_the_one_that_fails(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("boxed", [True, False])
+def test_a_run_is_the_oom_killers_first_choice(tmp_path: Path, boxed: bool) -> None:
+    """On a GPU no address-space cap applies: a run that takes the host's memory must be what the
+    kernel's OOM killer ends, not the daemon. A daemon that may lower the score again
+    (CAP_SYS_RESOURCE) keeps a sandboxed run, which never has that power, from lowering its own."""
+    if boxed and not sandbox.available():
+        pytest.skip("bwrap is not usable here")
+    res, log = run(tmp_path, """
+        path = "/proc/self/oom_score_adj"
+        print("score", open(path).read().strip())
+        try:
+            open(path, "w").write("0")
+        except OSError:
+            pass
+        print("after", open(path).read().strip())
+    """, boxed=boxed)
+    assert res.returncode == 0, log
+    assert "score 1000" in log, log
+    if boxed and CAP_SYS_RESOURCE in own_capabilities():
+        assert "after 1000" in log, log
+
+
+CAP_SYS_RESOURCE = 24
+
+
+def own_capabilities() -> set[int]:
+    """The capabilities this process has in effect (their numbers)."""
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("CapEff:"))
+    bits = int(line.split()[1], 16)
+    return {i for i in range(64) if bits >> i & 1}
+
+
+@pytest.mark.parametrize("boxed", [True, False])
 def test_nothing_of_a_run_survives_it(tmp_path: Path, boxed: bool) -> None:
     if boxed and not sandbox.available():
         pytest.skip("bwrap is not usable here")

@@ -19,7 +19,7 @@ from daemon_kit import (
     run_cli,
 )
 
-from loop.procs import TOKEN_ENV
+from loop.procs import TASKS_ENV, TOKEN_ENV
 from loop.sandbox import FILE_ENV, MEMORY_ENV, available
 
 MARKER = "autoresearch-threat-marker"
@@ -100,6 +100,16 @@ ATTACKS["links_out"] = ("import os as _o\nfor _d in {_o.environ.get('AUTORESEARC
 ATTACKS["trains_in_the_evaluator"] = ("import time as _t\nif __name__ != '__main__':\n    _t.sleep(40)",
                                       "eval: a model process took")
 
+# Processes and threads without end, in training and in a model process: each is ended at the cap
+# (set low below, as the others' limits are), not at its timeout, and takes nothing else with it.
+BOMB = "import shutil, time as _t\n_sh = shutil\nif __name__ {op} '__main__':\n    for _ in range(9):\n" \
+       "        _sh.os.fork()\n    _t.sleep(600)"
+ATTACKS["fork_bomb"] = (BOMB.format(op="=="), "processes: it ran")
+ATTACKS["fork_bomb_in_the_evaluator"] = (BOMB.format(op="!="), "eval: a model process ran")
+ATTACKS["thread_flood"] = ("import queue, time as _t\n_th = queue.threading\nif __name__ == '__main__':\n    _th.stack_size(1 << 16)\n    for _ in range(300):\n"
+                           "        _th.Thread(target=_t.sleep, args=(600,), daemon=True).start()\n    _t.sleep(600)",
+                           "processes: it ran")
+
 # Attacks only the sandbox stops (without it the file system is the daemon's own).
 SANDBOX_ONLY = {"writes_harness", "moves_git", "reads_hidden_val", "warm_start", "reads_raw_shards"}
 
@@ -127,6 +137,7 @@ def test_attacks_through_the_daemon(tmp_path: Path) -> None:
     (raw / "shard.txt").write_text(VAL_TEXT)  # as a download's shard holds the text val.txt came from
     env[MEMORY_ENV] = "2048"  # the memory hog asks for 4 GiB; the host must not notice
     env[FILE_ENV] = "64"  # the disk filler writes 300 MiB into one file
+    env[TASKS_ENV] = "200"  # the bombs double to 512 processes
     done = run_cli(repo, "start", "--tag", "t", "--agent", "queue", "--queue", str(queue), "--budget", "2",
                    "--timeout", "4", "--fix-attempts", "0", "--max-experiments", str(len(attacks) + 1), env=env, timeout=300)
     assert done.returncode == 0, done.stderr + done.stdout

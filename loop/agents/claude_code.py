@@ -30,6 +30,7 @@ from loop.agents import default_secret_paths
 from loop.agents.base import Context, Proposal, Usage
 from loop.agents.prompt import first_message
 from loop.errors import AgentFatal, AgentUnavailable, ProposalFailed
+from loop.patience import patiently
 
 TIMEOUT_S = 1800.0
 VERSION_TIMEOUT_S = 30.0
@@ -88,7 +89,8 @@ class ClaudeCodeAgent:
             argv = self._argv(prompt, context, settings)
             command = confined(argv, root, hidden=(context.repo, *secrets))
             try:
-                done = subprocess.run(command, cwd=scratch, capture_output=True, text=True, timeout=TIMEOUT_S)
+                done = patiently(lambda: subprocess.run(command, cwd=scratch, capture_output=True, text=True,
+                                                        timeout=TIMEOUT_S))
             except subprocess.TimeoutExpired:
                 raise ProposalFailed(f"claude-code: no answer within {TIMEOUT_S:.0f}s") from None
             context.run_dir.mkdir(parents=True, exist_ok=True)
