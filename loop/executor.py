@@ -22,7 +22,7 @@ from typing import Any, Callable, Protocol, Union
 
 from loop import gpu
 from loop.errors import UsageError
-from loop.patience import out_of_tasks, patiently, start_thread
+from loop.patience import host_refused_start, patiently, start_thread
 from loop.procs import Cancel
 from loop.runner import Runner, RunOutcome, RunSpec
 from loop.target_runner import TargetRunner
@@ -225,7 +225,7 @@ class LocalExecutor:
         except Exception as e:  # nothing a run does may end the daemon: a bug here is the run's crash
             if not evaluating:
                 self._release(slot)
-            if out_of_tasks(e):  # the host stayed full past all patience: not this experiment's doing
+            if host_refused_start(e):  # the host stayed full past all patience: not this experiment's doing
                 self.events.put(Lost(job, slot.name, f"the host could not start a process ({e})"))
                 return
             reason = f"internal error in slot {slot.name}: {e!r}"

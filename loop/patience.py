@@ -19,11 +19,12 @@ LONGEST_WAIT_SECONDS = 2.0
 T = TypeVar("T")
 
 
-def out_of_tasks(error: BaseException) -> bool:
-    """Whether `error` is the host refusing a new process or thread (fork's EAGAIN, or Python's
-    "can't start new thread"), not something the call itself got wrong."""
+def host_refused_start(error: BaseException) -> bool:
+    """Whether `error` is the host refusing a new process or thread for now (fork's EAGAIN, or its
+    ENOMEM while a run holds the memory; Python's "can't start new thread"), not something the
+    call itself got wrong."""
     if isinstance(error, OSError):
-        return error.errno == errno.EAGAIN
+        return error.errno in (errno.EAGAIN, errno.ENOMEM)
     return isinstance(error, RuntimeError) and "can't start new thread" in str(error)
 
 
@@ -36,7 +37,7 @@ def patiently(call: Callable[[], T], patience: float = PATIENCE_SECONDS) -> T:
         try:
             return call()
         except (OSError, RuntimeError) as e:
-            if not out_of_tasks(e) or time.monotonic() + wait > deadline:
+            if not host_refused_start(e) or time.monotonic() + wait > deadline:
                 raise
         time.sleep(wait)
         wait = min(wait * 2, LONGEST_WAIT_SECONDS)

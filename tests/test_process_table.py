@@ -63,7 +63,7 @@ HELPER = textwrap.dedent('''
     import json, os, resource, subprocess, sys, threading, time
     sys.path[:0] = [sys.argv[1]]
     from loop.gitops import Git
-    from loop.patience import out_of_tasks, patiently, start_thread
+    from loop.patience import host_refused_start, patiently, start_thread
 
     def my_tasks():
         count = 0
@@ -95,12 +95,12 @@ HELPER = textwrap.dedent('''
         patiently(lambda: subprocess.run(["true"]), patience=0.3)
         found["fork_while_full"] = "started"
     except OSError as e:
-        found["fork_while_full"] = f"out of tasks: {out_of_tasks(e)}"
+        found["fork_while_full"] = f"out of tasks: {host_refused_start(e)}"
     try:
         threading.Thread(target=lambda: None).start()
         found["thread_while_full"] = "started"
     except RuntimeError as e:
-        found["thread_while_full"] = f"out of tasks: {out_of_tasks(e)}"
+        found["thread_while_full"] = f"out of tasks: {host_refused_start(e)}"
     go.release()
     started = time.monotonic()
     found["head"] = Git(sys.argv[2]).head()
