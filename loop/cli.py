@@ -10,6 +10,7 @@ from pathlib import Path
 from loop.agents import default_agent_name
 from loop.config import BEST_RUNS, Config, default
 from loop.errors import AutoresearchError, UsageError
+from loop.screen import PrintableStream
 
 
 def _version() -> str:
@@ -191,6 +192,10 @@ def _tag(tag: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # What the commands print carries text of runs and agents: no control sequence of theirs
+    # reaches the terminal (the daemon's own live line is drawn by its Display, around this).
+    if not isinstance(sys.stdout, PrintableStream):
+        sys.stdout, sys.stderr = PrintableStream(sys.stdout), PrintableStream(sys.stderr)  # type: ignore[assignment]
     args = parse(argv)
     try:
         return dispatch(args, argv)

@@ -6,6 +6,7 @@ import sys
 import time
 from typing import TextIO
 
+from loop.screen import printable
 from loop.target import MetricView
 
 
@@ -18,7 +19,7 @@ class Display:
 
     def say(self, text: str) -> None:
         self._clear()
-        print(text, file=self.stream, flush=True)
+        print(printable(text), file=self.stream, flush=True)
 
     def finished(self, n: int, status: str, score: float | None, best: float | None, seconds: float, description: str,
                  metric: MetricView = MetricView()) -> None:
@@ -27,7 +28,7 @@ class Display:
         self.say(f"#{n:04d} {status:<8} {shown} {delta} {seconds:6.0f}s  {description}")
 
     def live(self, n: int, phase: str, elapsed: float, budget: float, loss: str | None) -> None:
-        text = f"#{n:04d} {phase:<10} {elapsed:5.0f}s of {budget:.0f}s" + (f"  loss {loss}" if loss else "")
+        text = printable(f"#{n:04d} {phase:<10} {elapsed:5.0f}s of {budget:.0f}s" + (f"  loss {loss}" if loss else ""))
         if self.tty:
             self.stream.write("\r" + text.ljust(78)[:78])
             self.stream.flush()

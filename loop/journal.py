@@ -37,6 +37,9 @@ from loop.events import (
     RunStopped,
     parse,
 )
+from loop.screen import printable
+
+MAX_MEMORY_MB = float(1 << 30)  # a petabyte: no run's peak memory is more
 
 JOURNAL_NAME = "journal.jsonl"
 RESULTS_HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription\n"
@@ -299,7 +302,8 @@ def _apply(rec: ExperimentRecord, ev: ExperimentEvent) -> None:
             rec.val_bpb = ev.val_bpb
             rec.reason = ev.reason or rec.reason
             rec.summary = ev.summary or rec.summary
-            rec.peak_vram_mb = float(ev.peak_vram_mb or 0.0)
+            memory = float(ev.peak_vram_mb or 0.0)  # the run's own word: a figure past any GPU is none
+            rec.peak_vram_mb = memory if 0.0 <= memory < MAX_MEMORY_MB else 0.0
             if ev.train_seconds is not None:
                 rec.train_seconds = ev.train_seconds
             if ev.eval_seconds is not None:
@@ -348,8 +352,9 @@ def _parse_line(line: str) -> Event | None:
 
 
 def one_line(text: str) -> str:
-    """A description fit for one TSV cell: no tabs, no newlines, no leading/trailing space."""
-    return " ".join(text.replace("\t", " ").split())
+    """A description fit for one TSV cell: no tabs, no newlines, no leading/trailing space, and no
+    control character a terminal would act on when the file is read there."""
+    return printable(" ".join(text.replace("\t", " ").split()))
 
 
 def results_row(rec: ExperimentRecord) -> str:

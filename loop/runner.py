@@ -41,7 +41,7 @@ from typing import Callable, Iterator
 from loop import sandbox
 from loop.procs import INODE_FLOOR, MAX_TASKS, Cancel, Contained, ProcResult, Watch, run_contained, tail, task_cap
 from loop.summary import parse_summary
-from loop.trees import regular_files, remove_tree
+from loop.trees import regular_files, remove_tree, strip_setid
 
 STARTUP_ALLOWANCE_S = 120.0  # default wall-clock beyond the budget for imports, compilation and saving
 EVAL_TIMEOUT_S = 600.0
@@ -181,7 +181,7 @@ class Runner:
 
     # --- training ---------------------------------------------------------------------------------
     def train(self, spec: RunSpec) -> RunOutcome:
-        dirs = _fresh(spec.exp_dir, "train", "ckpt", "home", "tmp")
+        dirs = fresh_dirs(spec.exp_dir, "train", "ckpt", "home", "tmp")
         (dirs["train"] / "train.py").write_bytes(spec.train_py)
         (dirs["train"] / "prepare.py").write_bytes(self.pinned["prepare.py"])
         out = RunOutcome(hardware=hardware(), timings={"started": time.time()})
@@ -200,6 +200,7 @@ class Runner:
                               on_line=self.on_line, cancel=self.cancel, preexec=sandbox.limits_preexec(box),
                               watch=spec.watch())
         out.timings["training_ended"] = time.time()
+        strip_setid(spec.exp_dir)
         out.train_seconds = train.wall_seconds
         out.log_tail = tail(train.log_path)
         out.summary = parse_summary(out.log_tail)
@@ -263,6 +264,7 @@ class Runner:
             if split == "val":
                 out.timings.update(eval_profile(spec.exp_dir / f"eval-{split}.log"))
         out.timings["evaluated"] = time.time()
+        strip_setid(spec.exp_dir)
         return out
 
     def _score(self, spec: RunSpec, split: str) -> tuple[float, str]:
@@ -270,7 +272,7 @@ class Runner:
         if SPLIT_FILES[split] not in self.pinned:
             return 0.0, f"eval: no pinned {SPLIT_FILES[split]} to score the {split} split"
         exp = spec.exp_dir
-        dirs = _fresh(exp, "model", "scorer", *(f"model-{role}" for role in ROLES))
+        dirs = fresh_dirs(exp, "model", "scorer", *(f"model-{role}" for role in ROLES))
         for name in ("train.py", "prepare.py"):
             (dirs["model"] / name).write_bytes(spec.train_py if name == "train.py" else self.pinned[name])
             (dirs["model"] / name).chmod(0o444)
@@ -444,8 +446,11 @@ def _evict(*dirs: Path) -> None:
                 os.close(fd)
 
 
-def _fresh(exp_dir: Path, *names: str) -> dict[str, Path]:
-    """Empty directories (a re-run after resume starts fresh too)."""
+def fresh_dirs(exp_dir: Path, *names: str) -> dict[str, Path]:
+    """Empty directories under exp_dir (a re-run after resume starts fresh too). exp_dir is its
+    owner's alone: what a run leaves there is out of other users' reach while it is looked over."""
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    exp_dir.chmod(0o700)
     dirs = {name: exp_dir / name for name in names}
     for d in dirs.values():
         remove_tree(d)

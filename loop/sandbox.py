@@ -40,6 +40,10 @@ CHECK_TIMEOUT_S = 300.0  # `import torch` on a busy machine can take a minute
 QUERY_TIMEOUT_S = 60.0
 KEYCTL_SYSCALL = {"x86_64": 250, "aarch64": 219}  # keyctl(2) has no libc wrapper
 KEYCTL_JOIN_SESSION_KEYRING = 1
+# Every namespace, and no capability in them: bwrap started by root leaves the sandbox every
+# capability of its user namespace, with which a run could remount its read-only binds (/usr, the
+# interpreter's site-packages) writable and change what the daemon and the scorer run next.
+ISOLATION = ("--unshare-all", "--cap-drop", "ALL")
 OOM_SCORE_ADJ = b"1000"  # the most: of all the host's processes, a run's are the OOM killer's first
 
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
@@ -98,7 +102,7 @@ def available() -> bool:
     if exe is None:
         return False
     try:
-        probe = subprocess.run([exe, "--ro-bind", "/", "/", "--unshare-all", "--die-with-parent", "true"],
+        probe = subprocess.run([exe, "--ro-bind", "/", "/", *ISOLATION, "--die-with-parent", "true"],
                                capture_output=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return False
@@ -114,7 +118,7 @@ def wrap(argv: list[str], spec: SandboxSpec) -> list[str]:
     """The bwrap command line running argv under spec, or argv unchanged without bwrap."""
     if not available():
         return list(argv)
-    cmd = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session"]
+    cmd = ["bwrap", *ISOLATION, "--die-with-parent", "--new-session"]
     for mount in mounts(argv, spec):
         cmd += mount.args()
     # Last, once every mount point exists: nothing but the run's own directories, /tmp and

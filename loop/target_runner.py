@@ -21,9 +21,9 @@ from typing import Callable
 
 from loop import gitops, sandbox
 from loop.procs import Cancel, ProcResult, run_contained, tail
-from loop.runner import PASSED_ENV, RunOutcome, RunSpec, disk_full_reason, too_many_tasks_reason
+from loop.runner import PASSED_ENV, RunOutcome, RunSpec, disk_full_reason, fresh_dirs, too_many_tasks_reason
 from loop.target import Target
-from loop.trees import remove_tree
+from loop.trees import remove_tree, strip_setid
 
 EVAL_TIMEOUT_S = 600.0
 BUILD_SHARE = 1.0  # the build gets its own timeout of this share of the run's, on top of it
@@ -46,7 +46,7 @@ class TargetRunner:
         return out if out.reason else self.evaluate(spec, out)
 
     def train(self, spec: RunSpec) -> RunOutcome:
-        dirs = self._fresh(spec.exp_dir, ("src", "ckpt", "home", "tmp", "eval"))
+        dirs = fresh_dirs(spec.exp_dir, "src", "ckpt", "home", "tmp", "eval")
         self._export(dirs["src"])
         out = RunOutcome()
         out.timings["started"] = time.time()
@@ -70,9 +70,11 @@ class TargetRunner:
                     out.reason = f"build failed: {_first_error(build.log_path)}" if out.simple_crash else reason
                     out.log_tail = tail(build.log_path)
                     out.timings["training_ended"] = time.time()
+                    _strip_setid(spec.exp_dir, cache.path)
                     return out
             run = self._contained(self.target.run or "", box, env, timeout, spec.exp_dir / "train.log", self.on_line,
                                   spec)
+            _strip_setid(spec.exp_dir, cache.path)
         out.timings["training_ended"] = time.time()
         out.train_seconds = run.wall_seconds
         out.log_tail = tail(run.log_path)
@@ -94,6 +96,7 @@ class TargetRunner:
                                   readonly=(*self._readonly(), dirs["ckpt"]), hide=(self.repo,), gpu=self.gpu)
         ev = self._contained(self.target.evaluate, box, env, EVAL_TIMEOUT_S, spec.exp_dir / "eval.log", None, spec)
         out.timings["evaluated"] = time.time()
+        strip_setid(spec.exp_dir)
         out.eval_seconds = ev.wall_seconds
         out.killed = out.killed or ev.timed_out or ev.cancelled
         if reason := self._failure(ev, "eval", EVAL_TIMEOUT_S, out, spec):
@@ -139,13 +142,6 @@ class TargetRunner:
         remove_tree(dest)
         dest.mkdir(parents=True)
         gitops.Git(self.repo).export(self.commit, dest)
-
-    def _fresh(self, exp_dir: Path, names: tuple[str, ...]) -> dict[str, Path]:
-        dirs = {name: exp_dir / name for name in names}
-        for d in dirs.values():
-            remove_tree(d)  # a re-run after resume starts fresh too
-            d.mkdir(parents=True)
-        return dirs
 
     def _readonly(self) -> tuple[Path, ...]:
         paths = (Path(p).expanduser() for p in self.target.readonly)
@@ -206,6 +202,13 @@ class CacheSlot:
 def key_values(text: str) -> dict[str, float]:
     """Every `key: number` line of the output, the last one of each key winning."""
     return {k: float(v) for k, v in KEY_VALUE.findall(text)}
+
+
+def _strip_setid(*folders: Path | None) -> None:
+    """What a run wrote, the build cache it shares with later runs included, loses its set-id bits."""
+    for folder in folders:
+        if folder is not None:
+            strip_setid(folder)
 
 
 def _first_error(log: Path) -> str:

@@ -116,3 +116,19 @@ def test_every_event_reads_back_as_written_and_old_or_newer_lines_still_read(tmp
     events, problems = read_events_checked(path)
     assert events[len(written):] == [Decided(ts=1.0, n=4, status="keep")]
     assert len(problems) == 1 and f"line {len(written) + 3}" in problems[0]
+
+
+def test_a_rows_cells_hold_no_control_sequence_and_no_impossible_memory(tmp_path: Path) -> None:
+    """results.tsv is read in a terminal (`tail`): an agent's description carries no control
+    sequence there, and a run's own word for its peak memory past any GPU is no figure."""
+    j = Journal(tmp_path / "journal.jsonl")
+    j.append(RunStarted(tag="t", branch="autoresearch/t"))
+    j.append(Proposing(n=0, parent="p" * 40))
+    j.append(Proposed(n=0, description="wider \x1b[2J\x1b]0;title\x07\x9b31m mlp", usage=Usage()))
+    j.append(Committed(n=0, commit="0" * 40, parent="p" * 40))
+    j.append(Evaluated(n=0, val_bpb=1.5, peak_vram_mb=1e300))
+    j.append(Decided(n=0, status="keep"))
+    j.append(Recorded(n=0))
+    rebuild_results(tmp_path / "results.tsv", fold(j.events()))
+    row = (tmp_path / "results.tsv").read_text().splitlines()[1]
+    assert row == "0000000\t1.500000\t0.0\tkeep\twider \\x1b[2J\\x1b]0;title\\x07\\x9b31m mlp"

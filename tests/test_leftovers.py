@@ -127,3 +127,27 @@ def test_a_run_that_fills_the_disk_is_ended_before_the_daemon_runs_out(tmp_path:
     assert outcome.reason.startswith("disk: it left less than"), outcome.reason
     assert outcome.train_seconds < 300  # ended at the floor, not at its budget
     assert remove_tree(exp) and shutil.disk_usage(tmp_path).free > floor
+
+
+SETID = textwrap.dedent('''
+    import os, shutil
+    out = os.environ["AUTORESEARCH_OUT"]
+    os.makedirs(out + "/deep/er")
+    for path, mode in ((out + "/sh", 0o4755), (out + "/deep/er/sh", 0o2755), ("sh", 0o6755)):
+        shutil.copy("/bin/sh", path)
+        os.chmod(path, mode)
+        print(path, oct(os.stat(path).st_mode & 0o7777))
+''').encode()
+
+
+def test_no_set_id_file_a_run_made_outlives_it(tmp_path: Path) -> None:
+    """A run's files are the daemon user's (root's, for a root daemon): a shell it copied and made
+    set-id would hand that user to anyone who could run it. The bits are gone when it ends, and its
+    folder is its owner's alone while it runs."""
+    exp = tmp_path / "runner" / "0001"
+    pinned = {name: (MAIN / name).read_bytes() for name in ("prepare.py", "val.txt", "holdout.txt")}
+    outcome = Runner(tmp_path / "runner", pinned).train(RunSpec(SETID, exp, budget=30.0, timeout=60.0))
+    assert "0o4755" in outcome.log_tail and "0o2755" in outcome.log_tail, outcome.log_tail  # it made them
+    made = [exp / "ckpt" / "sh", exp / "ckpt" / "deep" / "er" / "sh", exp / "train" / "sh"]
+    assert [oct(p.stat().st_mode & 0o7777) for p in made] == ["0o755"] * 3
+    assert (exp.stat().st_mode & 0o777) == 0o700

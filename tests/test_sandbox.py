@@ -93,6 +93,30 @@ def test_memory_hog_is_the_one_that_fails(tmp_path: Path) -> None:
     assert sandbox.memory_cap(sandbox.SandboxSpec(workdir=tmp_path, gpu=True)) is None  # CUDA maps huge
 
 
+@needs_bwrap
+def test_a_run_cannot_make_its_read_only_binds_writable(tmp_path: Path) -> None:
+    """bwrap started by root would leave the run every capability of its user namespace, enough to
+    remount a read-only bind (the interpreter's site-packages, /usr) writable and plant code the
+    scorer runs next. The run has no capability, whoever started the daemon."""
+    data = tmp_path / "data"
+    data.mkdir()
+    spec = sandbox.SandboxSpec(workdir=tmp_path / "work", readonly=(data,))
+    res, log = run(tmp_path, f"""
+        import subprocess
+        status = [line for line in open("/proc/self/status") if line.startswith("CapEff")]
+        print("caps", int(status[0].split()[1], 16))
+        done = subprocess.run(["mount", "-o", "remount,bind,rw", {str(data)!r}], capture_output=True)
+        print("remount", done.returncode)
+        try:
+            open({str(data / "planted.py")!r}, "w").write("x")
+            print("planted")
+        except OSError:
+            print("refused")
+    """, spec)
+    assert "caps 0" in log and "refused" in log, log
+    assert not (data / "planted.py").exists()
+
+
 @pytest.mark.parametrize("boxed", [True, False])
 def test_a_run_is_the_oom_killers_first_choice(tmp_path: Path, boxed: bool) -> None:
     """On a GPU no address-space cap applies: a run that takes the host's memory must be what the

@@ -110,6 +110,11 @@ ATTACKS["thread_flood"] = ("import queue, time as _t\n_th = queue.threading\nif 
                            "        _th.Thread(target=_t.sleep, args=(600,), daemon=True).start()\n    _t.sleep(600)",
                            "processes: it ran")
 
+# Terminal control sequences in what it says (screen cleared, window retitled, a forged red line):
+# shown as their escapes on the daemon's output and by `show`, never acted on.
+ATTACKS["escapes"] = ("if __name__ == '__main__':\n    print('\\x1b[2J\\x1b]0;title\\x07')\n"
+                      "    raise ValueError('\\x1b[2J\\x1b[1;31m#0099 keep 0.000001\\x9b31m')", "exit 1: ValueError: \x1b[2J")  # (as the journal keeps it)
+
 # Attacks only the sandbox stops (without it the file system is the daemon's own).
 SANDBOX_ONLY = {"writes_harness", "moves_git", "reads_hidden_val", "warm_start", "reads_raw_shards"}
 
@@ -160,6 +165,10 @@ def test_attacks_through_the_daemon(tmp_path: Path) -> None:
     assert log is not None
     assert max(p.stat().st_size for p in repo.glob(".autoresearch/runs/t/*/train.log")) <= 9 * 1024 * 1024
     assert by_name["flood"].status != "crash"  # the summary after the flood survived the cap
+    shown = run_cli(repo, "show", str(by_name["escapes"].n), env=env)
+    for text in (done.stdout, done.stderr, shown.stdout, run_cli(repo, "status", env=env).stdout):
+        assert "\x1b" not in text and "\x9b" not in text and "\x07" not in text
+    assert "\\x1b[2J" in done.stdout and "\\x1b[2J" in shown.stdout
     said = [e for e in journal_events(repo, "t") if e.get("n") == by_name["says_val_text"].n]
     assert said and not [e for e in said if VAL_TEXT[:40] in str(e)]  # no event carries the text it printed
 

@@ -181,7 +181,7 @@ def confined(argv: list[str], root: Path, hidden: tuple[Path, ...]) -> list[str]
         return list(argv)
     home = Path.home()
     cmd = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
-           "--unshare-all", "--share-net", "--die-with-parent", "--new-session"]
+           *sandbox.ISOLATION, "--share-net", "--die-with-parent", "--new-session"]
     covered = [Path("/tmp")]
     if home != Path("/"):
         cmd += ["--tmpfs", str(home)]
