@@ -175,6 +175,9 @@ class Daemon:
         self.proposer = Proposer(agent, self.events, lambda: self.stop.requested or bool(self.stopping))
         self.policy = Policy(config.min_delta, config.keep_z, config.confirm)
         self.protected: dict[str, str] = {}
+        # The person's own untracked modules (an in-repo virtualenv) as at start or resume: a run that
+        # adds or changes one is caught (without a sandbox, the only place it could do that).
+        self.untracked: dict[str, tuple[int, int]] = {}
         self.pinned: dict[str, bytes] = {}
         self.secrets: guard.SecretIndex | None = None
         self.attempts: dict[int, Attempt] = {}  # undecided experiments, and the best's later runs, by number
@@ -531,7 +534,7 @@ class Daemon:
                 self.attempts.pop(job.n, None)
             return
         if self.target.builtin:
-            violations = guard.check_tree(self.repo, self.protected) + self.check_git()
+            violations = guard.check_tree(self.repo, self.protected, self.untracked) + self.check_git()
         else:  # the run never saw the repository; its working tree is the person's, not the run's
             violations = guard.check_protected(self.repo, self.protected)
         if violations:
@@ -821,6 +824,7 @@ class Daemon:
     def begin(self, hardware: dict, floor: float | None = None) -> None:
         """Journal the start of a new run: what it is, where it branched, what must not change."""
         self.protected = self.protected_hashes()
+        self.untracked = guard.untracked_modules(self.repo) if self.target.builtin else {}
         self.journal.append(RunStarted(tag=self.config.tag, branch=self.branch, base_commit=self.git.head(),
                                        protected=self.protected, agent=self.agent.name, config=asdict(self.config),
                                        target=None if self.target.builtin else targets.describe(self.target),
@@ -835,6 +839,7 @@ class Daemon:
         run = fold(events)
         meta = run.meta
         self.protected = meta.get("protected") or self.protected_hashes()
+        self.untracked = guard.untracked_modules(self.repo) if self.target.builtin else {}
         if self.target.builtin:  # a custom target's runs take every file from the commit
             self.pinned = {name: (self.repo / name).read_bytes() for name in PINNED if (self.repo / name).is_file()}
         self.secrets = guard.SecretIndex.build(self.pinned[k] for k in guard.SECRET_FILES if k in self.pinned)

@@ -117,12 +117,34 @@ def check_commit(repo: Path, commit: str, parent: str, protected: dict[str, str]
     return found + _hash_changes(repo, protected)
 
 
-def check_tree(repo: Path, protected: dict[str, str]) -> list[str]:
-    """After a run: protected files intact and no new module that could shadow an import."""
+def untracked_modules(repo: Path) -> dict[str, tuple[int, int]]:
+    """The untracked .py and .pth files of the working tree, each with its size and mtime: what the
+    person keeps there (a virtualenv inside the checkout holds thousands) before any run."""
+    found = {}
+    for status, path in gitops.Git(repo).status_entries():
+        if status == "??" and path.endswith((".py", ".pth")):
+            try:
+                st = (repo / path).lstat()
+            except OSError:
+                continue
+            found[path] = (st.st_size, st.st_mtime_ns)
+    return found
+
+
+def check_tree(repo: Path, protected: dict[str, str], known: dict[str, tuple[int, int]]) -> list[str]:
+    """After a run: protected files intact, and no module that could shadow an import made or
+    changed since `known` (untracked_modules when the daemon started) was taken."""
     found = []
     for status, path in gitops.Git(repo).status_entries():
-        if status == "??" and (path.endswith(".py") or path.endswith(".pth")):
-            found.append(f"new file {path} could shadow a module")
+        if status == "??" and path.endswith((".py", ".pth")):
+            try:
+                st = (repo / path).lstat()
+            except OSError:
+                continue
+            if path not in known:
+                found.append(f"new file {path} could shadow a module")
+            elif known[path] != (st.st_size, st.st_mtime_ns):
+                found.append(f"untracked file {path} changed during the run: it could shadow a module")
         elif status != "??" and path != EDITABLE:
             found.append(f"{path} was modified during the run")
     return found + _hash_changes(repo, protected)
@@ -568,6 +590,9 @@ def check_command(repo: Path, rev: str | None, target_file: str | None = None) -
     except UsageError as e:
         print(f"check: {e}", file=sys.stderr)
         return 2
+    if tag := _run_started_at(root, commit_id):  # a run that kept nothing yet: its branch is still here
+        print(f"clean: {rev} ({commit_id[:7]}) is where run {tag} started: nothing of the run to check yet")
+        return 0
     parent_id = git.resolve(f"{commit_id}^")
     # What was compared, said on the verdict line: a bare "X changed" on a project's own commit reads as a bug.
     compared = f"{rev} ({commit_id[:7]})" + (f" against its parent ({parent_id[:7]})" if parent_id else
@@ -606,6 +631,24 @@ def _check_builtin(root: Path, commit: str, parent: str | None) -> list[str]:
     source = _text_at(root, commit, EDITABLE)
     carried = secrets.found_in(source)
     return lint_train_py(source) + ([f"{EDITABLE} {carried}"] if carried else [])
+
+
+def _run_started_at(root: Path, commit: str) -> str | None:
+    """The tag of a run of this repository that started at `commit` (its baseline), if any."""
+    import json
+
+    from loop.events import RunStarted, parse
+    from loop.journal import JOURNAL_NAME, state_dir
+
+    for journal in sorted((state_dir(root) / "runs").glob(f"*/{JOURNAL_NAME}")):
+        try:
+            with open(journal, encoding="utf-8") as f:
+                first = parse(json.loads(f.readline()))  # a run's journal opens with its start
+        except (OSError, ValueError, TypeError):
+            continue
+        if isinstance(first, RunStarted) and first.base_commit == commit:
+            return journal.parent.name
+    return None
 
 
 def _on_run_branch(root: Path) -> bool:

@@ -286,3 +286,34 @@ def test_a_holdout_cut_short_by_a_kill_is_scored_on_resume(tmp_path: Path) -> No
     holdouts = [e["n"] for e in events if e["event"] == "holdout"]
     assert 0 in kept and sorted(holdouts) == sorted(kept), (kept, holdouts)
     assert all(e["scores"]["holdout"] is not None for e in events if e["event"] == "holdout")
+
+
+def test_check_after_a_run_that_kept_nothing_says_so(tmp_path: Path) -> None:
+    """The quick start's run on a project's own commit: with nothing kept, the run's branch is its
+    base commit, whose own change (the project's, not the run's) is no experiment to judge."""
+    repo, env = make_repo(tmp_path)
+    (repo / "program.md").write_text((repo / "program.md").read_text() + "\nmore words\n")
+    git(repo, "commit", "-qam", "the project's own change to a protected file")
+    base = (repo / "train.py").read_text()
+    queue = tmp_path / "queue"
+    queue_proposal(queue, "01", base.replace("\nif __name__", "\nraise ValueError('no')\n\nif __name__", 1), "broken")
+    done = run_cli(repo, "start", "--tag", "k", "--agent", "queue", "--queue", str(queue), "--budget", "1",
+                   "--max-experiments", "1", "--fix-attempts", "0", env=env)
+    assert done.returncode == 0, done.stderr + done.stdout
+    checked = run_cli(repo, "check", env=env)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "is where run k started: nothing of the run to check yet" in checked.stdout
+    assert run_cli(repo, "check", "autoresearch/k", env=env).returncode == 0
+    assert run_cli(repo, "check", "HEAD~0", env=env).returncode == 0
+
+
+def test_an_untracked_virtualenv_in_the_checkout_is_no_finding(tmp_path: Path) -> None:
+    """`python -m venv venv` in the repository, as many do: the baseline is no crash for it."""
+    repo, env = make_repo(tmp_path)
+    site = repo / "venv" / "lib" / "python3.11" / "site-packages"
+    site.mkdir(parents=True)
+    (site / "foo.py").write_text("x = 1\n")
+    done = run_cli(repo, "start", "--tag", "v", "--budget", "1", "--max-experiments", "1", env=env)
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert [row[3] for row in read_results(repo)][0] == "keep"
+    assert_invariants(repo, "v")

@@ -14,7 +14,15 @@ from daemon_kit import MAIN, git, make_repo, run_cli
 
 from loop.agents.base import Context, HistoryItem
 from loop.agents.search import SearchAgent
-from loop.guard import SecretIndex, check_commit, check_tree, lint_train_py, protected_hashes, secret_index
+from loop.guard import (
+    SecretIndex,
+    check_commit,
+    check_tree,
+    lint_train_py,
+    protected_hashes,
+    secret_index,
+    untracked_modules,
+)
 
 VAL = (MAIN / "val.txt").read_bytes()
 PIECE = VAL[len(VAL) // 2:len(VAL) // 2 + 200]  # 200 bytes from the middle of the real val.txt
@@ -36,13 +44,26 @@ def test_commit_touching_the_harness_is_refused(tmp_path: Path) -> None:
 
 
 def test_tree_check_catches_shadowing_modules_and_edits(tmp_path: Path) -> None:
+    """A virtualenv the person keeps untracked in the checkout (`python -m venv venv`) is theirs, not
+    a finding; a module added to it, or one of its files changed, during a run is."""
     repo, _ = make_repo(tmp_path)
-    protected = protected_hashes(repo)
-    assert check_tree(repo, protected) == []
+    site = repo / "venv" / "lib" / "python3.11" / "site-packages"
+    site.mkdir(parents=True)
+    (site / "foo.py").write_text("x = 1\n")
+    (site / "distutils-precedence.pth").write_text("import os\n")
+    protected, known = protected_hashes(repo), untracked_modules(repo)
+    assert set(known) == {"venv/lib/python3.11/site-packages/foo.py",
+                          "venv/lib/python3.11/site-packages/distutils-precedence.pth"}
+    assert check_tree(repo, protected, known) == []
     (repo / "torch.py").write_text("")
     (repo / "val.txt").write_text("other")
-    found = check_tree(repo, protected)
+    (site / "planted.pth").write_text("import planted\n")
+    (site / "foo.py").write_text("x = 2  # and more\n")
+    found = check_tree(repo, protected, known)
     assert "new file torch.py could shadow a module" in found
+    assert "new file venv/lib/python3.11/site-packages/planted.pth could shadow a module" in found
+    assert ("untracked file venv/lib/python3.11/site-packages/foo.py changed during the run: it could shadow a "
+            "module") in found
     assert "protected file val.txt changed" in found and "val.txt was modified during the run" in found
 
 
