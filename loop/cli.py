@@ -158,6 +158,10 @@ def dispatch(args: argparse.Namespace, argv: list[str]) -> int:
         if not args.budget > 0 or not args.timeout > 0:
             raise UsageError("--budget and --timeout must be positive numbers of seconds")
         return run_once(repo, args.budget, args.timeout, args.target)
+    if args.command in ("runs", "show", "report"):  # from anywhere in the checkout, as the others
+        from loop.gitops import Git
+
+        repo = Git(repo).root
     if args.command == "runs":
         from loop.commands.runs import runs_command
 

@@ -6,9 +6,11 @@ daemon writes a default of its own.
 """
 from __future__ import annotations
 
+import math
 import re
 import secrets
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from loop.errors import UsageError
@@ -55,11 +57,14 @@ class Config:
         """Bad numbers are found at start, not after a baseline has spent its budget."""
         positive = {"budget": self.budget, "timeout": self.timeout}
         for name, value in positive.items():
-            if not value > 0:
-                raise UsageError(f"--{name} {value:g}: must be a positive number of seconds")
+            if not 0 < value < math.inf:
+                raise UsageError(f"--{name} {value:g}: must be a positive, finite number of seconds")
         if self.timeout < self.budget:
             raise UsageError(f"--timeout {self.timeout:g} is shorter than --budget {self.budget:g}: "
                              "the hard limit must leave room for the whole budget")
+        for name in ("max_hours", "max_cost", "min_delta", "keep_z"):
+            if (value := getattr(self, name)) is not None and math.isnan(value):
+                raise UsageError(f"--{name.replace('_', '-')} nan: give a number")
         for name in ("max_experiments", "max_hours", "max_cost", "slots", "baseline_runs", "best_runs"):
             value = getattr(self, name)
             if value is not None and not value > 0:
@@ -67,6 +72,9 @@ class Config:
         for name in ("min_delta", "fix_attempts", "keep_z"):
             if getattr(self, name) < 0:
                 raise UsageError(f"--{name.replace('_', '-')} {getattr(self, name)}: must not be negative")
+        if self.queue is not None and not Path(self.queue).is_dir():
+            raise UsageError(f"--queue {self.queue}: no such folder: make it and put proposals there (NAME.py, a "
+                             "whole train.py, or NAME.diff; taken in name order)")
         if self.lookahead is not None and self.lookahead < 0:
             raise UsageError(f"--lookahead {self.lookahead}: must not be negative")
         if self.keep_checkpoints not in KEEP_CHECKPOINTS:

@@ -50,6 +50,7 @@ def test_val_checksum(tmp_path: Path) -> None:
 def test_another_daemon_runs(tmp_path: Path) -> None:
     repo, env = make_repo(tmp_path)
     queue = tmp_path / "queue"
+    queue.mkdir()
     daemon = start_background(repo, "start", "--tag", "a", "--agent", "queue", "--queue", str(queue), "--budget", "1", env=env)
     try:
         wait_for_event(repo, "a", "proposing", n=1)
@@ -70,7 +71,26 @@ def test_bad_flags(tmp_path: Path) -> None:
     mistyped = run_cli(repo, "start", "--tag", "x", "--bugdet", "5", env=env)  # told with start's own usage
     assert mistyped.returncode == 2 and "autoresearch start: error: unrecognized arguments: --bugdet 5" in mistyped.stderr
     assert "usage: autoresearch start" in mistyped.stderr
+    refusal(run_cli(repo, "start", "--tag", "x", "--budget", "inf", env=env), 2, "--budget inf: must be a positive, finite")
+    refusal(run_cli(repo, "start", "--tag", "x", "--max-hours", "nan", env=env), 2, "--max-hours nan: give a number")
+    refusal(run_cli(repo, "start", "--tag", "x", "--agent", "queue", "--queue", str(tmp_path / "typo"), env=env), 2,
+            "no such folder: make it")
+    assert not (tmp_path / "typo").exists()
     assert not [b for b in git(repo, "branch", "--list").split() if "autoresearch" in b]  # refused before anything
+
+
+def test_the_views_work_from_a_subfolder_and_say_so_outside_a_repository(tmp_path: Path) -> None:
+    repo, env = make_repo(tmp_path)
+    assert run_cli(repo, "start", "--tag", "w", "--budget", "1", "--max-experiments", "1", env=env).returncode == 0
+    sub = repo / "deeper"
+    sub.mkdir()
+    for command in (("runs",), ("show", "0"), ("report",), ("status",)):
+        done = run_cli(sub, *command, env=env)
+        assert done.returncode == 0 and "no run" not in done.stdout + done.stderr, (command, done.stdout, done.stderr)
+    outside = tmp_path / "not-a-repo"
+    outside.mkdir()
+    for command in (("runs",), ("show", "0"), ("report",)):
+        refusal(run_cli(outside, *command, env=env), 3, "is not a git repository")
 
 
 def test_slots_that_cannot_be_had_leave_nothing_behind(tmp_path: Path) -> None:

@@ -107,6 +107,7 @@ def test_a_bad_declaration_is_one_line_naming_the_field(tmp_path: Path, text: st
 
 def test_start_refuses_a_bad_target_in_one_line(tmp_path: Path) -> None:
     repo, env = new_repo(tmp_path, {"t.toml": GOOD.replace('name = "loss"', ""), "src/main.rs": "fn main() {}\n"})
+    (tmp_path / "q").mkdir()
     for args, words in ((("--target", "missing.toml"), "--target missing.toml: no such file"),
                         (("--target", "t.toml"), "t.toml: metric.name is missing")):
         refused = run_cli(repo, "start", "--tag", "x", "--agent", "queue", "--queue", str(tmp_path / "q"), *args,
@@ -265,6 +266,7 @@ def test_a_plain_stop_stops_the_daemon_of_the_root_declaration(tmp_path: Path) -
     files = {k: v for k, v in TWO_TARGETS.items() if k.startswith("alpha")}
     files["autoresearch.toml"] = files.pop("alpha.toml")
     repo, env = new_repo(tmp_path, files)
+    (tmp_path / "empty").mkdir()
     daemon = start_background(repo, "start", "--tag", "s1", "--queue", str(tmp_path / "empty"), *SHORT, env=env)
     try:
         wait_for(lambda: decided(repo, "s1") == 1)  # the baseline; then it waits on its empty queue
