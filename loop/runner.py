@@ -564,16 +564,21 @@ def _model_failure(reason: str, models: list[ProcResult], train_py: bytes) -> st
                  if (m := re.match(r"(?:[A-Za-z_][\w.]*\.)?(\w+)(?::|$)", line.strip())) and m.group(1) in ERROR_NAMES),
                 "an error")
     lines = train_py.count(b"\n") + 1
-    where = [int(n) for n in re.findall(r'File "[^"\n]*/train\.py", line (\d{1,7})\b', log) if 1 <= int(n) <= lines]
+    where = [int(n) for n in TRAIN_PY_LINE.findall(log) if 1 <= int(n) <= lines]
     at = f" at train.py line {where[-1]}" if where else ""
     return f"{reason}: {kind}{at} (its message is not shown: it had been sent text to score; eval-{role}.log has it)"
 
 
+TRAIN_PY_LINE = re.compile(r'File "(?:[^"\n]*/)?train\.py", line (\d{1,7})\b')
+
+
 def _last_error(log_tail: str) -> str:
+    """The error a run ended with, and where in train.py it was raised when the traceback says."""
     lines = [line.strip() for line in log_tail.splitlines() if line.strip()]
-    for line in reversed(lines):
-        if re.match(r"^[A-Za-z_.]*(Error|Exception|abort)\b|^[A-Za-z_.]+: ", line):
-            return line[:200]
+    for i in range(len(lines) - 1, -1, -1):
+        if re.match(r"^[A-Za-z_.]*(Error|Exception|abort)\b|^[A-Za-z_.]+: ", lines[i]):
+            where = [m.group(1) for line in lines[:i] if (m := TRAIN_PY_LINE.search(line))]
+            return lines[i][:200] + (f" (train.py line {where[-1]})" if where else "")
     return lines[-1][:200] if lines else "no output"
 
 

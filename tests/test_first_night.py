@@ -74,6 +74,8 @@ def test_crashed_baseline_exits_non_zero_and_frees_the_tag(tmp_path: Path) -> No
     done = run_cli(repo, "start", "--tag", "b", *FAST, env=env)
     assert done.returncode == 3, done.stderr
     assert "baseline crashed" in done.stderr and "broken on purpose" in done.stderr and "start --tag b" in done.stderr
+    line = len((repo / "train.py").read_text().rstrip("\n").splitlines())
+    assert f"broken on purpose (train.py line {line})" in done.stderr  # where, as a traceback says it
     assert "autoresearch/b" not in _branches(repo) and git(repo, "rev-parse", "--abbrev-ref", "HEAD") == "main"
     assert not (repo / "results.tsv").exists()  # its crashed row went with its logs
     failed = next((repo / ".autoresearch" / "runs").glob("b.failed-*"))
