@@ -48,9 +48,11 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--budget", type=float, default=d("budget"), help="training seconds per run")
         sp.add_argument("--timeout", type=float, default=d("timeout"), help="hard limit per run's training, seconds")
         sp.add_argument("--min-delta", type=float, default=d("min_delta"), help="keep only gains larger than this")
-        sp.add_argument("--max-experiments", type=int, help="stop after this many experiments (baseline not counted)")
-        sp.add_argument("--max-hours", type=float, help="stop after this many hours")
-        sp.add_argument("--max-cost", type=float, help="stop before the agent's spend could pass this many USD")
+        sp.add_argument("--max-experiments", type=int, help="stop after this many experiments (baseline not counted; "
+                        "default: no limit)")
+        sp.add_argument("--max-hours", type=float, help="stop after this many hours (default: no limit)")
+        sp.add_argument("--max-cost", type=float, help="stop before the agent's spend could pass this many USD "
+                        "(default: no limit)")
         sp.add_argument("--fix-attempts", type=int, default=d("fix_attempts"),
                         help="chances the agent gets to fix a simple crash (they cost no row)")
         sp.add_argument("--gpus", default=d("gpus"),
@@ -91,6 +93,7 @@ def parser() -> argparse.ArgumentParser:
                        description="Continue a stopped or killed run where it left off. It keeps the settings it "
                        "was started with; an option given here replaces that one setting.")
     r.add_argument("--tag", required=True, help="the run to continue")
+    r.add_argument("--detach", action="store_true", help="run in the background, logging to .autoresearch/daemon.log")
     settings(r, fresh=False)
     st = sub.add_parser("stop", formatter_class=fmt, help="finish the experiments in flight, then exit")
     st.add_argument("--now", action="store_true", help="kill the runs in flight (journaled as interrupted)")
@@ -104,7 +107,8 @@ def parser() -> argparse.ArgumentParser:
                      "root if there is one, else the builtin train.py experiment)")
     sub.add_parser("runs", formatter_class=fmt, help="list the runs of this repository")
     show = sub.add_parser("show", formatter_class=fmt, help="one experiment: what, why, outcome, diff, log tail")
-    show.add_argument("number", type=int)
+    show.add_argument("number", type=int, help="the experiment's number (#0000 is the baseline), as results and "
+                      "status show it")
     show.add_argument("--tag", help="default: the latest run")
     rep = sub.add_parser("report", formatter_class=fmt, help="the morning report: summary, progress.png, report.md")
     rep.add_argument("--tag", help="default: the latest run")
@@ -117,6 +121,10 @@ def parser() -> argparse.ArgumentParser:
     chk.add_argument("rev", nargs="?", default="HEAD", help="the commit to check, against its parent")
     chk.add_argument("--target", metavar="FILE", help="the target's TOML file (default: the run's own for "
                      "autoresearch/TAG, else autoresearch.toml at the root, else the builtin)")
+    for name, action in sub.choices.items():  # each command's --help opens with what it does
+        if action.description is None:
+            summary = next(a.help for a in sub._choices_actions if a.dest == name)
+            action.description = (summary or "")[:1].upper() + (summary or "")[1:] + "."
     p.set_defaults(commands=sub.choices)  # a mistyped option is told with its own command's usage
     return p
 
@@ -143,7 +151,7 @@ def dispatch(args: argparse.Namespace, argv: list[str]) -> int:
     if args.command == "resume":
         from loop.commands.start import resume
 
-        return resume(repo, _tag(args.tag), {"agent": args.agent, **_settings(args)})
+        return resume(repo, _tag(args.tag), {"agent": args.agent, **_settings(args)}, args.detach, argv)
     if args.command == "stop":
         from loop.commands.stop import stop
 

@@ -93,6 +93,18 @@ def test_detach_runs_in_the_background(tmp_path: Path) -> None:
     assert len(read_results(repo)) == 3
     assert "reached --max-experiments 2" in (repo / ".autoresearch" / "daemon.log").read_text()
     assert_invariants(repo, "bg")
+    # resume goes to the background the same way, its settings changed by what it is given
+    done = run_cli(repo, "resume", "--tag", "bg", "--max-experiments", "3", "--detach", env=env)
+    assert done.returncode == 0, done.stderr
+    pid = re.search(r"started in the background \(pid (\d+)", done.stdout)
+    assert pid, done.stdout
+    try:
+        psutil.Process(int(pid.group(1))).wait(timeout=300)
+    except psutil.NoSuchProcess:
+        pass
+    assert len(read_results(repo)) == 4
+    assert "reached --max-experiments 3" in (repo / ".autoresearch" / "daemon.log").read_text()
+    assert_invariants(repo, "bg")
 
 
 def test_a_train_py_that_is_not_utf8_does_not_end_the_night(tmp_path: Path) -> None:

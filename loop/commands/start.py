@@ -73,7 +73,7 @@ def start(repo: Path, config: Config, detach: bool, argv: list[str]) -> int:
         lock.release()
 
 
-def resume(repo: Path, tag: str, overrides: dict) -> int:
+def resume(repo: Path, tag: str, overrides: dict, detach: bool = False, argv: list[str] | None = None) -> int:
     git = gitops.Git(repo)
     journal = run_dir(git.root, tag) / JOURNAL_NAME
     if not journal.exists() or git.ref_sha(gitops.BRANCH_PREFIX + tag) is None:
@@ -90,6 +90,10 @@ def resume(repo: Path, tag: str, overrides: dict) -> int:
         raise AlreadyRunning(f"a daemon runs target {target.name} here (pid {holder['pid']}, tag {holder['tag']}): "
                              f"`autoresearch stop --target {config.target}` it first")
     _refuse_ray(target, config)
+    if detach:  # refused here, in one line, what the background daemon would refuse
+        check_slots(config)
+        checked_agent(git.root, config)
+        return _detach(git.root, [a for a in argv or ["resume", "--tag", tag] if a != "--detach"])
     lock = RepoLock(targets.lock_file(git.root, target))
     lock.acquire(tag)  # from here `status` says the run is running, through the checks below
     try:
