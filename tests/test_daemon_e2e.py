@@ -57,7 +57,7 @@ def test_status_and_check(tmp_path: Path) -> None:
     repo, env = make_repo(tmp_path)
     assert run_cli(repo, "start", "--tag", "s", "--budget", "1", "--max-experiments", "2", env=env).returncode == 0
     out = run_cli(repo, "status", env=env).stdout
-    assert "not running (tag s)" in out and "experiments: 3" in out and "baseline val_bpb:" in out and "best val_bpb:" in out
+    assert "not running (tag s)" in out and "experiments: 2 besides the baseline" in out and "baseline val_bpb:" in out and "best val_bpb:" in out
     assert "spend: $0.00" in out
     check = run_cli(repo, "check", env=env)
     assert check.returncode == 0, check.stdout

@@ -18,6 +18,8 @@ from loop.journal import JOURNAL_NAME, STATUSES, load_run, run_dir, unreproduced
 from loop.lock import read_holder
 from loop.policy import Policy, measured_noise, repeats_differ
 
+ROUGH_BELOW_DEGREES = 4  # a standard deviation from fewer degrees of freedom is off by half or more
+
 
 def status(repo: Path, tag: str | None = None) -> int:
     root = gitops.Git(repo).root
@@ -47,8 +49,10 @@ def status(repo: Path, tag: str | None = None) -> int:
     for problem in run.problems:
         print(f"warning: {problem}")
     done = run.finished
-    counts = {s: sum(e.status == s for e in done) for s in STATUSES}
-    print(f"experiments: {len(done)} (keep {counts['keep']}, discard {counts['discard']}, crash {counts['crash']})")
+    experiments = [e for e in done if e.n > 0]  # as --max-experiments counts them
+    counts = {s: sum(e.status == s for e in experiments) for s in STATUSES}
+    print(f"experiments: {len(experiments)} besides the baseline (keep {counts['keep']}, discard {counts['discard']}, "
+          f"crash {counts['crash']})")
     metric = targets.metric_of(run.meta)
     baseline = next((e for e in done if e.n == 0), None)
     if baseline and baseline.val_bpb is not None:
@@ -70,8 +74,8 @@ def status(repo: Path, tag: str | None = None) -> int:
     noise = measured_noise((e.scores() for e in done if e.status in ("keep", "discard")),
                            repeats_differ(baseline.scores() if baseline else [], learned_nothing))
     if noise.sigma is not None:
-        print(f"run-to-run noise: {noise} (a standard deviation)")
-    experiments = [e for e in done if e.n > 0]
+        rough = "; rough until more runs repeat a commit" if noise.degrees < ROUGH_BELOW_DEGREES else ""
+        print(f"run-to-run noise: {noise} (a standard deviation{rough})")
     if run.started_at:
         elapsed = (time.time() if running else (run.stopped_at or time.time())) - run.started_at
         if elapsed >= RATE_AFTER_S or len(experiments) >= RATE_AFTER_EXPERIMENTS:
@@ -99,7 +103,8 @@ def _live(state: dict, tag: str) -> None:
             continue
         loss = f", loss {slot['loss']}" if slot.get("loss") else ""
         run = f" (run {slot['run'] + 1})" if slot.get("run") else ""
-        print(f"slot {slot['slot']}{device}: experiment {slot['n']}{run} training for {now - slot['since']:.0f}s "
+        what = "the baseline" if slot["n"] == 0 else f"experiment {slot['n']}"
+        print(f"slot {slot['slot']}{device}: {what}{run} training for {now - slot['since']:.0f}s "
               f"of {budget:.0f}s{loss}{busy}")
     for ev in state.get("evaluating", []):
         print(f"experiment {ev['n']}: evaluating for {now - ev['since']:.0f}s")
