@@ -120,19 +120,26 @@ class Contained:
         token = secrets.token_hex(8)
         self.start = time.monotonic()
         own_stdout = stdout_fd is None
-        stdin = subprocess.PIPE if stdin_data is not None else subprocess.DEVNULL if stdin_fd is None else stdin_fd
+        # Nothing to read: a pipe already at its end, not /dev/null (an open handle on a host device
+        # node, whose mode a root daemon's run could change through it).
+        empty = _empty_pipe() if stdin_data is None and stdin_fd is None else None
+        stdin = subprocess.PIPE if stdin_data is not None else empty if stdin_fd is None else stdin_fd
         with _STARTED_LOCK:
-            self.proc = subprocess.Popen(
-                list(argv),
-                cwd=cwd,
-                env={**env, TOKEN_ENV: token},
-                stdin=stdin,
-                stdout=subprocess.PIPE if own_stdout else stdout_fd,
-                stderr=subprocess.STDOUT if own_stdout else subprocess.PIPE,
-                start_new_session=True,
-                preexec_fn=preexec,
-                pass_fds=tuple(pass_fds),
-            )
+            try:
+                self.proc = subprocess.Popen(
+                    list(argv),
+                    cwd=cwd,
+                    env={**env, TOKEN_ENV: token},
+                    stdin=stdin,
+                    stdout=subprocess.PIPE if own_stdout else stdout_fd,
+                    stderr=subprocess.STDOUT if own_stdout else subprocess.PIPE,
+                    start_new_session=True,
+                    preexec_fn=preexec,
+                    pass_fds=tuple(pass_fds),
+                )
+            finally:
+                if empty is not None:
+                    os.close(empty)
             _STARTED.add(self.proc.pid)
         if stdin_data is not None:
             threading.Thread(target=_feed, args=(self.proc.stdin, stdin_data), daemon=True).start()
@@ -208,6 +215,13 @@ class Contained:
         """End it now, whatever it is doing (a model process once its scorer is done)."""
         kill_tree(self.proc.pid, self.tree)
         return self.wait(timeout=KILL_GRACE_SECONDS)
+
+
+def _empty_pipe() -> int:
+    """The read end of a pipe whose writer is gone: reads say end of file at once."""
+    read, write = os.pipe()
+    os.close(write)
+    return read
 
 
 def disk_below(folder: Path, floor: int) -> bool:

@@ -196,6 +196,7 @@ class Runner:
         # The daemon's own clock bounds all of training, start-up included.
         limit = min(spec.timeout, spec.budget + spec.startup_allowance)
         argv = sandbox.wrap([sys.executable, "train.py"], box)
+        devices = sandbox.device_states(box)
         train = run_contained(argv, cwd=box.workdir, env=env, timeout=limit, log_path=spec.exp_dir / "train.log",
                               on_line=self.on_line, cancel=self.cancel, preexec=sandbox.limits_preexec(box),
                               watch=spec.watch())
@@ -206,6 +207,8 @@ class Runner:
         out.summary = parse_summary(out.log_tail)
         out.killed = train.timed_out or train.cancelled
         out.reason = self._training_failure(spec, train, out)
+        if changed := sandbox.put_back_devices(devices):
+            out.reason = f"guard: it changed the host's device node {changed[0]}; it was put back"
         if spec.keep_kernels and spec.kernels is not None and not out.reason:
             keep_kernels(dirs["tmp"] / "kernels", spec.kernels)
         return out
@@ -251,9 +254,13 @@ class Runner:
     def evaluate(self, spec: RunSpec, trained: RunOutcome) -> RunOutcome:
         out = trained
         out.timings["evaluating"] = time.time()
+        devices = sandbox.device_states(sandbox.SandboxSpec(workdir=spec.exp_dir, gpu=self.gpu,
+                                                            gpu_devices=_devices(spec.device)))
         for split in spec.splits:
             started = time.monotonic()
             score, reason = self._score(spec, split)
+            if changed := sandbox.put_back_devices(devices):
+                score, reason = 0.0, f"guard: a model process changed the host's device node {changed[0]}; it was put back"
             out.eval_seconds += time.monotonic() - started
             if reason:
                 out.reason = reason

@@ -15,6 +15,7 @@ kill. Without a working bwrap the daemon prints `warning()` once and runs unsand
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import json
@@ -22,12 +23,15 @@ import os
 import platform
 import resource
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
+
+from loop import seccomp
 
 NO_SANDBOX_WARNING = ("warning: bubblewrap (bwrap) is not usable here: experiments run without a sandbox "
                       "(only resource limits and a tree kill); install it with `apt-get install bubblewrap`")
@@ -158,6 +162,43 @@ def mounts(argv: Sequence[str], spec: SandboxSpec) -> list[Mount]:
     return sorted(plan, key=lambda m: (len(m.dest.parts), OPTION_ORDER[m.option]))
 
 
+# The host's own nodes that bwrap's --dev binds into a sandbox, writable (it has no read-only binding
+# that keeps a device usable). A root daemon's run is their owner there: it cannot write through
+# them to anything, but it can change their mode and owner, for every user of the host.
+DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
+
+
+def device_states(spec: SandboxSpec) -> dict[Path, tuple[int, int, int]]:
+    """Mode, owner and group of each host device node a run under spec is given."""
+    nodes = [DEV / name for name in DEV_NODES] + (gpu_nodes(spec.gpu_devices) if spec.gpu else [])
+    states = {}
+    for node in nodes:
+        try:
+            st = os.stat(node)
+        except OSError:
+            continue
+        states[node] = (st.st_mode, st.st_uid, st.st_gid)
+    return states
+
+
+def put_back_devices(states: dict[Path, tuple[int, int, int]]) -> list[str]:
+    """Each node whose mode or owner differs from `states` (taken before a run), put back as it was;
+    what it had been made, one line each."""
+    changed = []
+    for node, (mode, uid, gid) in states.items():
+        try:
+            st = os.stat(node)
+        except OSError:
+            continue
+        if (st.st_mode, st.st_uid, st.st_gid) == (mode, uid, gid):
+            continue
+        changed.append(f"{node} (made mode {stat.S_IMODE(st.st_mode):o}, owner {st.st_uid}:{st.st_gid})")
+        with contextlib.suppress(OSError):
+            os.chown(node, uid, gid)
+            os.chmod(node, stat.S_IMODE(mode))
+    return changed
+
+
 def gpu_nodes(devices: tuple[int, ...] | None, dev: Path = DEV) -> list[Path]:
     """The device nodes under dev a run on these GPUs needs: /dev/nvidia<i> for each (all when
     None) and the shared control nodes that exist."""
@@ -209,11 +250,13 @@ def limits_preexec(spec: SandboxSpec) -> Callable[[], None]:
     a disk filler or a memory hog fails inside its own run instead of taking the host down; and the
     run first in line for the kernel's OOM killer (on a GPU no address-space cap applies: a run
     that takes the host's memory is what the kernel ends, never the daemon). Where the daemon may
-    lower it again (CAP_SYS_RESOURCE) the run may not: the kernel keeps that power to privilege."""
+    lower it again (CAP_SYS_RESOURCE) the run may not: the kernel keeps that power to privilege.
+    It gets a session keyring of its own, then no keyring calls at all (loop.seccomp)."""
     memory = memory_cap(spec)
     file_bytes = int(float(os.environ[FILE_ENV]) * (1 << 20)) if FILE_ENV in os.environ else spec.max_file_bytes
 
     join_new_session_keyring = _session_keyring_joiner()
+    no_keyrings = seccomp.installer(shutil.which("bwrap"))
 
     def apply() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (file_bytes, file_bytes))
@@ -223,6 +266,7 @@ def limits_preexec(spec: SandboxSpec) -> Callable[[], None]:
             resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
         first_for_the_oom_killer()
         join_new_session_keyring()
+        no_keyrings()  # last: the join above is a keyring call
 
     return apply
 

@@ -2,7 +2,6 @@
 that nothing of it outlives it (setsid grandchildren, SIGTERM-proof loops, forks, memory hogs)."""
 from __future__ import annotations
 
-import ctypes
 import os
 import platform
 import subprocess
@@ -14,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from loop import sandbox
+from loop import sandbox, seccomp
 from loop.procs import leftover_processes, run_contained
 
 needs_bwrap = pytest.mark.skipif(not sandbox.available(), reason="bwrap is not usable here")
@@ -189,35 +188,33 @@ def test_a_process_that_ends_just_after_the_run_was_not_left_running(tmp_path: P
     assert survivors() == []
 
 
-SESSION_KEYRING_ID = """
-    import ctypes
+KEYRING_CALLS = """
+    import ctypes, os
     syscall = ctypes.CDLL(None, use_errno=True).syscall
     syscall.restype = ctypes.c_long
-    print("session keyring", syscall(ctypes.c_long({number}), ctypes.c_long(0), ctypes.c_long(-3), ctypes.c_long(0)),
-          flush=True)
+    found = syscall(ctypes.c_long({keyctl}), ctypes.c_long(0), ctypes.c_long(-3), ctypes.c_long(0))
+    print("session keyring", found, os.strerror(ctypes.get_errno()) if found < 0 else "", flush=True)
+    added = syscall(ctypes.c_long({add_key}), b"user", b"note-for-the-next-run", b"x", ctypes.c_size_t(1),
+                    ctypes.c_long(-4))
+    print("added to the user keyring", added, os.strerror(ctypes.get_errno()) if added < 0 else "", flush=True)
 """
 
 
 @pytest.mark.parametrize("boxed", [True, False])
-def test_a_run_gets_a_session_keyring_of_its_own(tmp_path: Path, boxed: bool) -> None:
-    """Keyrings are not namespaced: a run that shared the daemon's session keyring (a login's, a
-    service's) could leave a key there for the next run to find."""
+def test_a_run_has_no_keyring_to_share(tmp_path: Path, boxed: bool) -> None:
+    """Keyrings are not namespaced and a key's permissions go by the host's user ids: a run (the
+    daemon's user on the host, root's for a root daemon) could leave a key in that user's keyring,
+    which outlives it, for the next run to find, or clear it. Its keyring calls are refused."""
     if boxed and not sandbox.available():
         pytest.skip("bwrap is not usable here")
-    number = sandbox.KEYCTL_SYSCALL.get(platform.machine())
-    if number is None:
-        pytest.skip("no keyctl system call number for this machine")
-    syscall = ctypes.CDLL(None, use_errno=True).syscall
-    syscall.restype = ctypes.c_long
-    # This process joins a session keyring of its own, as a daemon started from a login has one.
-    daemons = syscall(ctypes.c_long(number), ctypes.c_long(sandbox.KEYCTL_JOIN_SESSION_KEYRING),
-                      ctypes.c_char_p(b"autoresearch-test-session"))
-    if daemons < 0:
-        pytest.skip("keyctl is refused here (a container's seccomp): no run can reach a keyring")
-    res, log = run(tmp_path, SESSION_KEYRING_ID.format(number=number), boxed=boxed)
+    if seccomp.program() is None:
+        pytest.skip("no seccomp filter for this machine's architecture")
+    keyctl, add_key = seccomp.ARCHITECTURES[platform.machine()][1][2], seccomp.ARCHITECTURES[platform.machine()][1][0]
+    res, log = run(tmp_path, KEYRING_CALLS.format(keyctl=keyctl, add_key=add_key), boxed=boxed)
     assert res.returncode == 0, log
-    runs = int(log.split("session keyring", 1)[1].split()[0])
-    assert runs > 0 and runs != daemons, (runs, daemons)
+    assert "session keyring -1 Operation not permitted" in log, log
+    assert "added to the user keyring -1 Operation not permitted" in log, log
+    assert "note-for-the-next-run" not in Path("/proc/keys").read_text()
 
 
 def test_timeout_kills_a_sigterm_proof_hang(tmp_path: Path) -> None:
@@ -275,3 +272,28 @@ def test_orphans_of_a_run_that_die_after_it_leave_no_zombie(tmp_path: Path) -> N
     assert "forked" in log and res.returncode == 0, log
     zombies = [c for c in psutil.Process().children() if c.pid not in before and c.status() == psutil.STATUS_ZOMBIE]
     assert zombies == []
+
+
+def test_a_device_node_whose_mode_a_run_changed_is_put_back_and_told(tmp_path: Path) -> None:
+    """A root daemon's run owns the host nodes bwrap binds into its /dev: it can change their mode
+    (chmod 0 /dev/null would break every other user's programs). The daemon takes their state
+    before each run and puts back what changed; a stand-in node here, not the host's."""
+    node = tmp_path / "null"
+    node.write_text("")
+    node.chmod(0o666)
+    states = {node: (node.stat().st_mode, node.stat().st_uid, node.stat().st_gid)}
+    assert sandbox.put_back_devices(states) == []
+    node.chmod(0o600)
+    assert sandbox.put_back_devices(states) == [f"{node} (made mode 600, owner {os.getuid()}:{os.getgid()})"]
+    assert (node.stat().st_mode & 0o777) == 0o666
+    assert set(sandbox.device_states(sandbox.SandboxSpec(workdir=tmp_path))) <= {Path("/dev") / n for n in sandbox.DEV_NODES}
+
+
+@needs_bwrap
+def test_a_run_holds_no_handle_on_a_host_device(tmp_path: Path) -> None:
+    """Its stdin is an empty pipe, not the daemon's /dev/null: no open file of the host's /dev."""
+    res, log = run(tmp_path, """
+        import os, stat, sys
+        print("stdin is a pipe:", stat.S_ISFIFO(os.fstat(0).st_mode), "reads:", repr(sys.stdin.read()))
+    """)
+    assert "stdin is a pipe: True reads: ''" in log, log
