@@ -120,34 +120,33 @@ def check_commit(repo: Path, commit: str, parent: str, protected: dict[str, str]
 def untracked_modules(repo: Path) -> dict[str, tuple[int, int]]:
     """The untracked .py and .pth files of the working tree, each with its size and mtime: what the
     person keeps there (a virtualenv inside the checkout holds thousands) before any run."""
-    found = {}
-    for status, path in gitops.Git(repo).status_entries():
-        if status == "??" and path.endswith((".py", ".pth")):
-            try:
-                st = (repo / path).lstat()
-            except OSError:
-                continue
-            found[path] = (st.st_size, st.st_mtime_ns)
-    return found
+    return _working_tree(repo)[0]
 
 
 def check_tree(repo: Path, protected: dict[str, str], known: dict[str, tuple[int, int]]) -> list[str]:
     """After a run: protected files intact, and no module that could shadow an import made or
     changed since `known` (untracked_modules when the daemon started) was taken."""
-    found = []
+    modules, changed = _working_tree(repo)
+    found = [f"new file {path} could shadow a module" if path not in known else
+             f"untracked file {path} changed during the run: it could shadow a module"
+             for path, signature in modules.items() if known.get(path) != signature]
+    found += [f"{path} was modified during the run" for path in changed if path != EDITABLE]
+    return found + _hash_changes(repo, protected)
+
+
+def _working_tree(repo: Path) -> tuple[dict[str, tuple[int, int]], list[str]]:
+    """The untracked .py and .pth files with their size and mtime, and the tracked files changed."""
+    modules, changed = {}, []
     for status, path in gitops.Git(repo).status_entries():
-        if status == "??" and path.endswith((".py", ".pth")):
+        if status != "??":
+            changed.append(path)
+        elif path.endswith((".py", ".pth")):
             try:
                 st = (repo / path).lstat()
             except OSError:
                 continue
-            if path not in known:
-                found.append(f"new file {path} could shadow a module")
-            elif known[path] != (st.st_size, st.st_mtime_ns):
-                found.append(f"untracked file {path} changed during the run: it could shadow a module")
-        elif status != "??" and path != EDITABLE:
-            found.append(f"{path} was modified during the run")
-    return found + _hash_changes(repo, protected)
+            modules[path] = (st.st_size, st.st_mtime_ns)
+    return modules, changed
 
 
 def target_protected_hashes(repo: Path, target: Target) -> dict[str, str]:
