@@ -9,7 +9,7 @@ from pathlib import Path
 
 from loop.agents import default_agent_name
 from loop.config import BEST_RUNS, Config, default
-from loop.errors import AutoresearchError, UsageError
+from loop.errors import AutoresearchError, SetupError, UsageError
 from loop.screen import PrintableStream
 
 
@@ -167,9 +167,7 @@ def dispatch(args: argparse.Namespace, argv: list[str]) -> int:
             raise UsageError("--budget and --timeout must be positive numbers of seconds")
         return run_once(repo, args.budget, args.timeout, args.target)
     if args.command in ("runs", "show", "report"):  # from anywhere in the checkout, as the others
-        from loop.gitops import Git
-
-        repo = Git(repo).root
+        repo = _views_root(repo)
     if args.command == "runs":
         from loop.commands.runs import runs_command
 
@@ -185,6 +183,20 @@ def dispatch(args: argparse.Namespace, argv: list[str]) -> int:
     from loop.guard import check_command
 
     return check_command(repo, args.rev, args.target)
+
+
+def _views_root(folder: Path) -> Path:
+    """Where the runs a view reads are: the checkout's root; outside a checkout, this folder if it
+    holds runs (a copy of one's .autoresearch, journals alone); else refused as `start` refuses."""
+    from loop.gitops import Git
+    from loop.journal import state_dir
+
+    try:
+        return Git(folder).root
+    except SetupError:
+        if (state_dir(folder) / "runs").is_dir():
+            return folder
+        raise
 
 
 def _settings(args: argparse.Namespace) -> dict:
