@@ -47,6 +47,7 @@ def test_kill_then_resume(tmp_path: Path, event: str) -> None:
 def test_kill_while_proposing(tmp_path: Path) -> None:
     repo, env = make_repo(tmp_path)
     queue = tmp_path / "queue"
+    queue.mkdir()
     daemon = start_background(repo, "start", "--tag", "p", "--agent", "queue", "--queue", str(queue),
                               "--budget", "1", "--max-experiments", "2", env=env)
     wait_for_event(repo, "p", "proposing", n=1)  # the queue is empty: the agent waits
