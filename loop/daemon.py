@@ -104,6 +104,10 @@ EDITABLE = "train.py"
 PINNED = ("prepare.py", "val.txt", "holdout.txt")  # the harness's bytes, fixed at the run's start
 MIN_FREE_DISK_BYTES = 2 << 30  # below this the run stops rather than corrupt its state
 MAX_FAILED_PROPOSALS = 5  # in a row, then the agent is clearly broken
+# A proposal's text is read by the guard on the controller's thread (a secret scan at some 10 s a
+# megabyte on a busy machine), while every run in flight waits to be recorded: no edit of a
+# training script needs more.
+MAX_PROPOSAL_BYTES = 1 << 20
 DIFFS_IN_HISTORY = 8  # recent experiments whose diff the agent sees
 STATE_EVERY_S = 1.0  # how often the live view (`status`) is refreshed
 WORK_DIR = "work"  # in the run's folder: the token-named folders of the runs in flight
@@ -277,18 +281,19 @@ class Daemon:
 
     def on_proposal(self, event: ProposalReady) -> None:
         req, proposal = event.request, event.proposal
+        text = proposal.train_py if self.target.builtin else json.dumps(proposal.files)
+        if (size := len(text.encode("utf-8", "surrogatepass"))) > MAX_PROPOSAL_BYTES:
+            self.on_proposal_error(ProposalError(req, f"the proposal is {size:,} bytes, over the {MAX_PROPOSAL_BYTES:,} "
+                                                      "a run takes", proposal.usage))
+            self.file_as_used(req.n, proposal.receipt)
+            return
         exp_dir = self.exp_dir(req.n)
         exp_dir.mkdir(parents=True, exist_ok=True)
-        text = proposal.train_py if self.target.builtin else json.dumps(proposal.files)
         (exp_dir / self.proposal_name(req.attempt)).write_text(text, encoding="utf-8")
         self.journal.append(Proposed(n=req.n, parent=req.parent, description=proposal.description,
                                      hypothesis=proposal.hypothesis, usage=proposal.usage,
                                      agent_seconds=event.agent_seconds, fix_attempt=req.attempt))
-        if proposal.receipt and hasattr(self.agent, "accepted"):
-            try:
-                self.agent.accepted(proposal.receipt)  # journaled: the agent may let go of it now
-            except OSError as e:
-                self.display.say(f"the agent could not file proposal {req.n} as used ({e}): it may come again")
+        self.file_as_used(req.n, proposal.receipt)
         self.failed_in_row = 0
         self.waiting = ""
         att = self.attempts.setdefault(req.n, Attempt(req.n, "agent", req.parent))
@@ -298,6 +303,14 @@ class Daemon:
         self.run_usage = self.run_usage + proposal.usage
         if self.baseline_decided() and not self.held_back(att):
             self.commit(att)  # now, off the path between one run and the next
+
+    def file_as_used(self, n: int, receipt: str) -> None:
+        """The proposal from `receipt` is journaled (as proposed or as failed): the agent may let go of it."""
+        if receipt and hasattr(self.agent, "accepted"):
+            try:
+                self.agent.accepted(receipt)
+            except OSError as e:
+                self.display.say(f"the agent could not file proposal {n} as used ({e}): it may come again")
 
     def on_proposal_error(self, event: ProposalError) -> None:
         req = event.request

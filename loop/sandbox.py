@@ -164,38 +164,45 @@ def mounts(argv: Sequence[str], spec: SandboxSpec) -> list[Mount]:
 
 # The host's own nodes that bwrap's --dev binds into a sandbox, writable (it has no read-only binding
 # that keeps a device usable). A root daemon's run is their owner there: it cannot write through
-# them to anything, but it can change their mode and owner, for every user of the host.
+# them to anything, but it can change their mode and owner, for every user of the host, and set
+# their times to any value, a message to whichever run looks next (a model process that has just
+# seen every validation window, to the next training run).
 DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
 
+DeviceState = tuple[int, int, int, int, int]  # mode, owner, group, atime and mtime in ns
+_FIRST_SEEN: dict[Path, DeviceState] = {}  # each node as this process first found it
 
-def device_states(spec: SandboxSpec) -> dict[Path, tuple[int, int, int]]:
-    """Mode, owner and group of each host device node a run under spec is given."""
+
+def device_states(spec: SandboxSpec) -> dict[Path, DeviceState]:
+    """The state each host device node a run under spec is given must be in after it: as this
+    process first saw it, not as the run before left it (a sibling run in flight may have moved it)."""
     nodes = [DEV / name for name in DEV_NODES] + (gpu_nodes(spec.gpu_devices) if spec.gpu else [])
-    states = {}
     for node in nodes:
-        try:
-            st = os.stat(node)
-        except OSError:
-            continue
-        states[node] = (st.st_mode, st.st_uid, st.st_gid)
-    return states
+        if node not in _FIRST_SEEN:
+            with contextlib.suppress(OSError):
+                st = os.stat(node)
+                _FIRST_SEEN[node] = (st.st_mode, st.st_uid, st.st_gid, st.st_atime_ns, st.st_mtime_ns)
+    return {node: _FIRST_SEEN[node] for node in nodes if node in _FIRST_SEEN}
 
 
-def put_back_devices(states: dict[Path, tuple[int, int, int]]) -> list[str]:
-    """Each node whose mode or owner differs from `states` (taken before a run), put back as it was;
-    what it had been made, one line each."""
+def put_back_devices(states: dict[Path, DeviceState]) -> list[str]:
+    """Each node whose mode, owner or times differ from `states`, put back as it was; what it had
+    been made, one line each."""
     changed = []
-    for node, (mode, uid, gid) in states.items():
+    for node, (mode, uid, gid, atime, mtime) in states.items():
         try:
             st = os.stat(node)
         except OSError:
             continue
-        if (st.st_mode, st.st_uid, st.st_gid) == (mode, uid, gid):
-            continue
-        changed.append(f"{node} (made mode {stat.S_IMODE(st.st_mode):o}, owner {st.st_uid}:{st.st_gid})")
-        with contextlib.suppress(OSError):
-            os.chown(node, uid, gid)
-            os.chmod(node, stat.S_IMODE(mode))
+        if (st.st_mode, st.st_uid, st.st_gid) != (mode, uid, gid):
+            changed.append(f"{node} (made mode {stat.S_IMODE(st.st_mode):o}, owner {st.st_uid}:{st.st_gid})")
+            with contextlib.suppress(OSError):
+                os.chown(node, uid, gid)
+                os.chmod(node, stat.S_IMODE(mode))
+        if (st.st_atime_ns, st.st_mtime_ns) != (atime, mtime):
+            changed.append(f"{node} (times set to {st.st_atime_ns} {st.st_mtime_ns})")
+            with contextlib.suppress(OSError):
+                os.utime(node, ns=(atime, mtime))
     return changed
 
 

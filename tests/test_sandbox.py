@@ -276,17 +276,37 @@ def test_orphans_of_a_run_that_die_after_it_leave_no_zombie(tmp_path: Path) -> N
 
 def test_a_device_node_whose_mode_a_run_changed_is_put_back_and_told(tmp_path: Path) -> None:
     """A root daemon's run owns the host nodes bwrap binds into its /dev: it can change their mode
-    (chmod 0 /dev/null would break every other user's programs). The daemon takes their state
-    before each run and puts back what changed; a stand-in node here, not the host's."""
+    (chmod 0 /dev/null would break every other user's programs) and set their times (a message to
+    the next run). The daemon puts back what changed after each run; a stand-in node here."""
     node = tmp_path / "null"
     node.write_text("")
     node.chmod(0o666)
-    states = {node: (node.stat().st_mode, node.stat().st_uid, node.stat().st_gid)}
+    st = node.stat()
+    states = {node: (st.st_mode, st.st_uid, st.st_gid, st.st_atime_ns, st.st_mtime_ns)}
     assert sandbox.put_back_devices(states) == []
     node.chmod(0o600)
     assert sandbox.put_back_devices(states) == [f"{node} (made mode 600, owner {os.getuid()}:{os.getgid()})"]
     assert (node.stat().st_mode & 0o777) == 0o666
+    os.utime(node, ns=(1111111111000000042, 2222222222000000042))
+    assert sandbox.put_back_devices(states) == [f"{node} (times set to 1111111111000000042 2222222222000000042)"]
+    assert (node.stat().st_atime_ns, node.stat().st_mtime_ns) == (st.st_atime_ns, st.st_mtime_ns)
     assert set(sandbox.device_states(sandbox.SandboxSpec(workdir=tmp_path))) <= {Path("/dev") / n for n in sandbox.DEV_NODES}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root owns the host's /dev/null")
+def test_device_states_are_the_first_seen_not_what_a_sibling_run_left() -> None:
+    """Two runs in flight: the second's `before` must not be what the first has just done to a node,
+    or putting it back after the second would leave the first's mark for the run after."""
+    spec = sandbox.SandboxSpec(workdir=Path("/"))
+    first = sandbox.device_states(spec)
+    null = Path("/dev/null")
+    try:
+        os.utime(null, ns=(1111111111000000042, 2222222222000000042))  # a sibling run's mark
+        second = sandbox.device_states(spec)
+        assert second[null] == first[null]
+    finally:
+        assert sandbox.put_back_devices(first) == [f"{null} (times set to 1111111111000000042 2222222222000000042)"]
+    assert (null.stat().st_atime_ns, null.stat().st_mtime_ns) == first[null][3:]
 
 
 @needs_bwrap

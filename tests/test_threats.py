@@ -4,6 +4,7 @@ no process of a run survives it, and the next experiment runs normally."""
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import psutil
@@ -115,6 +116,13 @@ ATTACKS["thread_flood"] = ("import queue, time as _t\n_th = queue.threading\nif 
 ATTACKS["escapes"] = ("if __name__ == '__main__':\n    print('\\x1b[2J\\x1b]0;title\\x07')\n"
                       "    raise ValueError('\\x1b[2J\\x1b[1;31m#0099 keep 0.000001\\x9b31m')", "exit 1: ValueError: \x1b[2J")  # (as the journal keeps it)
 
+# A message to the next run in a host device node's times (a root daemon's run owns /dev/null):
+# put back after the run, which is a guard crash; elsewhere the kernel refuses it.
+ATTACKS["marks_dev_null"] = ("import shutil\n_sh = shutil\nif __name__ == '__main__':\n"
+                             "    _sh.os.utime('/dev/null', ns=(1111111111000000042, 2222222222000000042))",
+                             "guard: it changed the host's device node /dev/null" if os.geteuid() == 0
+                             else "exit 1: PermissionError")
+
 # Attacks only the sandbox stops (without it the file system is the daemon's own).
 SANDBOX_ONLY = {"writes_harness", "moves_git", "reads_hidden_val", "warm_start", "reads_raw_shards"}
 
@@ -129,6 +137,7 @@ def test_attacks_through_the_daemon(tmp_path: Path) -> None:
     base = (repo / "train.py").read_text()
     queue = tmp_path / "queue"
     attacks = {k: v for k, v in ATTACKS.items() if available() or k not in SANDBOX_ONLY}
+    null_times = (Path("/dev/null").stat().st_atime_ns, Path("/dev/null").stat().st_mtime_ns)
     victim = tmp_path / "victim"
     victim.write_text("the daemon user's")
     victim.chmod(0o600)
@@ -157,6 +166,7 @@ def test_attacks_through_the_daemon(tmp_path: Path) -> None:
     assert by_name["honest change"].status == "keep"  # the run goes on normally after all that
     assert victim.read_text() == "the daemon user's" and (victim.stat().st_mode & 0o777) == 0o600
     assert hashes(repo) == before
+    assert (Path("/dev/null").stat().st_atime_ns, Path("/dev/null").stat().st_mtime_ns) == null_times
     assert_invariants(repo, "t")
     assert len(read_results(repo)) == len(attacks) + 2
     survivors = [p for p in psutil.process_iter(["cmdline"]) if MARKER in " ".join(p.info["cmdline"] or [])]
@@ -188,6 +198,24 @@ def test_fix_attempt_then_success(tmp_path: Path) -> None:
     events = [e["event"] for e in journal_events(repo, "f")]
     assert "fix_requested" in events
     assert_invariants(repo, "f")
+
+
+def test_a_huge_train_py_is_a_failed_proposal_the_guard_never_reads(tmp_path: Path) -> None:
+    """Megabytes of train.py would hold the controller in the guard's scan while runs wait to be
+    recorded: it is refused as it arrives, journaled, filed as used, and the run goes on."""
+    repo, env = make_repo(tmp_path)
+    base = (repo / "train.py").read_text()
+    queue = tmp_path / "queue"
+    queue_proposal(queue, "a", base.replace("LR = 0.02", "LR = 0.01") + "#" + "x" * (3 << 20) + "\n", "padded")
+    queue_proposal(queue, "b", base.replace("LR = 0.02", "LR = 0.01"), "lower LR")
+    done = run_cli(repo, "start", "--tag", "h", "--agent", "queue", "--queue", str(queue), "--budget", "1",
+                   "--max-experiments", "1", env=env)
+    assert done.returncode == 0, done.stderr + done.stdout
+    failed = [e for e in journal_events(repo, "h") if e["event"] == "proposal_failed"]
+    assert len(failed) == 1 and "over the 1,048,576 a run takes" in failed[0]["error"], failed
+    assert [r[4] for r in read_results(repo)][1:] == ["lower LR"]
+    assert sorted(p.name for p in (queue / "done").iterdir() if p.suffix == ".py") == ["a.py", "b.py"]
+    assert_invariants(repo, "h")
 
 
 # What a run can see of itself, saved in its checkpoint: the environment (its seed and the random
