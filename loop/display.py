@@ -6,13 +6,15 @@ import sys
 import time
 from typing import TextIO
 
-from loop.screen import printable
+from loop.screen import PrintableStream, printable
 from loop.target import MetricView
 
 
 class Display:
-    def __init__(self, stream: TextIO = sys.stdout) -> None:
-        self.stream = stream
+    def __init__(self, stream: TextIO | None = None) -> None:
+        stream = stream or sys.stdout
+        # Its own text is escaped here; the \r that redraws the live line must reach the terminal.
+        self.stream = stream.underlying if isinstance(stream, PrintableStream) else stream
         self.tty = stream.isatty()
         self._live = False
         self._last_plain = 0.0

@@ -23,5 +23,10 @@ class PrintableStream:
     def write(self, text: str) -> int:
         return self._stream.write(printable(text))
 
+    @property
+    def underlying(self) -> TextIO:
+        """The stream itself, for a writer that escapes what it prints and draws with \\r."""
+        return self._stream
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)

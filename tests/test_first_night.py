@@ -2,7 +2,10 @@
 to do, proposals that change nothing, a truthful status, help, journal damage, disk over a night."""
 from __future__ import annotations
 
+import os
+import pty
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -319,3 +322,30 @@ def test_an_untracked_virtualenv_in_the_checkout_is_no_finding(tmp_path: Path) -
     assert done.returncode == 0, done.stderr + done.stdout
     assert [row[3] for row in read_results(repo)][0] == "keep"
     assert_invariants(repo, "v")
+
+
+def test_the_live_line_is_redrawn_in_place_on_a_terminal(tmp_path: Path) -> None:
+    """On a terminal the live line is redrawn by a carriage return; the escaping of what runs print
+    (which shows their control characters as \\x0d) must not catch the display's own."""
+    repo, env = make_repo(tmp_path)
+    main, sub = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "loop.cli", "run", "--budget", "1"], cwd=repo, env=env,
+                            stdin=subprocess.DEVNULL, stdout=sub, stderr=sub)
+    os.close(sub)
+    out, deadline = b"", time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if not select.select([main], [], [], 1.0)[0]:
+            if proc.poll() is not None:
+                break
+            continue
+        try:
+            chunk = os.read(main, 4096)
+        except OSError:  # the terminal's other end closed
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(main)
+    assert proc.wait(timeout=60) == 0, out
+    text = out.decode()
+    assert "\r#0000 training" in text and "\\x0d" not in text, text
