@@ -565,12 +565,17 @@ class Daemon:
         if att.kind == "best":
             self.best_run_done(att, job.run)
             return
-        if outcome.reason and att.kind == "agent" and outcome.simple_crash and att.fix_attempt < self.config.fix_attempts:
+        if outcome.reason and att.kind == "agent" and outcome.simple_crash and att.fix_attempt < self.fix_attempts():
             self.request_fix(att, outcome)
             return
         if att.running or att.queued_runs:
             return  # wait for the experiment's other runs
         self.decide(att)
+
+    def fix_attempts(self) -> int:
+        """Chances at a simple crash: none for an agent that cannot fix (`fixes = False`: the queue,
+        whose next file is the next experiment, not a fix of the last)."""
+        return self.config.fix_attempts if getattr(self.agent, "fixes", True) else 0
 
     def score_holdout(self, n: int, commit: str, outcomes: dict[int, RunOutcome]) -> None:
         """A kept commit is scored on the holdout once, from its first run's checkpoint (where that
@@ -1166,6 +1171,7 @@ class Daemon:
                 "updated": now, "budget": self.config.budget, "slots": slots, "evaluating": evaluating,
                 "holdouts": holdouts,
                 "proposing": sorted(self.proposer.in_flight()), "waiting": self.waiting,
+                "agent_waits_on": self.agent.waiting_on() if hasattr(self.agent, "waiting_on") else "",
                 "waiting_since": self.waiting_since, "first_dispatch": self.first_dispatch,
                 "graceful_stop": self.stop.graceful, "stopping": self.stopping}))
         except OSError:

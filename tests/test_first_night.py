@@ -186,6 +186,10 @@ def test_status_tells_the_truth(tmp_path: Path) -> None:
     assert "loss 1.2345" in text, text  # the latest loss, not the first
     assert "experiment 1 training for" in text and "of 40s" in text
     assert "experiments per hour: too early to say" in text
+    while time.monotonic() < deadline and "waiting on an empty queue" not in text:
+        text = run_cli(repo, "status", env=env).stdout  # the next proposal is asked ahead, of an empty queue
+        time.sleep(0.3)
+    assert f"agent proposing: experiment(s) 2, waiting on an empty queue: put NAME.py or NAME.diff in {queue}" in text, text
     run_cli(repo, "stop", env=env)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and "stopping" not in text:

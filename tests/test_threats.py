@@ -186,11 +186,8 @@ def test_attacks_through_the_daemon(tmp_path: Path) -> None:
 def test_fix_attempt_then_success(tmp_path: Path) -> None:
     """A simple crash goes back to the agent; the fix lands under the same experiment, no row spent."""
     repo, env = make_repo(tmp_path)
-    base = (repo / "train.py").read_text()
-    queue = tmp_path / "queue"
-    queue_proposal(queue, "a", base.replace("LR = 0.02", "LR = 0.01\nimport not_a_module"), "lower LR")
-    queue_proposal(queue, "b", base.replace("LR = 0.02", "LR = 0.01"), "lower LR, fixed")
-    done = run_cli(repo, "start", "--tag", "f", "--agent", "queue", "--queue", str(queue), "--budget", "1",
+    env["PYTHONPATH"] = str(Path(__file__).parent) + os.pathsep + env["PYTHONPATH"]
+    done = run_cli(repo, "start", "--tag", "f", "--agent", "fixing_agent:FixingAgent", "--budget", "1",
                    "--max-experiments", "1", env=env)
     assert done.returncode == 0, done.stderr
     rows = read_results(repo)
@@ -198,6 +195,23 @@ def test_fix_attempt_then_success(tmp_path: Path) -> None:
     events = [e["event"] for e in journal_events(repo, "f")]
     assert "fix_requested" in events
     assert_invariants(repo, "f")
+
+
+def test_the_queue_gets_no_fix_attempts(tmp_path: Path) -> None:
+    """The queue's next file is the next experiment, not a fix of the one that crashed: the crash
+    is a row of its own with its reason."""
+    repo, env = make_repo(tmp_path)
+    base = (repo / "train.py").read_text()
+    queue = tmp_path / "queue"
+    queue_proposal(queue, "a", base.replace("LR = 0.02", "LR = 0.01\nimport not_a_module"), "broken")
+    queue_proposal(queue, "b", base.replace("LR = 0.02", "LR = 0.01"), "lower LR")
+    done = run_cli(repo, "start", "--tag", "q", "--agent", "queue", "--queue", str(queue), "--budget", "1",
+                   "--max-experiments", "2", env=env)
+    assert done.returncode == 0, done.stderr
+    rows = read_results(repo)
+    assert [(r[3], r[4]) for r in rows][1:] == [("crash", "broken"), ("keep", "lower LR")]
+    assert "fix_requested" not in [e["event"] for e in journal_events(repo, "q")]
+    assert_invariants(repo, "q")
 
 
 def test_a_huge_train_py_is_a_failed_proposal_the_guard_never_reads(tmp_path: Path) -> None:

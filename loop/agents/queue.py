@@ -4,7 +4,8 @@ Taken in name order: `NAME.py` is a whole new train.py, `NAME.diff` a unified di
 current train.py; the description is the first line of `NAME.txt` if present, else NAME. A used
 proposal (and its .txt) waits in `DIR/taken/` until the daemon has journaled it, then moves to
 `DIR/done/`; what a killed daemon took but never journaled goes back into the queue at the next
-start. An empty queue waits for the next file.
+start. An empty queue waits for the next file. A crash gets no fix attempt: the next file is the
+next experiment, whatever it was meant as.
 For a target declared in autoresearch.toml (many editable files, any language) a proposal is a
 `NAME.diff` against its editable files; files it names that are not editable are read from the
 repository, so that the guard, not the queue, refuses such a change.
@@ -28,6 +29,7 @@ TAKEN = "taken"  # proposals handed out, not yet journaled
 class QueueAgent:
     name = "queue"
     concurrent = False  # two takers could race for the same file; the queue is a person's pace anyway
+    fixes = False  # the next file is the next experiment, not a fix of the one that crashed
 
     def __init__(self, queue_dir: Path | None = None, should_stop: Callable[[], bool] | None = None) -> None:
         if queue_dir is None:
@@ -35,7 +37,12 @@ class QueueAgent:
         self.dir = Path(queue_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.should_stop = should_stop or (lambda: False)
+        self.empty = False  # the last look found nothing to take: the run waits on a person
         self._put_back_taken()
+
+    def waiting_on(self) -> str:
+        """What the run waits on, for `status`: a file in an empty queue."""
+        return f"an empty queue: put NAME.py or NAME.diff in {self.dir}" if self.empty else ""
 
     def _put_back_taken(self) -> None:
         """Proposals taken by a daemon that was killed before it journaled them go back in the queue."""
@@ -69,13 +76,16 @@ class QueueAgent:
             entries = sorted(p for p in self.dir.iterdir() if p.suffix in (".py", ".diff") and p.is_file())
             for entry in entries:
                 try:
-                    return self._take(entry, context)
+                    proposal = self._take(entry, context)
+                    self.empty = False
+                    return proposal
                 except FileNotFoundError:
                     continue  # taken away between the listing and the reading: the next one
                 except OSError as e:
                     raise ProposalFailed(f"queue: cannot take {entry.name}: {e.strerror or e}") from None
             if self.should_stop():
                 raise ProposalFailed("queue: stopped while waiting for a proposal")
+            self.empty = True
             time.sleep(POLL_SECONDS)
 
     def _take(self, entry: Path, context: Context) -> Proposal:

@@ -112,6 +112,7 @@ def _live(state: dict, tag: str) -> None:
         print(f"experiment {ev['n']}: scoring the holdout for {now - ev['since']:.0f}s "
               f"(kept; the holdout decides nothing)")
     if state.get("proposing"):
-        print(f"agent proposing: experiment(s) {', '.join(str(n) for n in state['proposing'])}")
+        waits = f", waiting on {state['agent_waits_on']}" if state.get("agent_waits_on") else ""
+        print(f"agent proposing: experiment(s) {', '.join(str(n) for n in state['proposing'])}{waits}")
     if state.get("waiting"):
         print(f"waiting for the agent for {now - float(state.get('waiting_since') or now):.0f}s: {state['waiting']}")
