@@ -211,6 +211,8 @@ def _settings(args: argparse.Namespace) -> dict:
 def _tag(tag: str) -> str:
     if not tag or not all(c.isalnum() or c in "-_." for c in tag) or tag.startswith("."):
         raise UsageError(f"--tag {tag!r}: use letters, digits, '-', '_' and '.' only")
+    if ".." in tag or tag.endswith((".", ".lock")):  # what git refuses in a branch name
+        raise UsageError(f"--tag {tag!r}: git branch names cannot hold '..' or end in '.' or '.lock'")
     return tag
 
 

@@ -63,7 +63,12 @@ def test_another_daemon_runs(tmp_path: Path) -> None:
 def test_bad_flags(tmp_path: Path) -> None:
     repo, env = make_repo(tmp_path)
     refusal(run_cli(repo, "start", "--tag", "bad tag", env=env), 2, "--tag")
+    for tag in ("a..b", "x.lock", "x."):  # letters, digits and dots, but no branch name git takes
+        refusal(run_cli(repo, "start", "--tag", tag, env=env), 2, f"--tag {tag!r}: git branch names cannot")
     refusal(run_cli(repo, "start", "--tag", "x", "--agent", "nope", env=env), 2, "unknown agent")
+    for thing in ("collections:OrderedDict", "os:path", "json:JSONDecodeError"):  # loadable, but no agent
+        refusal(run_cli(repo, "start", "--tag", "x", "--agent", thing, env=env), 2, f"--agent {thing}: ")
+    refusal(run_cli(repo, "start", "--tag", "x", "--agent", "fractions:Fraction", env=env), 2, "not an agent class")
     refusal(run_cli(repo, "stop", env=env), 5, "no autoresearch daemon is running")
     refusal(run_cli(repo, "resume", "--tag", "never", env=env), 3, "no run tagged never")
     for ray_only in (("--screen-on", "A10"), ("--confirm-on", "H100"), ("--fetch-checkpoints",)):

@@ -197,6 +197,16 @@ def test_fix_attempt_then_success(tmp_path: Path) -> None:
     assert_invariants(repo, "f")
 
 
+def test_an_agent_of_ones_own_needs_no_name(tmp_path: Path) -> None:
+    repo, env = make_repo(tmp_path)
+    env["PYTHONPATH"] = str(Path(__file__).parent) + os.pathsep + env["PYTHONPATH"]
+    done = run_cli(repo, "start", "--tag", "n", "--agent", "fixing_agent:NamelessAgent", "--budget", "1",
+                   "--max-experiments", "1", env=env)
+    assert done.returncode == 0, done.stderr
+    assert [r[3] for r in read_results(repo)] == ["keep", "keep"]
+    assert journal_events(repo, "n")[0]["agent"] == "fixing_agent:NamelessAgent"
+
+
 def test_the_queue_gets_no_fix_attempts(tmp_path: Path) -> None:
     """The queue's next file is the next experiment, not a fix of the one that crashed: the crash
     is a row of its own with its reason."""

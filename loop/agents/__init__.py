@@ -62,10 +62,31 @@ def make_agent(name: str, options: AgentOptions) -> Agent:
         cls = getattr(mod, "AnthropicAgent" if name == "anthropic" else "ClaudeCodeAgent")
         model = {"model": options.model} if options.model else {}
         return cls(secret_paths=options.secret_paths, **model)
-    if ":" in name:  # your own agent: `package.module:ClassName`, constructed with no arguments
-        module, _, attr = name.partition(":")
-        try:
-            return getattr(importlib.import_module(module), attr)()
-        except (ImportError, AttributeError) as e:
-            raise UsageError(f"--agent {name}: cannot load it ({e})") from None
+    if ":" in name:
+        return _own_agent(name)
     raise UsageError(f"--agent {name}: unknown agent; choose one of {', '.join(NAMES)} or module:Class")
+
+
+def _own_agent(name: str) -> Agent:
+    """Your own agent, `package.module:ClassName`, constructed with no arguments; refused in one
+    line, before anything is made of the run, when it cannot be loaded or is no agent."""
+    module, _, attr = name.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+        raise UsageError(f"--agent {name}: cannot load it ({e})") from None
+    except Exception as e:  # the module itself fails as it is imported
+        raise UsageError(f"--agent {name}: importing {module} failed ({type(e).__name__}: {e})") from None
+    if not callable(factory) or not callable(getattr(factory, "propose", None)):
+        raise UsageError(f"--agent {name}: {attr} is not an agent class (no propose(context) method; "
+                         "see loop/agents/base.py)")
+    try:
+        agent = factory()
+    except Exception as e:
+        raise UsageError(f"--agent {name}: {attr}() failed ({type(e).__name__}: {e}): it is made with no arguments") from None
+    if not isinstance(getattr(agent, "name", None), str):
+        try:
+            agent.name = name  # what the journal calls it
+        except AttributeError:
+            raise UsageError(f"--agent {name}: give {attr} a `name` attribute (a string)") from None
+    return agent
