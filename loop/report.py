@@ -162,7 +162,7 @@ def warn(problems: list[str], tag: str) -> None:
 @dataclass
 class Summary:
     tag: str
-    experiments: int
+    experiments: int  # besides the baseline, as status counts them
     counts: dict[str, int]
     rates: dict[str, float]
     hours: float
@@ -182,12 +182,12 @@ class Summary:
     crashes: dict[str, list[int]] = field(default_factory=dict)
     unreproduced: list[str] = field(default_factory=list)  # a warning per kept experiment that crashed when run again
     metric: MetricView = field(default_factory=MetricView)  # scores here are the controller's (lower is better)
-    tried: int = 0  # decided experiments after the baseline: what status's rate rule counts
 
 
 def summarize(run: RunRecord, now: float | None = None) -> Summary:
     done = run.finished
-    counts = {s: sum(e.status == s for e in done) for s in STATUSES}
+    tried = [e for e in done if e.n > 0]  # as status and --max-experiments count them
+    counts = {s: sum(e.status == s for e in tried) for s in STATUSES}
     running = run.stopped_at is None  # or killed without a word: the journal cannot tell
     last_ts = max([t for e in run.experiments for t in (e.started_at, e.finished_at) if t] + [run.stopped_at or 0])
     end = (now or time.time()) if run.stopped_at is None else max(run.stopped_at, last_ts)
@@ -207,13 +207,12 @@ def summarize(run: RunRecord, now: float | None = None) -> Summary:
             crashes[crash_kind(e.reason)].append(e.n)
     usage = run.total_usage
     # status's rule: a rate from a few seconds (a target whose experiments take under one) is noise
-    tried = sum(e.n > 0 for e in done)
-    rate_known = hours * 3600 >= RATE_AFTER_S or tried >= RATE_AFTER_EXPERIMENTS
+    rate_known = hours * 3600 >= RATE_AFTER_S or len(tried) >= RATE_AFTER_EXPERIMENTS
     improvement = baseline - best.val_bpb if baseline is not None and best and best.val_bpb is not None else None
     return Summary(
-        tag=run.tag, experiments=len(done), counts=counts,
-        rates={s: counts[s] / len(done) if done else 0.0 for s in STATUSES},
-        hours=hours, per_hour=(len(done) / hours if hours else 0.0) if rate_known else None,
+        tag=run.tag, experiments=len(tried), counts=counts,
+        rates={s: counts[s] / len(tried) if tried else 0.0 for s in STATUSES},
+        hours=hours, per_hour=(len(tried) / hours if hours else 0.0) if rate_known else None,
         training_share=sum(e.train_seconds or 0.0 for e in done) / (hours * 3600) if hours else 0.0,
         baseline=baseline, best=best.val_bpb if best else None, best_commit=(best.commit or "")[:7] if best else "",
         improvement=improvement,
@@ -226,7 +225,7 @@ def summarize(run: RunRecord, now: float | None = None) -> Summary:
         failed_proposals=sum(e.failed_proposals for e in run.experiments),
         running=bool(running), kept=kept, crashes=dict(sorted(crashes.items(), key=lambda kv: -len(kv[1]))),
         unreproduced=unreproduced_warnings(done, BEST_CRASHES),
-        metric=metric_of(run.meta), tried=tried)
+        metric=metric_of(run.meta))
 
 
 def crash_kind(reason: str) -> str:
@@ -289,13 +288,13 @@ def holdout_gap(view: RunView) -> HoldoutGap | None:
 
 def format_summary(s: Summary) -> str:
     bpb = s.metric.text
-    rate = f"{s.per_hour:.1f}" if s.per_hour is not None else f"too early to say ({s.tried} in {s.hours * 3600:.0f}s)"
+    rate = f"{s.per_hour:.1f}" if s.per_hour is not None else f"too early to say ({s.experiments} in {s.hours * 3600:.0f}s)"
 
     lines = [
         f"run {s.tag}: {'running (or killed)' if s.running else 'stopped'}, {s.hours:.2f} h",
-        f"experiments: {s.experiments} (keep {s.counts['keep']} {s.rates['keep']:.0%}, discard {s.counts['discard']} "
-        f"{s.rates['discard']:.0%}, crash {s.counts['crash']} {s.rates['crash']:.0%}); interrupted {s.interrupted}; "
-        f"failed proposals {s.failed_proposals}",
+        f"experiments: {s.experiments} besides the baseline (keep {s.counts['keep']} {s.rates['keep']:.0%}, discard "
+        f"{s.counts['discard']} {s.rates['discard']:.0%}, crash {s.counts['crash']} {s.rates['crash']:.0%}); "
+        f"interrupted {s.interrupted}; failed proposals (the agent's answers that made no experiment) {s.failed_proposals}",
         f"experiments per hour: {rate}; share of wall-clock spent training: {s.training_share:.0%}",
         f"baseline {s.metric.name}: {bpb(s.baseline)}; best: {bpb(s.best)} ({s.best_commit})"
         + (f"; improvement {s.improvement:.6f} ({s.improvement_pct:.2f}%)" if s.improvement is not None else ""),
@@ -459,7 +458,8 @@ def _crash_heights(ax: Any, strip: Any, crashes: list[int]) -> list[tuple[int, f
 
 
 def _title(s: Summary) -> str:
-    title = f"autoresearch run {s.tag}: {s.experiments} experiments, {s.counts['keep']} kept"
+    title = (f"autoresearch run {s.tag}: {s.experiments} experiment{'' if s.experiments == 1 else 's'} besides the "
+             f"baseline, {s.counts['keep']} kept")
     if s.baseline is None or s.best is None or s.improvement_pct is None:
         return title
     if not s.improvement:  # `a → a (-0.00%)` would read as a change
@@ -563,6 +563,7 @@ def plot_compare(runs: list[RunRecord], path: Path) -> None:
             by_time.step([p[1] for p in pts], [p[2] for p in pts], where="post", label=run.tag)
             by_n.step([p[0] for p in pts], [p[2] for p in pts], where="post", label=run.tag)
     for ax, xlabel in ((by_time, "wall-clock hours"), (by_n, "experiment")):
+        ax.set_xlim(left=0)  # from the run's start, not its first decision
         ax.set_xlabel(xlabel)
         ax.set_ylabel(f"best {metric_of(runs[0].meta).plotted if runs else 'val_bpb'} so far")
         ax.grid(alpha=0.25)
@@ -590,11 +591,13 @@ def report_command(repo: Path, tag: str | None, out: Path | None, compare: list[
     tag = tag or latest_tag(repo)
     if tag is None:
         raise SetupError("no run found in .autoresearch/runs: start one with `autoresearch start --tag NAME`")
+    if not (run_dir(repo, tag) / JOURNAL_NAME).exists():
+        raise SetupError(f"no run tagged {tag} in .autoresearch/runs: `autoresearch runs` lists them")
     view = read_run(repo, tag)
     warn(view.problems, tag)
     run = view.run
     if not run.experiments:
-        raise SetupError(f"run {tag} has no experiments yet: its journal is {run_dir(repo, tag) / 'journal.jsonl'}")
+        raise SetupError(f"run {tag} has no experiments yet: its journal is {run_dir(repo, tag) / JOURNAL_NAME}")
     out = out or run_dir(repo, tag) / "report"
     out.mkdir(parents=True, exist_ok=True)
     s = summarize(run)
@@ -644,7 +647,7 @@ def _compare_command(repo: Path, out: Path | None, compare: list[str]) -> int:
     print("tag\texperiments\tbest\timprovement\tcost_usd")
     for run in runs:
         s = summarize(run)
-        print(f"{s.tag}\t{s.experiments}\t{s.best if s.best is not None else '-'}\t"
-              f"{s.improvement if s.improvement is not None else '-'}\t{s.cost_usd:.2f}")
+        improvement = f"{s.improvement:.6f}" if s.improvement is not None else "-"
+        print(f"{s.tag}\t{s.experiments}\t{s.metric.text(s.best)}\t{improvement}\t{s.cost_usd:.2f}")
     print(f"wrote {out / 'compare.png'}")
     return 0

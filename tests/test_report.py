@@ -85,10 +85,10 @@ KNOWN = [
 def test_summary_figures(tmp_path: Path) -> None:
     write_journal(tmp_path, "known", KNOWN)
     s = summarize(fold(read_events(run_dir(tmp_path, "known") / JOURNAL_NAME)))
-    assert s.experiments == 8 and s.counts == {"keep": 3, "discard": 2, "crash": 3}
-    assert s.rates["keep"] == pytest.approx(3 / 8) and s.rates["crash"] == pytest.approx(3 / 8)
+    assert s.experiments == 7 and s.counts == {"keep": 2, "discard": 2, "crash": 3}  # besides the baseline
+    assert s.rates["keep"] == pytest.approx(2 / 7) and s.rates["crash"] == pytest.approx(3 / 7)
     assert s.hours == pytest.approx(8 * 600 / 3600)  # run_started to run_stopped
-    assert s.per_hour == pytest.approx(8 / (8 * 600 / 3600))
+    assert s.per_hour == pytest.approx(7 / (8 * 600 / 3600))  # as status: the baseline not counted
     assert s.training_share == pytest.approx((300 * 5 + 120 + 60) / (8 * 600))
     assert s.baseline == 1.0 and s.best == 0.9 and s.best_commit == "0000005"
     assert s.improvement == pytest.approx(0.1) and s.improvement_pct == pytest.approx(10.0)
@@ -111,7 +111,7 @@ def test_report_command_writes_files(tmp_path: Path) -> None:
     write_journal(tmp_path, "known", KNOWN)
     done = cli(["report"], cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert "experiments: 8 (keep 3 38%, discard 2 25%, crash 3 38%)" in done.stdout
+    assert "experiments: 7 besides the baseline (keep 2 29%, discard 2 29%, crash 3 43%)" in done.stdout
     assert "improvement 0.100000 (10.00%)" in done.stdout and "spend: $2.00" in done.stdout
     out = run_dir(tmp_path, "known") / "report"
     assert (out / "progress.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -127,7 +127,7 @@ def test_growing_torn_and_crashed_runs(tmp_path: Path) -> None:
     with open(path, "a") as f:
         f.write('{"event": "decided", "n": 3, "sta')  # the daemon is mid-write
     s = summarize(fold(read_events(path)), now=T0 + 3 * 600 + 100)
-    assert s.running and s.experiments == 3 and s.hours == pytest.approx((3 * 600 + 100) / 3600)  # up to now
+    assert s.running and s.experiments == 2 and s.hours == pytest.approx((3 * 600 + 100) / 3600)  # up to now
     done = cli(["report", "--tag", "live"], cwd=tmp_path)
     assert done.returncode == 0 and "running (or killed)" in done.stdout
 
@@ -137,7 +137,9 @@ def test_compare_and_no_run(tmp_path: Path) -> None:
     write_journal(tmp_path, "b", KNOWN[:4])
     done = cli(["report", "--compare", "a", "b", "--out", str(tmp_path / "cmp")], cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert (tmp_path / "cmp" / "compare.png").exists() and "a\t8\t0.9" in done.stdout
+    assert (tmp_path / "cmp" / "compare.png").exists() and "a\t7\t0.900000\t0.100000\t2.00" in done.stdout
+    typo = cli(["report", "--tag", "aa"], cwd=tmp_path)  # said as status and show say it, not "no experiments yet"
+    assert typo.returncode == 3 and "no run tagged aa in .autoresearch/runs" in typo.stderr, typo.stderr
     empty = tmp_path / "empty"
     empty.mkdir()
     none = cli(["report"], cwd=empty)
@@ -306,7 +308,7 @@ def test_unknown_events_fields_and_repeats(tmp_path: Path) -> None:
     view = read_run(tmp_path, "future")
     assert not view.problems and len(view.repeats[5]) == 2
     s = summarize(view.run)
-    assert s.best == pytest.approx((0.9 + 0.88) / 2) and s.experiments == len(KNOWN)
+    assert s.best == pytest.approx((0.9 + 0.88) / 2) and s.experiments == len(KNOWN) - 1
     frame = experiments_frame(view)
     assert frame.loc[5, "runs"] == 2 and frame.loc[5, "hosts"] == "node-3 node-3"
     assert [(r.seed, r.slot) for r in view.repeats[5]] == [(1, "gpu1"), (2, "gpu0")]
@@ -322,7 +324,7 @@ def test_a_run_without_crashes_or_gains(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     md = (run_dir(tmp_path, "flat") / "report" / "report.md").read_text()
     assert "| crash kind |" not in md and "Crashes: none." in md
-    assert render(tmp_path, "flat").title == "autoresearch run flat: 2 experiments, 1 kept; val_bpb 5.3301, no improvement"
+    assert render(tmp_path, "flat").title == "autoresearch run flat: 1 experiment besides the baseline, 0 kept; val_bpb 5.3301, no improvement"
     write_journal(tmp_path, "tiny", [("keep", 5.3301, "baseline", "", 0.0, 0, 300.0),
                                      ("keep", 5.33008, "a hair better", "", 0.0, 0, 300.0)])
     assert render(tmp_path, "tiny").title.endswith("val_bpb 5.330100 → 5.330080 (-0.00038%)")  # a gain, however small
@@ -344,7 +346,7 @@ def test_no_hourly_rate_from_a_few_seconds(tmp_path: Path) -> None:
     # As many decided experiments as status waits for (baseline not counted): the rate is shown.
     many = [{**e, "ts": T0 + (e["ts"] - T0) / 1000} for e in journal_events("many", KNOWN[:RATE_AFTER_EXPERIMENTS + 1])]
     write_events(tmp_path, "many", many)
-    assert summarize(read_run(tmp_path, "many").run).per_hour == pytest.approx(6 / (6 * 0.6 / 3600))
+    assert summarize(read_run(tmp_path, "many").run).per_hour == pytest.approx(5 / (6 * 0.6 / 3600))
 
 
 def test_report_says_where_it_wrote(tmp_path: Path) -> None:

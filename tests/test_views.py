@@ -51,10 +51,10 @@ def test_runs_lists_every_run_on_one_line(tmp_path: Path, capsys: pytest.Capture
     assert list(by_tag) == ["third", "first", "second"]  # a run without its run_started sorts first, then by start
     first = by_tag["first"].split()
     assert first[1] == "stopped" and " ".join(first[2:4]) == started(T0)
-    assert first[4:9] == ["8", "3", "2", "3", "0.900000"] and by_tag["first"].endswith("muon for embeddings")
+    assert first[4:9] == ["7", "2", "2", "3", "0.900000"] and by_tag["first"].endswith("muon for embeddings")
     second = by_tag["second"].split()
     assert second[1] == "running" and " ".join(second[2:4]) == started(T0 + 86400)
-    assert second[4:9] == ["3", "2", "1", "0", "0.950000"]
+    assert second[4:9] == ["2", "1", "1", "0", "0.950000"]
     assert by_tag["third"].split()[1] == "killed"
     assert "run third: journal.jsonl line 1: garbled, skipped" in err
     # Once the daemon is gone, the run no longer reads as running.

@@ -49,7 +49,7 @@ HEADER = (f"{'tag':<16} {'state':<8} {'started':<16} {'exps':>5} {'keep':>5} {'d
 
 def run_line(view: RunView, running_tag: str | None) -> RunLine:
     run = view.run
-    done = run.finished
+    done = [e for e in run.finished if e.n > 0]  # besides the baseline, as status counts them
     best = run.best
     if view.tag == running_tag:
         state = "running"
