@@ -589,8 +589,10 @@ def check_command(repo: Path, rev: str | None, target_file: str | None = None) -
     except UsageError as e:
         print(f"check: {e}", file=sys.stderr)
         return 2
-    if tag := _run_started_at(root, commit_id):  # a run that kept nothing yet: its branch is still here
-        print(f"clean: {rev} ({commit_id[:7]}) is where run {tag} started: nothing of the run to check yet")
+    if tags := _runs_started_at(root, commit_id):  # a run that kept nothing yet: its branch is still here
+        named = [t for t in tags if rev in (t, gitops.BRANCH_PREFIX + t) or (rev == "HEAD" and _on_branch_of(root, t))]
+        runs = f"run {named[0]}" if named else ("run " if len(tags) == 1 else "runs ") + ", ".join(tags)
+        print(f"clean: {rev} ({commit_id[:7]}) is where {runs} started: nothing of the run to check yet")
         return 0
     parent_id = git.resolve(f"{commit_id}^")
     # What was compared, said on the verdict line: a bare "X changed" on a project's own commit reads as a bug.
@@ -601,6 +603,8 @@ def check_command(repo: Path, rev: str | None, target_file: str | None = None) -
     if target.builtin:
         found = _check_builtin(root, commit_id, parent_id)
         passed = "passes the lint and carries no validation text"
+        if (unparsed := _syntax_error(git.file_at(commit_id, EDITABLE))) is not None:
+            passed = f"carries no validation text, but does not parse ({unparsed}): as a run it would crash"
         clean = f"changes only {EDITABLE}, {passed}" if parent_id else passed
     else:  # as the daemon guards a custom target: its editable globs, frozen regions and protected files
         found = check_target_commit(root, commit_id, parent_id, {}, target) if parent_id else []
@@ -632,13 +636,34 @@ def _check_builtin(root: Path, commit: str, parent: str | None) -> list[str]:
     return lint_train_py(source) + ([f"{EDITABLE} {carried}"] if carried else [])
 
 
-def _run_started_at(root: Path, commit: str) -> str | None:
-    """The tag of a run of this repository that started at `commit` (its baseline), if any."""
+def _syntax_error(source: bytes | None) -> str | None:
+    """Where and why train.py's text does not parse, or None when it does (or is missing)."""
+    if source is None:
+        return None
+    try:
+        ast.parse(source)
+    except SyntaxError as e:
+        return f"line {e.lineno}: {e.msg}"
+    except ValueError as e:  # a null byte
+        return str(e)
+    return None
+
+
+def _on_branch_of(root: Path, tag: str) -> bool:
+    try:
+        return gitops.Git(root).current_branch() == gitops.BRANCH_PREFIX + tag
+    except GitCommandError:
+        return False
+
+
+def _runs_started_at(root: Path, commit: str) -> list[str]:
+    """The tags of this repository's runs that started at `commit` (their baseline)."""
     import json
 
     from loop.events import RunStarted, parse
     from loop.journal import JOURNAL_NAME, state_dir
 
+    tags = []
     for journal in sorted((state_dir(root) / "runs").glob(f"*/{JOURNAL_NAME}")):
         try:
             with open(journal, encoding="utf-8") as f:
@@ -646,8 +671,8 @@ def _run_started_at(root: Path, commit: str) -> str | None:
         except (OSError, ValueError, TypeError):
             continue
         if isinstance(first, RunStarted) and first.base_commit == commit:
-            return journal.parent.name
-    return None
+            tags.append(journal.parent.name)
+    return tags
 
 
 def _on_run_branch(root: Path) -> bool:

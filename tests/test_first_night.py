@@ -314,6 +314,25 @@ def test_check_after_a_run_that_kept_nothing_says_so(tmp_path: Path) -> None:
     assert "is where run k started: nothing of the run to check yet" in checked.stdout
     assert run_cli(repo, "check", "autoresearch/k", env=env).returncode == 0
     assert run_cli(repo, "check", "HEAD~0", env=env).returncode == 0
+    # A second run from the same commit: each branch is its own run's, the base commit both runs'.
+    git(repo, "checkout", "-q", "main")
+    queue_proposal(queue, "02", base.replace("\nif __name__", "\nraise ValueError('no')\n\nif __name__", 1), "broken")
+    done = run_cli(repo, "start", "--tag", "j", "--agent", "queue", "--queue", str(queue), "--budget", "1",
+                   "--max-experiments", "1", env=env)
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert "is where run j started" in run_cli(repo, "check", env=env).stdout
+    assert "is where run k started" in run_cli(repo, "check", "autoresearch/k", env=env).stdout
+    git(repo, "checkout", "-q", "main")
+    assert "is where runs j, k started" in run_cli(repo, "check", env=env).stdout
+
+
+def test_check_tells_a_train_py_that_does_not_parse(tmp_path: Path) -> None:
+    repo, env = make_repo(tmp_path)
+    (repo / "train.py").write_text((repo / "train.py").read_text() + "\ndef broken(:\n")
+    git(repo, "commit", "-qam", "a typo")
+    checked = run_cli(repo, "check", env=env)
+    assert checked.returncode == 0 and "passes the lint" not in checked.stdout
+    assert "does not parse (line " in checked.stdout and "as a run it would crash" in checked.stdout, checked.stdout
 
 
 def test_an_untracked_virtualenv_in_the_checkout_is_no_finding(tmp_path: Path) -> None:
