@@ -352,6 +352,9 @@ class PlotLayout:
     unlabelled: list[int] = field(default_factory=list)
     pauses: list[tuple[float, float]] = field(default_factory=list)  # in x units
     legend: list[str] = field(default_factory=list)
+    legend_box: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)  # in fractions of the score axes
+    off_scale: list[tuple[float, float]] = field(default_factory=list)  # markers of results above the axis, as fractions
+    xticks: list[float] = field(default_factory=list)
     title: str = ""
 
 
@@ -392,7 +395,7 @@ def plot_progress(view: RunView, s: Summary, path: Path, x_axis: str = "experime
         fig, ax = plt.subplots(figsize=(12, 6.5), dpi=110)
         strip = None
     ax.set_ylim(bottom, top)
-    _draw_scores(ax, scored, bottom, top)
+    off_scale = _draw_scores(ax, scored, bottom, top)
     if s.kept:
         end = max(x_of(e.n) for e in done)
         layout.best_line = [(x_of(k[0]), k[3]) for k in s.kept] + [(end, s.kept[-1][3])]
@@ -416,9 +419,20 @@ def plot_progress(view: RunView, s: Summary, path: Path, x_axis: str = "experime
     if strip is not None:
         more, more_names = strip.get_legend_handles_labels()
         handles, layout.legend = handles + more, layout.legend + more_names
-    legend = ax.legend(handles, layout.legend, loc="upper right", fontsize=8)
+    # Lower left: a falling best line leaves it empty (no early score is that low), while the top
+    # edge holds the markers of results off the scale.
+    legend = ax.legend(handles, layout.legend, loc="lower left", fontsize=8)
+    if x_axis == "experiment":  # experiments are whole numbers
+        from matplotlib.ticker import MaxNLocator
+
+        (strip or ax).xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.subplots_adjust(left=0.07, right=0.98, top=0.94, bottom=0.09)
     layout.labels, layout.unlabelled = _place_labels(fig, ax, s.kept, x_of, legend)
+    to_axes = ax.transAxes.inverted()
+    box = legend.get_window_extent().transformed(to_axes)
+    layout.legend_box = (box.x0, box.y0, box.x1, box.y1)
+    layout.off_scale = [tuple(to_axes.transform(ax.transData.transform(point))) for point in off_scale]
+    layout.xticks = [float(t) for t in (strip or ax).get_xticks()]
     if strip is not None:
         layout.crash_strip_below = bool(strip.get_window_extent().y1 <= ax.get_window_extent().y0)
         layout.crashes = _crash_heights(ax, strip, crashes)
@@ -427,8 +441,9 @@ def plot_progress(view: RunView, s: Summary, path: Path, x_axis: str = "experime
     return layout
 
 
-def _draw_scores(ax: Any, scored: list[tuple[float, str, float]], bottom: float, top: float) -> None:
-    """Kept and discarded experiments at their score; those worse than the axis shows, at its top edge."""
+def _draw_scores(ax: Any, scored: list[tuple[float, str, float]], bottom: float, top: float) -> list[tuple[float, float]]:
+    """Kept and discarded experiments at their score; those worse than the axis shows, at its top
+    edge (where they are drawn, returned)."""
     for status, color, size in (("discard", "#b0b0b0", 22), ("keep", "#2ca02c", 46)):
         pts = [(x, v) for x, st, v in scored if st == status and v <= top]
         if pts:
@@ -438,6 +453,8 @@ def _draw_scores(ax: Any, scored: list[tuple[float, str, float]], bottom: float,
         edge = top - (top - bottom) * 0.015
         ax.scatter(clipped, [edge] * len(clipped), marker="^", c="#b0b0b0", s=30, zorder=3,
                    label="worse, off the scale")
+        return [(x, edge) for x in clipped]
+    return []
 
 
 def _draw_crash_strip(strip: Any, crashes: list[int], x_of: Any) -> None:

@@ -175,6 +175,17 @@ def test_labels_stay_inside_the_axes(tmp_path: Path) -> None:
     assert all(len(text) <= LABEL_CHARS for _, text, _ in layout.labels)
 
 
+def test_a_result_off_the_scale_is_not_under_the_legend(tmp_path: Path) -> None:
+    """The latest result far worse than the rest: its marker sits on the top edge at the right,
+    where the legend must not be; and a short run's axis counts whole experiments."""
+    write_journal(tmp_path, "late", [("keep", 1.0, "baseline", "", 0.0, 0, 300.0), ("keep", 0.98, "better", "", 0.0, 0, 300.0),
+                                     ("discard", 0.99, "no", "", 0.0, 0, 300.0), ("discard", 9.0, "far worse", "", 0.0, 0, 300.0)])
+    layout = render(tmp_path, "late")
+    x0, y0, x1, y1 = layout.legend_box
+    assert len(layout.off_scale) == 1 and not any(x0 <= x <= x1 and y0 <= y <= y1 for x, y in layout.off_scale)
+    assert layout.xticks and all(t == int(t) for t in layout.xticks)  # experiments, not quarters of one
+
+
 def assert_clear(layout: PlotLayout) -> None:
     """Every label inside the score axes, none over another."""
     boxes = [box for _, _, box in layout.labels]
