@@ -1161,8 +1161,12 @@ class Daemon:
             return
         self.state_written = now
         since = self.first_dispatch or now
-        slots = [{"slot": name, **view, "busy_share": round(self.busy_seconds.get(name, 0.0) / max(now - since, 1e-9), 3)}
-                 for name, view in self.slot_view.items()]
+
+        def busy(name: str, view: dict) -> float:  # the runs done, and the one training now so far
+            training = now - view["since"] if view.get("n") is not None and view.get("since") else 0.0
+            return min(1.0, round((self.busy_seconds.get(name, 0.0) + training) / max(now - since, 1e-9), 3))
+
+        slots = [{"slot": name, **view, "busy_share": busy(name, view)} for name, view in self.slot_view.items()]
         evaluating = [{"n": n, "run": r, "since": t} for (n, r), t in sorted(self.eval_since.items())]
         holdouts = [{"n": n, "since": t} for n, t in sorted(self.holdouts_pending.items())]
         try:  # a full disk costs `status` its freshness; the journal says whether the run can go on

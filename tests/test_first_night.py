@@ -185,6 +185,11 @@ def test_status_tells_the_truth(tmp_path: Path) -> None:
         time.sleep(0.3)
     assert "loss 1.2345" in text, text  # the latest loss, not the first
     assert "experiment 1 training for" in text and "of 40s" in text
+    training = re.compile(r"experiment 1 training for (\d+)s of 40s, loss [0-9.]+, busy (\d+)%")
+    while time.monotonic() < deadline and not ((m := training.search(text)) and int(m.group(1)) >= 6):
+        text = run_cli(repo, "status", env=env).stdout
+        time.sleep(0.3)
+    assert m and int(m.group(2)) >= 50, text  # the run under way counts: the slot has done little else
     assert "experiments per hour: too early to say" in text
     while time.monotonic() < deadline and "waiting on an empty queue" not in text:
         text = run_cli(repo, "status", env=env).stdout  # the next proposal is asked ahead, of an empty queue
