@@ -572,23 +572,22 @@ def _flatten(targets: list[ast.expr]) -> list[ast.expr]:
 
 def check_command(repo: Path, rev: str | None, target_file: str | None = None) -> int:
     """`autoresearch check [REV]`: the commit guard of REV against its parent, as a command, for the
-    target the daemon would guard REV with (see `_target_of`)."""
-    rev = rev or "HEAD"
+    target the daemon would guard REV with (see `_target_of`). Its own errors are told as every
+    command tells them, also when it runs as a git hook (scripts/autoresearch-check)."""
     try:
-        git = gitops.Git(repo)
-    except SetupError as e:
-        print(f"check: {e}", file=sys.stderr)
-        return 2
+        return _check(repo, rev or "HEAD", target_file)
+    except (SetupError, UsageError) as e:
+        print(f"autoresearch: {e}", file=sys.stderr)
+        return e.exit_code
+
+
+def _check(repo: Path, rev: str, target_file: str | None) -> int:
+    git = gitops.Git(repo)
     root = git.root  # the declaration lives at the root
     commit_id = git.resolve(rev)
     if commit_id is None:
-        print(f"check: {rev} is not a commit of this repository: name one that exists (see `git log`)", file=sys.stderr)
-        return 2
-    try:
-        target = _target_of(root, rev, target_file)
-    except UsageError as e:
-        print(f"check: {e}", file=sys.stderr)
-        return 2
+        raise UsageError(f"{rev} is not a commit of this repository: name one that exists (see `git log`)")
+    target = _target_of(root, rev, target_file)
     if tags := _runs_started_at(root, commit_id):  # a run that kept nothing yet: its branch is still here
         named = [t for t in tags if rev in (t, gitops.BRANCH_PREFIX + t) or (rev == "HEAD" and _on_branch_of(root, t))]
         runs = f"run {named[0]}" if named else ("run " if len(tags) == 1 else "runs ") + ", ".join(tags)

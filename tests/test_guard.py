@@ -253,8 +253,10 @@ def test_check_of_a_revision_that_does_not_exist(tmp_path: Path) -> None:
     for command in ([sys.executable, str(MAIN / "scripts" / "autoresearch-check"), "no-such-rev"],
                     [sys.executable, "-m", "loop.cli", "check", "no-such-rev"]):
         done = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True)
-        assert done.returncode != 0 and "no-such-rev is not a commit" in done.stderr, done.stdout + done.stderr
-        assert "clean" not in done.stdout
+        assert done.returncode == 2 and "no-such-rev is not a commit" in done.stderr, done.stdout + done.stderr
+        assert done.stderr.startswith("autoresearch: ") and "clean" not in done.stdout
+    outside = subprocess.run([sys.executable, "-m", "loop.cli", "check"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert outside.returncode == 3 and outside.stderr.startswith("autoresearch: "), outside.stderr  # as every command says it
     root = run_cli(repo, "check", "HEAD", env=env)  # a root commit: no parent, still checked
     assert root.returncode == 0 and root.stdout.startswith("clean"), root.stdout + root.stderr
 
