@@ -647,7 +647,22 @@ def report_markdown(view: RunView, s: Summary, text: str) -> str:
                      "improvement between them.\n")
     parts.append("![progress](progress.png)\n")
     parts.append(f"## Kept improvements and crashes\n\n{tables_markdown(s)}\n")
+    parts.append(f"## Every experiment\n\n{tried_markdown(view, s)}\n")
     return "\n".join(parts)
+
+
+def tried_markdown(view: RunView, s: Summary) -> str:
+    """What was tried, in the order it was decided: its outcome, score against the best it faced,
+    and why (a discard's reason says how it fell short; a crash's what broke)."""
+    out = [f"| # | status | {s.metric.name} | against the best | runs | description | why |", "|---|---|---|---|---|---|---|"]
+    done = sorted(view.run.finished, key=lambda e: (e.decided_order is None, e.decided_order or 0, e.n))
+    for e in done:
+        against = (s.metric.change(e.val_bpb, e.best_before)
+                   if e.val_bpb is not None and e.best_before is not None else "")
+        cells = [str(e.n), e.status or "", s.metric.text(e.val_bpb) if e.val_bpb is not None else "-", against,
+                 str(e.decided_runs or len(e.scores()) or ""), e.description, e.reason]
+        out.append("| " + " | ".join(c.replace("|", "/").replace("\n", " ") for c in cells) + " |")
+    return "\n".join(out)
 
 
 def _compare_command(repo: Path, out: Path | None, compare: list[str]) -> int:

@@ -335,6 +335,8 @@ def test_a_run_without_crashes_or_gains(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     md = (run_dir(tmp_path, "flat") / "report" / "report.md").read_text()
     assert "| crash kind |" not in md and "Crashes: none." in md
+    tried = md[md.index("## Every experiment"):]  # what was tried, the discards too
+    assert "| 1 | discard | 5.400000 |" in tried and "wider MLP" in tried, tried
     assert render(tmp_path, "flat").title == "autoresearch run flat: 1 experiment besides the baseline, 0 kept; val_bpb 5.3301, no improvement"
     write_journal(tmp_path, "tiny", [("keep", 5.3301, "baseline", "", 0.0, 0, 300.0),
                                      ("keep", 5.33008, "a hair better", "", 0.0, 0, 300.0)])
