@@ -399,7 +399,8 @@ def check_val() -> bytes:
         raise HarnessError(f"{path} is missing: restore it with `git checkout -- val.txt`")
     data = path.read_bytes()
     if sha256(data) != expected_val_sha():
-        raise HarnessError(f"{path} fails its checksum: restore it with `git checkout -- val.txt` (results depend on it)")
+        raise HarnessError(f"{path} fails its checksum: restore it with `git checkout -- val.txt` (from an earlier "
+                          "commit if the change was committed: `git log -- val.txt`; results depend on it)")
     return data
 
 
@@ -433,7 +434,8 @@ def check_split(split: str) -> bytes:
     name, sha, _ = SPLITS[split]
     path = HERE / name
     if not path.exists() or sha256(path.read_bytes()) != sha:
-        raise HarnessError(f"{path} is missing or fails its checksum: restore it with `git checkout -- {name}`")
+        raise HarnessError(f"{path} is missing or fails its checksum: restore it with `git checkout -- {name}` "
+                          f"(from an earlier commit if the change was committed: `git log -- {name}`)")
     return path.read_bytes()
 
 
