@@ -183,26 +183,27 @@ def test_attacks_through_the_daemon(tmp_path: Path) -> None:
     assert said and not [e for e in said if VAL_TEXT[:40] in str(e)]  # no event carries the text it printed
 
 
-def test_fix_attempt_then_success(tmp_path: Path) -> None:
-    """A simple crash goes back to the agent; the fix lands under the same experiment, no row spent."""
+def own_agent_night(tmp_path: Path, agent: str, tag: str) -> Path:
+    """One experiment by an agent class of tests/fixing_agent.py, loaded as `--agent module:Class`."""
     repo, env = make_repo(tmp_path)
     env["PYTHONPATH"] = str(Path(__file__).parent) + os.pathsep + env["PYTHONPATH"]
-    done = run_cli(repo, "start", "--tag", "f", "--agent", "fixing_agent:FixingAgent", "--budget", "1",
+    done = run_cli(repo, "start", "--tag", tag, "--agent", f"fixing_agent:{agent}", "--budget", "1",
                    "--max-experiments", "1", env=env)
     assert done.returncode == 0, done.stderr
+    assert_invariants(repo, tag)
+    return repo
+
+
+def test_fix_attempt_then_success(tmp_path: Path) -> None:
+    """A simple crash goes back to the agent; the fix lands under the same experiment, no row spent."""
+    repo = own_agent_night(tmp_path, "FixingAgent", "f")
     rows = read_results(repo)
     assert [r[3] for r in rows] == ["keep", "keep"] and rows[1][4] == "lower LR, fixed"
-    events = [e["event"] for e in journal_events(repo, "f")]
-    assert "fix_requested" in events
-    assert_invariants(repo, "f")
+    assert "fix_requested" in [e["event"] for e in journal_events(repo, "f")]
 
 
 def test_an_agent_of_ones_own_needs_no_name(tmp_path: Path) -> None:
-    repo, env = make_repo(tmp_path)
-    env["PYTHONPATH"] = str(Path(__file__).parent) + os.pathsep + env["PYTHONPATH"]
-    done = run_cli(repo, "start", "--tag", "n", "--agent", "fixing_agent:NamelessAgent", "--budget", "1",
-                   "--max-experiments", "1", env=env)
-    assert done.returncode == 0, done.stderr
+    repo = own_agent_night(tmp_path, "NamelessAgent", "n")
     assert [r[3] for r in read_results(repo)] == ["keep", "keep"]
     assert journal_events(repo, "n")[0]["agent"] == "fixing_agent:NamelessAgent"
 
