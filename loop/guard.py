@@ -589,7 +589,8 @@ def _check(repo: Path, rev: str, target_file: str | None) -> int:
         raise UsageError(f"{rev} is not a commit of this repository: name one that exists (see `git log`)")
     target = _target_of(root, rev, target_file)
     if tags := _runs_started_at(root, commit_id):  # a run that kept nothing yet: its branch is still here
-        named = [t for t in tags if rev in (t, gitops.BRANCH_PREFIX + t) or (rev == "HEAD" and _on_branch_of(root, t))]
+        on = _branch(root) if rev == "HEAD" else rev
+        named = [t for t in tags if on in (t, gitops.BRANCH_PREFIX + t)]
         runs = f"run {named[0]}" if named else ("run " if len(tags) == 1 else "runs ") + ", ".join(tags)
         print(f"clean: {rev} ({commit_id[:7]}) is where {runs} started: nothing of the run to check yet")
         return 0
@@ -617,7 +618,7 @@ def _check(repo: Path, rev: str, target_file: str | None) -> int:
     print(f"refused: {compared}, by the guard of {guarded}: {problems}:")
     for line in found:
         print(line)
-    if target.builtin and rev == "HEAD" and not _on_run_branch(root):  # likely a project's own commit
+    if target.builtin and rev == "HEAD" and not _branch(root).startswith(gitops.BRANCH_PREFIX):  # a project's own commit
         print("(the guard judges an experiment's commit: `autoresearch check autoresearch/TAG` checks a run's best)")
     return 1
 
@@ -648,13 +649,6 @@ def _syntax_error(source: bytes | None) -> str | None:
     return None
 
 
-def _on_branch_of(root: Path, tag: str) -> bool:
-    try:
-        return gitops.Git(root).current_branch() == gitops.BRANCH_PREFIX + tag
-    except GitCommandError:
-        return False
-
-
 def _runs_started_at(root: Path, commit: str) -> list[str]:
     """The tags of this repository's runs that started at `commit` (their baseline)."""
     import json
@@ -674,11 +668,12 @@ def _runs_started_at(root: Path, commit: str) -> list[str]:
     return tags
 
 
-def _on_run_branch(root: Path) -> bool:
+def _branch(root: Path) -> str:
+    """The branch checked out ("HEAD" when detached; "" before the first commit)."""
     try:
-        return gitops.Git(root).current_branch().startswith(gitops.BRANCH_PREFIX)
+        return gitops.Git(root).current_branch()
     except GitCommandError:  # no commit yet
-        return False
+        return ""
 
 
 def _target_of(root: Path, rev: str, given: str | None) -> Target:
