@@ -39,3 +39,8 @@ def parse_summary(text: str) -> dict[str, float | str]:
             number = math.nan
         out[key] = number if math.isfinite(number) else value
     return out
+
+
+def summary_text(value: float | str) -> str:
+    """A summary value as it was printed: a whole number without a trailing `.0` (num_steps: 120)."""
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)

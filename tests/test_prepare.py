@@ -190,13 +190,13 @@ def build_model():
 
 
 def eval_dir(tmp_path: Path, body: str, logits: list[float] | None = None,
-             split: str = "val") -> subprocess.CompletedProcess:
+             split: str = "val", seq_len: int = 64) -> subprocess.CompletedProcess:
     import torch
 
     work = tmp_path / "eval"
     work.mkdir(exist_ok=True)
     shutil.copy(MAIN / "prepare.py", work)
-    (work / "train.py").write_text(MODEL_HEAD.format(body=body))
+    (work / "train.py").write_text(MODEL_HEAD.format(body=body).replace("SEQ_LEN = 64", f"SEQ_LEN = {seq_len}"))
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
     torch.save({"logits": torch.tensor(logits or [0.0] * 256)}, ckpt / "model.pt")
@@ -234,6 +234,21 @@ def test_rejects_a_model_that_peeks_ahead(tmp_path: Path) -> None:
     body = "        nxt = torch.roll(idx, -1, dims=1)\n        return torch.nn.functional.one_hot(nxt, 256).float() * 50"
     done = eval_dir(tmp_path, body)
     assert done.returncode == 1 and "not causal" in done.stdout
+
+
+def test_a_model_caught_is_asked_no_more(tmp_path: Path) -> None:
+    """The reference's answers are checked as they come: a peeking model is caught on its first
+    batch of probes, and the reference is sent at most the two requests in flight after it, not
+    the rest of its 200 probes."""
+    calls = tmp_path / "calls"
+    body = (f"        open({str(calls)!r}, 'a').write(f'{{os.getpid()}}\\n')\n"
+            "        nxt = torch.roll(idx, -1, dims=1)\n        return torch.nn.functional.one_hot(nxt, 256).float() * 50")
+    done = eval_dir(tmp_path, "        import os\n" + body, seq_len=1024)  # 8 windows a request: 25 of probes
+    assert done.returncode == 1 and "not causal" in done.stdout, done.stdout
+    by_process = Counter(calls.read_text().split())
+    assert len(by_process) == 2, by_process  # main, then the reference
+    reference = by_process[calls.read_text().split()[-1]]
+    assert reference <= 1 + 1 + 2, by_process  # its canaries, the batch that caught it, two in flight
 
 
 def test_rejects_a_model_that_reads_other_rows(tmp_path: Path) -> None:

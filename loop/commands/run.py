@@ -20,6 +20,7 @@ from loop.errors import SetupError, UsageError
 from loop.journal import state_dir
 from loop.lock import read_holder
 from loop.runner import Runner, RunSpec
+from loop.summary import summary_text
 from loop.target_runner import TargetRunner
 
 PINNED = ("prepare.py", "val.txt", "holdout.txt")
@@ -44,7 +45,7 @@ def run_once(repo: Path, budget: float, timeout: float, target_file: str | None 
     outcome = runner.run(RunSpec(train_py=(root / "train.py").read_bytes(), exp_dir=exp_dir, budget=budget,
                                  timeout=timeout))
     for key, value in outcome.summary.items():
-        display.say(f"{key}: {value}")
+        display.say(f"{key}: {summary_text(value)}")
     if outcome.val_bpb is None:
         display.say(f"crash: {outcome.reason} (logs in {exp_dir})")
         return 1
@@ -74,7 +75,7 @@ def _run_target(root: Path, target: targets.Target, given: str | None, budget: f
     outcome = runner.run(RunSpec(train_py=b"", exp_dir=exp_dir, budget=budget, timeout=timeout))
     for key, value in outcome.summary.items():
         if key != target.metric:  # said last, with the logs
-            display.say(f"{key}: {value}")
+            display.say(f"{key}: {summary_text(value)}")
     if outcome.reason or "val" not in outcome.scores:
         display.say(f"crash: {outcome.reason or 'no score'} (logs in {exp_dir})")
         return 1
