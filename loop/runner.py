@@ -3,6 +3,7 @@
 Per experiment, under its directory:
   train/   train.py (the commit's bytes) and prepare.py (pinned); cwd of training
   ckpt/    AUTORESEARCH_OUT: the only thing training leaves for evaluation
+  nodes-*/ the sandboxes' own copies of /dev/null and the other standard device nodes (a root daemon)
   home/, tmp/  a fresh HOME and TMPDIR for training, so nothing carries over from an earlier run;
            tmp/kernels/ starts as a copy of the baseline's compiled kernels (below)
   model/   train.py and prepare.py, read-only to the model processes
@@ -192,7 +193,7 @@ class Runner:
         data = tuple(self.data / name for name in TRAINING_DATA if (self.data / name).exists())
         box = sandbox.SandboxSpec(workdir=dirs["train"], writable=(dirs["ckpt"], dirs["home"], dirs["tmp"]),
                                   readonly=data, hide=(self.repo,), gpu=self.gpu,
-                                  gpu_devices=_devices(spec.device))
+                                  gpu_devices=_devices(spec.device), nodes_dir=spec.exp_dir / "nodes-train")
         # The daemon's own clock bounds all of training, start-up included.
         limit = min(spec.timeout, spec.budget + spec.startup_allowance)
         argv = sandbox.wrap([sys.executable, "train.py"], box)
@@ -255,7 +256,8 @@ class Runner:
         out = trained
         out.timings["evaluating"] = time.time()
         devices = sandbox.device_states(sandbox.SandboxSpec(workdir=spec.exp_dir, gpu=self.gpu,
-                                                            gpu_devices=_devices(spec.device)))
+                                                            gpu_devices=_devices(spec.device),
+                                                            nodes_dir=spec.exp_dir / f"nodes-{ROLES[0]}"))
         for split in spec.splits:
             started = time.monotonic()
             score, reason = self._score(spec, split)
@@ -345,7 +347,8 @@ class Runner:
                      gate_fd: int = -1) -> Contained:
         own = dirs[f"model-{role}"]
         box = sandbox.SandboxSpec(workdir=own, readonly=(dirs["model"], spec.exp_dir / "ckpt"),
-                                  hide=(self.repo, spec.exp_dir), gpu=self.gpu, gpu_devices=_devices(spec.device))
+                                  hide=(self.repo, spec.exp_dir), gpu=self.gpu, gpu_devices=_devices(spec.device),
+                                  nodes_dir=spec.exp_dir / f"nodes-{role}")  # fresh: no note from main to the reference
         gate = ["--gate", str(gate_fd)] if gate_fd >= 0 else []
         argv = sandbox.wrap([sys.executable, str(dirs["model"] / "prepare.py"), "model",
                              "--checkpoint", str(spec.exp_dir / "ckpt"), *gate], box)

@@ -27,6 +27,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -77,6 +78,7 @@ class SandboxSpec:
     max_file_bytes: int = 8 << 30
     max_open_files: int = 4096
     max_memory_bytes: int | None = None  # None: MEMORY_ENV, else MEMORY_SHARE of RAM; never on a GPU
+    nodes_dir: Path | None = None  # where its own copies of the standard device nodes go (node_copies)
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,7 @@ def wrap(argv: list[str], spec: SandboxSpec) -> list[str]:
     if not available():
         return list(argv)
     cmd = ["bwrap", *ISOLATION, "--die-with-parent", "--new-session"]
+    make_node_copies(spec)
     for mount in mounts(argv, spec):
         cmd += mount.args()
     # Last, once every mount point exists: nothing but the run's own directories, /tmp and
@@ -148,6 +151,7 @@ def mounts(argv: Sequence[str], spec: SandboxSpec) -> list[Mount]:
         if not _covered(path, shown):
             plan.append(Mount("--ro-bind", path, str(path)))
             shown.append(path)
+    plan += [Mount("--dev-bind", host, str(copy)) for host, copy in node_copies(spec)]
     if spec.gpu:
         plan += [Mount("--dev-bind", node, str(node)) for node in gpu_nodes(spec.gpu_devices)]
         plan.append(Mount("--ro-bind", Path("/sys"), "/sys"))  # the driver reads PCI and NUMA topology there
@@ -169,14 +173,86 @@ def mounts(argv: Sequence[str], spec: SandboxSpec) -> list[Mount]:
 # seen every validation window, to the next training run).
 DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
 
+# So a root daemon gives each sandbox its own copies of them (the same devices, new inodes, made
+# fresh in the run's nodes_dir): what a run does to a copy is seen by nobody else, and no sibling
+# run in flight, no other daemon on the host, can be blamed for it or miss it. Where copies cannot
+# be made (a file system mounted nodev, no CAP_MKNOD) the host's nodes are bound, and put back
+# after the run (device_states, put_back_devices), as they are for the GPU's nodes.
+
+
+def node_copies(spec: SandboxSpec) -> list[tuple[Path, Path]]:
+    """(host node, its copy) for each standard node a sandbox under spec gets a copy of: none
+    unless the daemon is root (no other user's run owns the host's nodes) and copies work where
+    spec.nodes_dir is."""
+    if spec.nodes_dir is None or os.geteuid() != 0 or not available() or not _copies_work(spec.nodes_dir.parent):
+        return []
+    return [(DEV / name, spec.nodes_dir / name) for name in DEV_NODES if _is_char_device(DEV / name)]
+
+
+def make_node_copies(spec: SandboxSpec) -> None:
+    """Make the copies node_copies names, fresh: mode, owner and device number as the host's."""
+    copies = node_copies(spec)
+    if not copies:
+        return
+    assert spec.nodes_dir is not None
+    spec.nodes_dir.mkdir(parents=True, exist_ok=True)
+    for host, copy in copies:
+        st = os.stat(host)
+        with contextlib.suppress(FileNotFoundError):
+            copy.unlink()
+        os.mknod(copy, stat.S_IFCHR | 0o600, st.st_rdev)
+        os.chown(copy, st.st_uid, st.st_gid)
+        os.chmod(copy, stat.S_IMODE(st.st_mode))
+
+
+def _is_char_device(path: Path) -> bool:
+    try:
+        return stat.S_ISCHR(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+_COPIES_WORK: dict[int, bool] = {}  # by file system (st_dev): can a device node be made and opened there
+_COPIES_LOCK = threading.Lock()
+
+
+def _copies_work(folder: Path) -> bool:
+    """A device node made under folder can be made and opened (tried once per file system)."""
+    with _COPIES_LOCK:
+        try:
+            device = os.stat(folder).st_dev
+        except OSError:
+            return False
+        if device not in _COPIES_WORK:
+            _COPIES_WORK[device] = _try_a_copy(folder / f".autoresearch-node-{os.getpid()}")
+        return _COPIES_WORK[device]
+
+
+def _try_a_copy(trial: Path) -> bool:
+    try:
+        os.mknod(trial, stat.S_IFCHR | 0o600, os.stat(DEV / "null").st_rdev)
+        try:
+            fd = os.open(trial, os.O_WRONLY)  # refused where the file system is mounted nodev
+            os.write(fd, b"x")
+            os.close(fd)
+        finally:
+            trial.unlink()
+    except OSError:
+        return False
+    return True
+
+
 DeviceState = tuple[int, int, int, int, int]  # mode, owner, group, atime and mtime in ns
 _FIRST_SEEN: dict[Path, DeviceState] = {}  # each node as this process first found it
 
 
 def device_states(spec: SandboxSpec) -> dict[Path, DeviceState]:
     """The state each host device node a run under spec is given must be in after it: as this
-    process first saw it, not as the run before left it (a sibling run in flight may have moved it)."""
-    nodes = [DEV / name for name in DEV_NODES] + (gpu_nodes(spec.gpu_devices) if spec.gpu else [])
+    process first saw it, not as the run before left it (a sibling run in flight may have moved it).
+    Nodes it gets copies of are not the host's to watch."""
+    copied = {host for host, _ in node_copies(spec)}
+    nodes = [DEV / name for name in DEV_NODES if DEV / name not in copied]
+    nodes += gpu_nodes(spec.gpu_devices) if spec.gpu else []
     for node in nodes:
         if node not in _FIRST_SEEN:
             with contextlib.suppress(OSError):

@@ -6,6 +6,7 @@ Per run, under the experiment's directory:
   ckpt/       AUTORESEARCH_OUT: what the run leaves for the evaluate command (kept as --keep-checkpoints says)
   home/, tmp/ a fresh HOME and TMPDIR
   eval/       the commit's files again, fresh; cwd of the evaluate command, which sees ckpt/ read-only
+  nodes-*/    the sandboxes' own copies of /dev/null and the other standard device nodes (a root daemon)
 The cache the target declares ([sandbox] cache, e.g. cargo's target directory) lives under
 .autoresearch/cache/NAME/K/: one of a pool, locked for the length of a build and run, so two slots
 never build into the same directory, while sources always come from the commit being run.
@@ -59,7 +60,7 @@ class TargetRunner:
                 env[self.target.cache_env] = str(cache.path)
                 writable += (cache.path,)
             box = sandbox.SandboxSpec(workdir=dirs["src"], writable=writable, readonly=readonly, hide=(self.repo,),
-                                      gpu=self.gpu)
+                                      gpu=self.gpu, nodes_dir=spec.exp_dir / "nodes-run")
             if self.target.build:
                 build = self._contained(self.target.build, box, env, timeout * BUILD_SHARE,
                                         spec.exp_dir / "build.log", None, spec)
@@ -93,7 +94,8 @@ class TargetRunner:
         self._export(dirs["eval"])
         env = self._env(dirs, spec)
         box = sandbox.SandboxSpec(workdir=dirs["eval"], writable=(dirs["tmp"], dirs["home"]),
-                                  readonly=(*self._readonly(), dirs["ckpt"]), hide=(self.repo,), gpu=self.gpu)
+                                  readonly=(*self._readonly(), dirs["ckpt"]), hide=(self.repo,), gpu=self.gpu,
+                                  nodes_dir=spec.exp_dir / "nodes-eval")
         ev = self._contained(self.target.evaluate, box, env, EVAL_TIMEOUT_S, spec.exp_dir / "eval.log", None, spec)
         out.timings["evaluated"] = time.time()
         strip_setid(spec.exp_dir)

@@ -310,6 +310,40 @@ def test_device_states_are_the_first_seen_not_what_a_sibling_run_left() -> None:
 
 
 @needs_bwrap
+@pytest.mark.skipif(os.geteuid() != 0, reason="only a root daemon's runs own the host's device nodes")
+def test_a_root_run_gets_its_own_device_nodes(tmp_path: Path) -> None:
+    """A root daemon's run gets copies of /dev/null and the rest: they work as the host's do, and
+    what it does to their mode and times happens to its copies only, so no other run (a sibling in
+    flight, another daemon's) sees a mark, is blamed for one or misses one; the next run's are new."""
+    spec = sandbox.SandboxSpec(workdir=tmp_path / "work", nodes_dir=tmp_path / "nodes")
+    host = {name: (Path("/dev") / name).stat() for name in sandbox.DEV_NODES}
+    assert [h for h, _ in sandbox.node_copies(spec)] == [Path("/dev") / n for n in sandbox.DEV_NODES
+                                                         if (Path("/dev") / n).exists()]
+    assert not set(sandbox.device_states(spec)) & {Path("/dev") / n for n in sandbox.DEV_NODES}
+    res, log = run(tmp_path, """
+        import os
+        with open("/dev/null", "w") as f:
+            f.write("into nothing")
+        print("zero", open("/dev/zero", "rb").read(4), "random", len(open("/dev/urandom", "rb").read(8)))
+        os.utime("/dev/null", ns=(1111111111000000042, 2222222222000000042))
+        os.chmod("/dev/null", 0)
+        os.chmod("/dev/zero", 0)
+        print("marked", oct(os.stat("/dev/null").st_mode & 0o777))
+    """, spec=spec)
+    assert res.returncode == 0 and "zero b'\\x00\\x00\\x00\\x00' random 8" in log and "marked 0o0" in log, log
+    for name, st in host.items():  # the host's nodes are as they were
+        now = (Path("/dev") / name).stat()
+        assert (now.st_mode, now.st_atime_ns, now.st_mtime_ns) == (st.st_mode, st.st_atime_ns, st.st_mtime_ns), name
+    assert (tmp_path / "nodes" / "null").stat().st_mtime_ns == 2222222222000000042  # the mark is on its copy
+    res, log = run(tmp_path, """
+        import os
+        st = os.stat("/dev/null")
+        print("fresh", oct(st.st_mode & 0o777), st.st_mtime_ns != 2222222222000000042)
+    """, spec=spec)
+    assert f"fresh {oct(host['null'].st_mode & 0o777)} True" in log, log
+
+
+@needs_bwrap
 def test_a_run_holds_no_handle_on_a_host_device(tmp_path: Path) -> None:
     """Its stdin is an empty pipe, not the daemon's /dev/null: no open file of the host's /dev."""
     res, log = run(tmp_path, """
