@@ -42,5 +42,5 @@ def parse_summary(text: str) -> dict[str, float | str]:
 
 
 def summary_text(value: float | str) -> str:
-    """A summary value as it was printed: a whole number without a trailing `.0` (num_steps: 120)."""
+    """A summary value for people: a whole number without a trailing `.0` (num_steps: 120, not 120.0)."""
     return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
