@@ -83,6 +83,9 @@ class Config:
             raise UsageError(f"--confirm {self.confirm}: choose one of {', '.join(CONFIRM_MODES)}")
         if self.gpus != "all" and not re.fullmatch(r"\d+(,\d+)*", self.gpus.replace(" ", "")):
             raise UsageError(f"--gpus {self.gpus}: give all, a count N, or GPU indices such as 0,2,5")
+        if self.ray is not None and (local := [f for f, v in (("--slots", self.slots), ("--gpus", self.gpus != "all")) if v]):
+            raise UsageError(f"{' and '.join(local)} choose this machine's slots; on a Ray cluster a slot is a GPU, or "
+                             "on a cluster without GPUs a node's CPUs: leave them out with --ray")
         if self.ray is None:
             ray_only = {"screen-on": self.screen_on, "confirm-on": self.confirm_on,
                         "fetch-checkpoints": self.fetch_checkpoints}

@@ -463,9 +463,11 @@ class Daemon:
         from loop.ray_executor import RayExecutor  # Ray is imported only when asked for
 
         pinned = {name: (self.repo / name).read_bytes() for name in PINNED if (self.repo / name).is_file()}
-        return RayExecutor(self.config.ray, pinned, self.events, self.cancel, gpu=self.config.slots is None,
-                           screen_on=self.config.screen_on, confirm_on=self.config.confirm_on,
-                           fetch_checkpoints=self.config.fetch_checkpoints)
+        executor = RayExecutor(self.config.ray, pinned, self.events, self.cancel,
+                               screen_on=self.config.screen_on, confirm_on=self.config.confirm_on,
+                               fetch_checkpoints=self.config.fetch_checkpoints)
+        self.display.say(executor.describe())
+        return executor
 
     def make_runner(self, job: Job) -> Runner | TargetRunner:
         if not self.target.builtin:

@@ -307,25 +307,30 @@ class StopFlag:
 
 # --- on the controller ------------------------------------------------------------------------------------
 class RayExecutor:
-    """Slots are the cluster's GPUs (CPUs with gpu=False); one Ray task per run; events on `events`."""
+    """Slots are the cluster's GPUs, one a run; on a cluster without GPUs, its nodes' CPUs, a node's
+    worth a run (cpus_per_run, else the smallest node's count), so that a run trains beside none as
+    on one machine. One Ray task per run; events on `events`."""
 
     def __init__(self, address: str, pinned: dict[str, bytes], events: queue.Queue, cancel: Cancel,
-                 gpu: bool = True, *, screen_on: str | None = None, confirm_on: str | None = None,
-                 fetch_checkpoints: bool = False) -> None:
+                 gpu: bool | None = None, *, cpus_per_run: int | None = None, screen_on: str | None = None,
+                 confirm_on: str | None = None, fetch_checkpoints: bool = False) -> None:
         if "prepare.py" not in pinned:
             raise SetupError("the Ray executor needs the harness's prepare.py: run from the experiment's repository")
         self.ray = import_ray()
-        self.events, self.cancel, self.gpu = events, cancel, gpu
+        self.events, self.cancel = events, cancel
         self.screen_on, self.confirm_on, self.fetch_checkpoints = screen_on, confirm_on, fetch_checkpoints
-        self.resource = "GPU" if gpu else "CPU"
+        self._view: tuple[float, list[dict], dict[str, float]] = (0.0, [], {})
         self._connect(address)
+        self.gpu = gpu if gpu is not None else self.ray.cluster_resources().get("GPU", 0) > 0
+        self.resource = "GPU" if self.gpu else "CPU"
+        self.per_run = 1 if self.gpu else max(1, cpus_per_run or self._smallest_node_cpus())
         self._pinned = self.ray.put(dict(pinned))
         self._stop_flag = self.ray.remote(num_cpus=0, max_restarts=0)(StopFlag).remote()
         # max_calls=0 keeps a node's worker for the next run (Ray starts a fresh one per GPU task by
         # default, for CUDA memory the worker holds; ours holds none: the runs are its subprocesses).
-        options: dict[str, Any] = {"max_retries": 0, "retry_exceptions": False, "num_cpus": 1 if not gpu else 0,
-                                   "max_calls": 0}
-        if gpu:
+        options: dict[str, Any] = {"max_retries": 0, "retry_exceptions": False,
+                                   "num_cpus": 0 if self.gpu else self.per_run, "max_calls": 0}
+        if self.gpu:
             options["num_gpus"] = 1
         self._task = self.ray.remote(**options)(run_on_node)
         self._drop = self.ray.remote(num_cpus=0, max_retries=0)(drop_checkpoints)
@@ -333,7 +338,6 @@ class RayExecutor:
         self._kernels: Any = None  # the kept kernels in the object store, once there are some
         self._flights: dict[Any, _Flight] = {}  # generator -> its run
         self._lock = threading.Lock()
-        self._view: tuple[float, list[dict], dict[str, float]] = (0.0, [], {})
         self._cancelled_at: float | None = None
         self._closing = threading.Event()
         self._watcher = threading.Thread(target=self._watch, name="ray-watcher", daemon=True)
@@ -354,22 +358,33 @@ class RayExecutor:
             raise SetupError(f"--ray {address}: cannot join the Ray cluster ({first}); start one with "
                              "`ray start --head` or pass the head's address (host:6379)") from None
 
+    def _smallest_node_cpus(self) -> int:
+        nodes, _ = self._cluster(fresh=True)
+        return min((int(n["Resources"].get("CPU", 0)) for n in nodes if n["Resources"].get("CPU", 0) >= 1), default=1)
+
+    def describe(self) -> str:
+        """One line on what a slot is on this cluster, and how many it has now."""
+        slots = len(self.slot_names())
+        what = "a GPU each" if self.gpu else f"no GPU in the cluster: {self.per_run} CPU(s) each"
+        line = f"Ray cluster: {slots} slot(s), {what}"
+        return line if slots else line + "; runs wait for a node with room for one to join (`ray status`)"
+
     # --- the protocol -------------------------------------------------------------------------------------
     def slot_names(self) -> list[str]:
         nodes, _ = self._cluster()
         return [self._slot_name(node["NodeManagerAddress"], node["NodeID"], i, nodes)
-                for node in nodes for i in range(int(node["Resources"].get(self.resource, 0)))]
+                for node in nodes for i in range(int(node["Resources"].get(self.resource, 0)) // self.per_run)]
 
     def free_slots(self) -> int:
-        """Free GPUs in the cluster now, less the runs submitted here that have not taken theirs yet."""
+        """Free slots in the cluster now, less the runs submitted here that have not taken theirs yet."""
         if self.cancel.is_set():
             return 0
         nodes, available = self._cluster()
-        total = sum(int(node["Resources"].get(self.resource, 0)) for node in nodes)
+        total = sum(int(node["Resources"].get(self.resource, 0)) // self.per_run for node in nodes)
         with self._lock:
             mine, waiting = len(self._flights), sum(1 for f in self._flights.values() if not f.node_id)
         # Ours are counted exactly; `available` also sees other users of a shared cluster, a moment late.
-        return max(0, min(total - mine, int(available.get(self.resource, 0)) - waiting))
+        return max(0, min(total - mine, int(available.get(self.resource, 0)) // self.per_run - waiting))
 
     def submit(self, job: Job, hardware: str | None = None) -> None:
         """Run `job` on any node, or on a node labelled `hardware` (its resource `hw:<label>`). A

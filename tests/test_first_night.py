@@ -184,8 +184,8 @@ def test_status_tells_the_truth(tmp_path: Path) -> None:
         text = run_cli(repo, "status", env=env).stdout
         time.sleep(0.3)
     assert "loss 1.2345" in text, text  # the latest loss, not the first
-    assert "experiment 1 training for" in text and "of 40s" in text
-    training = re.compile(r"experiment 1 training for (\d+)s of 40s, loss [0-9.]+, busy (\d+)%")
+    assert "experiment 1 training for" in text and "(budget 40s, plus start-up)" in text
+    training = re.compile(r"experiment 1 training for (\d+)s \(budget 40s, plus start-up\), loss [0-9.]+, busy (\d+)%")
     while time.monotonic() < deadline and not ((m := training.search(text)) and int(m.group(1)) >= 6):
         text = run_cli(repo, "status", env=env).stdout
         time.sleep(0.3)

@@ -104,8 +104,9 @@ def _live(state: dict, tag: str) -> None:
         loss = f", loss {slot['loss']}" if slot.get("loss") else ""
         run = f" (run {slot['run'] + 1})" if slot.get("run") else ""
         what = "the baseline" if slot["n"] == 0 else f"experiment {slot['n']}"
+        # its clock counts start-up (imports, compiling) too, which the budget does not
         print(f"slot {slot['slot']}{device}: {what}{run} training for {now - slot['since']:.0f}s "
-              f"of {budget:.0f}s{loss}{busy}")
+              f"(budget {budget:.0f}s, plus start-up){loss}{busy}")
     for ev in state.get("evaluating", []):
         print(f"experiment {ev['n']}: evaluating for {now - ev['since']:.0f}s")
     for ev in state.get("holdouts", []):
