@@ -6,7 +6,6 @@ runs are the fake harness's, in the real contained Runner on the nodes.
 from __future__ import annotations
 
 import hashlib
-import os
 import queue
 import subprocess
 import sys
@@ -20,13 +19,13 @@ import pytest
 ray = pytest.importorskip("ray")
 from daemon_kit import FAKE_TRAIN, compiling, make_repo  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
+from ray_kit import local_cluster  # noqa: E402
 
 from loop.executor import Finished, Job, Lost, Started, TrainingEnded  # noqa: E402
 from loop.procs import Cancel  # noqa: E402
 from loop.ray_executor import PREPARED_MARK, RayExecutor  # noqa: E402
 from loop.runner import RunSpec  # noqa: E402
 
-NODE_MEMORY = 80 << 20  # object store bytes per node: the machine is small and shared
 LABELS = ("H100", "A10")
 WAIT_S = 90.0  # a generous ceiling for events on a busy machine; tests never depend on it being tight
 
@@ -35,23 +34,9 @@ WAIT_S = 90.0  # a generous ceiling for events on a busy machine; tests never de
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster, dict[str, object], Path]]:
     """A head without GPUs and two nodes with two fake GPUs each, one labelled per hardware kind."""
     base = tmp_path_factory.mktemp("cluster")
-    saved = {k: os.environ.get(k) for k in ("AUTORESEARCH_CACHE", "AUTORESEARCH_SCRATCH")}
-    # The nodes' processes inherit these: each node's data cache and run scratch live here.
-    os.environ["AUTORESEARCH_CACHE"] = str(base / "node-cache")
-    os.environ["AUTORESEARCH_SCRATCH"] = str(base / "node-scratch")
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0, "include_dashboard": False,
-                                                       "object_store_memory": NODE_MEMORY})
-    nodes = {label: c.add_node(num_cpus=2, num_gpus=2, resources={f"hw:{label}": 1}, object_store_memory=NODE_MEMORY)
-             for label in LABELS}
-    c.wait_for_nodes()
-    try:
+    gpu_nodes = {label: {"num_cpus": 2, "num_gpus": 2, "resources": {f"hw:{label}": 1}} for label in LABELS}
+    with local_cluster(base, 1, gpu_nodes) as (c, nodes):
         yield c, nodes, base
-    finally:
-        if ray.is_initialized():
-            ray.shutdown()
-        c.shutdown()
-        for k, v in saved.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
 
 
 @pytest.fixture

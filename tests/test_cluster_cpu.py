@@ -4,7 +4,6 @@ are refused with --ray.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Iterator
 
@@ -13,31 +12,17 @@ import pytest
 ray = pytest.importorskip("ray")
 from daemon_kit import assert_invariants, git, journal_events, make_repo, read_results, run_cli  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
+from ray_kit import local_cluster  # noqa: E402
 
 NODE_CPUS = 2
-NODE_MEMORY = 80 << 20  # object store bytes per node: the machine is small and shared
 
 
 @pytest.fixture(scope="module")
 def cpu_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """A head that runs nothing (the controller's machine) and two nodes of two CPUs, no GPU anywhere."""
-    base = tmp_path_factory.mktemp("cpu-cluster")
-    saved = {k: os.environ.get(k) for k in ("AUTORESEARCH_CACHE", "AUTORESEARCH_SCRATCH")}
-    os.environ["AUTORESEARCH_CACHE"] = str(base / "node-cache")  # the nodes' processes inherit these
-    os.environ["AUTORESEARCH_SCRATCH"] = str(base / "node-scratch")
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "num_gpus": 0, "include_dashboard": False,
-                                                       "object_store_memory": NODE_MEMORY})
-    for _ in range(2):
-        c.add_node(num_cpus=NODE_CPUS, num_gpus=0, object_store_memory=NODE_MEMORY)
-    c.wait_for_nodes()
-    try:
+    nodes = {f"cpu{i}": {"num_cpus": NODE_CPUS, "num_gpus": 0} for i in range(2)}
+    with local_cluster(tmp_path_factory.mktemp("cpu-cluster"), 0, nodes) as (c, _):
         yield c
-    finally:
-        if ray.is_initialized():
-            ray.shutdown()
-        c.shutdown()
-        for k, v in saved.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
 
 
 def test_a_cluster_without_gpus_runs_a_node_a_run(cpu_cluster: Cluster, tmp_path: Path) -> None:
