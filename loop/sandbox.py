@@ -195,14 +195,17 @@ def make_node_copies(spec: SandboxSpec) -> None:
     if not copies:
         return
     assert spec.nodes_dir is not None
-    spec.nodes_dir.mkdir(parents=True, exist_ok=True)
     for host, copy in copies:
-        st = os.stat(host)
-        with contextlib.suppress(FileNotFoundError):
-            copy.unlink()
-        os.mknod(copy, stat.S_IFCHR | 0o600, st.st_rdev)
-        os.chown(copy, st.st_uid, st.st_gid)
-        os.chmod(copy, stat.S_IMODE(st.st_mode))
+        # One that cannot be made (a full disk) is missing, and bwrap refuses to start the run: a
+        # crash with its reason, never a run on the host's node unwatched.
+        with contextlib.suppress(OSError):
+            spec.nodes_dir.mkdir(parents=True, exist_ok=True)
+            st = os.stat(host)
+            with contextlib.suppress(FileNotFoundError):
+                copy.unlink()
+            os.mknod(copy, stat.S_IFCHR | 0o600, st.st_rdev)
+            os.chown(copy, st.st_uid, st.st_gid)
+            os.chmod(copy, stat.S_IMODE(st.st_mode))
 
 
 def _is_char_device(path: Path) -> bool:
