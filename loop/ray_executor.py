@@ -308,12 +308,12 @@ class StopFlag:
 # --- on the controller ------------------------------------------------------------------------------------
 class RayExecutor:
     """Slots are the cluster's GPUs, one a run; on a cluster without GPUs, its nodes' CPUs, a node's
-    worth a run (cpus_per_run, else the smallest node's count), so that a run trains beside none as
+    worth a run (the smallest node's count), so that a run trains beside none as
     on one machine. One Ray task per run; events on `events`."""
 
     def __init__(self, address: str, pinned: dict[str, bytes], events: queue.Queue, cancel: Cancel,
-                 gpu: bool | None = None, *, cpus_per_run: int | None = None, screen_on: str | None = None,
-                 confirm_on: str | None = None, fetch_checkpoints: bool = False) -> None:
+                 gpu: bool | None = None, *, screen_on: str | None = None, confirm_on: str | None = None,
+                 fetch_checkpoints: bool = False) -> None:
         if "prepare.py" not in pinned:
             raise SetupError("the Ray executor needs the harness's prepare.py: run from the experiment's repository")
         self.ray = import_ray()
@@ -323,7 +323,7 @@ class RayExecutor:
         self._connect(address)
         self.gpu = gpu if gpu is not None else self.ray.cluster_resources().get("GPU", 0) > 0
         self.resource = "GPU" if self.gpu else "CPU"
-        self.per_run = 1 if self.gpu else max(1, cpus_per_run or self._smallest_node_cpus())
+        self.per_run = 1 if self.gpu else self._smallest_node_cpus()
         self._pinned = self.ray.put(dict(pinned))
         self._stop_flag = self.ray.remote(num_cpus=0, max_restarts=0)(StopFlag).remote()
         # max_calls=0 keeps a node's worker for the next run (Ray starts a fresh one per GPU task by
