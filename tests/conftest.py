@@ -20,10 +20,3 @@ def prepared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     subprocess.run([sys.executable, "prepare.py"], cwd=MAIN, env=env, check=True, capture_output=True)
     return cache
 
-
-def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
-    """`-n auto`: two workers a core, up to four. Most tests wait on daemons and their runs more
-    than they compute (one worker keeps about 0.6 of a core busy), so on 2 cores four workers
-    take about a quarter less time than two; from four cores up, one a core."""
-    cores = os.cpu_count() or 1
-    return max(cores, min(4, 2 * cores))
